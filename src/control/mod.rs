@@ -1,0 +1,7 @@
+//! The control plane: a line protocol on a Unix socket, the daemon's server for it and the
+//! client `switchctl` uses.
+
+pub mod client;
+pub mod protocol;
+pub mod render;
+pub mod server;

@@ -1,0 +1,187 @@
+//! How status and release lists read, for people and for machines (JSON, written by hand:
+//! a dozen fields do not justify a serialisation framework).
+
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::core::Status;
+
+/// `s` as a JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn iso8601(t: SystemTime) -> String {
+    let secs = unix_secs(t);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn status_text(st: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "active:       {} (since {})",
+        st.active.as_deref().unwrap_or("(none: empty root)"),
+        iso8601(st.since)
+    );
+    let _ = writeln!(
+        out,
+        "previous:     {}",
+        st.previous.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(out, "releases dir: {}", st.releases_dir.display());
+    let _ = writeln!(out, "mount point:  {}", st.mount_point.display());
+    if let Some(problem) = &st.active_problem {
+        let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
+    }
+    let _ = writeln!(out, "in use:");
+    if st.usage.is_empty() {
+        let _ = writeln!(out, "  (nothing)");
+    }
+    for u in &st.usage {
+        let _ = writeln!(
+            out,
+            "  {}: {} open file handles, {} inodes held by the kernel",
+            u.name, u.open_handles, u.live_inodes
+        );
+    }
+    out
+}
+
+pub fn status_json(st: &Status) -> String {
+    let usage: Vec<String> = st
+        .usage
+        .iter()
+        .map(|u| {
+            format!(
+                "{{\"name\":{},\"open_handles\":{},\"live_inodes\":{}}}",
+                json_str(&u.name),
+                u.open_handles,
+                u.live_inodes
+            )
+        })
+        .collect();
+    format!(
+        "{{\"active\":{},\"since\":{},\"since_unix\":{},\"previous\":{},\"releases_dir\":{},\
+         \"mount_point\":{},\"problem\":{},\"usage\":[{}]}}\n",
+        json_opt(st.active.as_deref()),
+        json_str(&iso8601(st.since)),
+        unix_secs(st.since),
+        json_opt(st.previous.as_deref()),
+        json_str(&st.releases_dir.to_string_lossy()),
+        json_str(&st.mount_point.to_string_lossy()),
+        json_opt(st.active_problem.as_deref()),
+        usage.join(",")
+    )
+}
+
+/// One line per release, the active one starred, the previous one marked.
+pub fn list_text(names: &[String], active: Option<&str>, previous: Option<&str>) -> String {
+    let mut out = String::new();
+    for name in names {
+        let mark = if Some(name.as_str()) == active {
+            "*"
+        } else {
+            " "
+        };
+        let note = if Some(name.as_str()) == active {
+            " (active)"
+        } else if Some(name.as_str()) == previous {
+            " (previous)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{mark} {name}{note}");
+    }
+    out
+}
+
+pub fn list_json(names: &[String], active: Option<&str>, previous: Option<&str>) -> String {
+    let items: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "{{\"name\":{},\"active\":{},\"previous\":{}}}",
+                json_str(n),
+                Some(n.as_str()) == active,
+                Some(n.as_str()) == previous
+            )
+        })
+        .collect();
+    format!("[{}]\n", items.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_446_000);
+        assert_eq!(iso8601(t), "2026-11-23T15:00:00Z");
+        assert_eq!(
+            iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_str("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn lists_mark_active_and_previous() {
+        let names = vec!["1".to_string(), "2".to_string(), "3".to_string()];
+        let text = list_text(&names, Some("3"), Some("2"));
+        assert_eq!(text, "  1\n  2 (previous)\n* 3 (active)\n");
+        let json = list_json(&names, Some("3"), Some("2"));
+        assert!(json.contains("{\"name\":\"3\",\"active\":true,\"previous\":false}"));
+    }
+}

@@ -1,0 +1,831 @@
+//! The filesystem core: the active release pointer, lookups, attributes, reads, listings and
+//! the switch. It knows nothing of fuser's reply types, so tests drive it without a mount.
+//!
+//! Invariants:
+//! - Only the root (inode 1) looks at the active pointer. Every other inode is bound to the
+//!   release it was looked up in (see `inodes`), so one path resolution never mixes releases
+//!   and a working directory inside an old release stays consistent.
+//! - Every root entry the kernel may cache with a non-zero timeout (positive or negative) is
+//!   recorded in `RootState::names` under the generation it was answered for. A switch
+//!   publishes the new release and takes that set in one critical section, then invalidates
+//!   each name with no lock held. A lookup that raced the switch sees the generation change
+//!   and answers again from the new release, so nothing stale is left cached afterwards.
+//! - Nothing is resolved outside the release directory: lookups take one validated component
+//!   at a time with `openat2(RESOLVE_BENEATH)`, never follow symlinks, and never see `..`.
+//! - The mount is read-only: every operation that would write answers EROFS.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use fuser::{FileAttr, FileType};
+use parking_lot::Mutex;
+
+use crate::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
+use crate::errno::os_error;
+use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
+use crate::inodes::{Inode, InodeTable, ROOT_INO};
+use crate::names::is_plain_component;
+use crate::release::{Release, ReleaseSet};
+use crate::state::{self, PersistedState};
+use crate::sys;
+
+/// The extended attribute of the mount root that tells `switchctl` where the control socket
+/// is. It is answered only on the root and never listed.
+pub const CONTROL_XATTR: &str = "user.switchfs.control";
+
+/// How many root names (mostly negative entries) are remembered for invalidation between two
+/// switches. Past it, negative answers under the root are given with no cache timeout, so a
+/// client probing random names cannot grow the daemon's memory without bound.
+const MAX_ROOT_NAMES: usize = 100_000;
+
+/// Sends cache invalidations to the kernel. The daemon's implementation wraps fuser's
+/// `Notifier`; tests record the calls.
+pub trait Invalidator: Send + Sync {
+    /// Drops the kernel's dentry `name` under directory `parent` (and everything below it).
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()>;
+    /// Drops the kernel's cached attributes and data of inode `ino`.
+    fn inval_inode(&self, ino: u64) -> io::Result<()>;
+}
+
+/// Settings the core needs from the command line.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub releases: PathBuf,
+    pub state_path: PathBuf,
+    pub mount_point: PathBuf,
+    pub control_path: PathBuf,
+    /// How long the kernel may cache entries and attributes. Safe to make long: releases
+    /// are immutable once live, and a switch invalidates explicitly.
+    pub ttl: Duration,
+}
+
+/// What the root currently shows.
+#[derive(Debug)]
+pub struct Active {
+    pub release: Option<Arc<Release>>,
+    pub generation: u64,
+    pub previous: Option<String>,
+    pub since: SystemTime,
+}
+
+impl Active {
+    pub fn name(&self) -> Option<&str> {
+        self.release.as_ref().map(|r| r.name.as_str())
+    }
+}
+
+#[derive(Debug)]
+struct RootState {
+    active: Arc<Active>,
+    names: HashSet<OsString>,
+}
+
+/// The answer to a lookup: an entry, or a negative entry the kernel may cache for `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Entry(FileAttr, Duration),
+    Negative(Duration),
+}
+
+/// Receives plain directory entries. Returns `true` when the buffer is full and the entry
+/// was not added.
+pub trait DirSink {
+    fn add(&mut self, ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool;
+}
+
+/// Receives directory entries with attributes (readdirplus). Returns `true` when the buffer
+/// is full and the entry was not added.
+pub trait DirPlusSink {
+    fn add(&mut self, offset: u64, name: &OsStr, attr: &FileAttr, ttl: Duration) -> bool;
+}
+
+/// Per-release usage, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseUsage {
+    pub name: String,
+    pub open_handles: usize,
+    pub live_inodes: usize,
+}
+
+/// A snapshot of the daemon's state, for `status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub active: Option<String>,
+    pub since: SystemTime,
+    pub previous: Option<String>,
+    pub releases_dir: PathBuf,
+    pub mount_point: PathBuf,
+    /// Set when the active release's directory was deleted or renamed away while served.
+    pub active_problem: Option<String>,
+    pub usage: Vec<ReleaseUsage>,
+}
+
+enum Node {
+    Root(Arc<Active>),
+    Inode(Arc<Inode>),
+}
+
+pub struct Core {
+    releases: ReleaseSet,
+    config: CoreConfig,
+    root: Mutex<RootState>,
+    /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
+    /// notifications.
+    switch_lock: Mutex<()>,
+    inodes: InodeTable,
+    handles: HandleTable,
+    invalidator: OnceLock<Box<dyn Invalidator>>,
+    next_generation: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+impl Core {
+    /// Opens the releases directory and restores the persisted release, else `initial`.
+    ///
+    /// A persisted release that cannot be served (deleted, corrupt state file) is logged as
+    /// an error and `initial` is used instead; with neither, the root is empty.
+    ///
+    /// # Errors
+    /// The releases directory cannot be opened, or `initial` was asked for and cannot be
+    /// served: a one-line message.
+    pub fn new(config: CoreConfig, initial: Option<&str>) -> Result<Core, String> {
+        let releases = ReleaseSet::open(&config.releases).map_err(|e| {
+            format!(
+                "cannot open releases directory {}: {e}",
+                config.releases.display()
+            )
+        })?;
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let empty = Arc::new(Active {
+            release: None,
+            generation: 0,
+            previous: None,
+            since: SystemTime::now(),
+        });
+        let core = Core {
+            releases,
+            config,
+            root: Mutex::new(RootState {
+                active: empty,
+                names: HashSet::new(),
+            }),
+            switch_lock: Mutex::new(()),
+            inodes: InodeTable::default(),
+            handles: HandleTable::default(),
+            invalidator: OnceLock::new(),
+            next_generation: AtomicU64::new(1),
+            uid,
+            gid,
+        };
+        core.restore(initial)?;
+        Ok(core)
+    }
+
+    fn restore(&self, initial: Option<&str>) -> Result<(), String> {
+        let state_path = &self.config.state_path;
+        let persisted = match state::load(state_path) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!(
+                    "state file {} is unusable ({e}); ignoring it",
+                    state_path.display()
+                );
+                None
+            }
+        };
+        if let Some(st) = persisted {
+            match self.releases.open_release(&st.active) {
+                Ok(fd) => {
+                    self.publish(&st.active, fd, st.previous.clone());
+                    log::info!("resumed persisted release {:?}", st.active);
+                    return Ok(());
+                }
+                Err(msg) => log::error!("persisted release cannot be served: {msg}"),
+            }
+        }
+        match initial {
+            Some(name) => {
+                let fd = self.releases.open_release(name)?;
+                let previous = None;
+                if let Err(e) = state::save(
+                    state_path,
+                    &PersistedState {
+                        active: name.to_string(),
+                        previous: previous.clone(),
+                    },
+                ) {
+                    log::warn!(
+                        "cannot persist initial release to {}: {e}",
+                        state_path.display()
+                    );
+                }
+                self.publish(name, fd, previous);
+                log::info!("serving initial release {name:?}");
+            }
+            None => log::warn!(
+                "no release is active: serving an empty read-only root until \
+                 `switchctl activate NAME` (pass --initial to choose one at start)"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Installs the notifier. Called once, after the mount is up.
+    pub fn set_invalidator(&self, invalidator: Box<dyn Invalidator>) {
+        if self.invalidator.set(invalidator).is_err() {
+            log::warn!("invalidator installed twice; keeping the first");
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// The active release as of now.
+    pub fn active(&self) -> Arc<Active> {
+        self.root.lock().active.clone()
+    }
+
+    /// Publishes release `name` as active and returns the root names the kernel may still
+    /// cache from before, which the caller must invalidate.
+    fn publish(
+        &self,
+        name: &str,
+        fd: std::os::fd::OwnedFd,
+        previous: Option<String>,
+    ) -> HashSet<OsString> {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let release = Arc::new(Release {
+            name: name.to_string(),
+            generation,
+            root: fd,
+            activated_at: now,
+        });
+        let active = Arc::new(Active {
+            release: Some(release),
+            generation,
+            previous,
+            since: now,
+        });
+        let mut root = self.root.lock();
+        root.active = active;
+        std::mem::take(&mut root.names)
+    }
+
+    fn node(&self, ino: u64) -> io::Result<Node> {
+        if ino == ROOT_INO {
+            return Ok(Node::Root(self.active()));
+        }
+        self.inodes
+            .get(ino)
+            .map(Node::Inode)
+            .ok_or_else(|| os_error(libc::ESTALE))
+    }
+
+    /// Looks up `name` in directory `parent`.
+    ///
+    /// # Errors
+    /// The host's error; ENOENT becomes a `Lookup::Negative` instead.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Lookup> {
+        if !is_plain_component(name) {
+            return Err(os_error(libc::ENOENT));
+        }
+        if parent == ROOT_INO {
+            return self.lookup_in_root(name);
+        }
+        let Node::Inode(dir) = self.node(parent)? else {
+            return Err(os_error(libc::ESTALE));
+        };
+        if dir.kind != FileType::Directory {
+            return Err(os_error(libc::ENOTDIR));
+        }
+        match self.lookup_in(&dir.release, dir.fd.as_fd(), name) {
+            Ok((_, attr)) => Ok(Lookup::Entry(attr, self.config.ttl)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(Lookup::Negative(self.config.ttl))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lookup_in_root(&self, name: &OsStr) -> io::Result<Lookup> {
+        loop {
+            let active = self.active();
+            let found = match &active.release {
+                Some(rel) => self.lookup_in(rel, rel.root.as_fd(), name),
+                None => Err(os_error(libc::ENOENT)),
+            };
+            let mut root = self.root.lock();
+            if root.active.generation != active.generation {
+                // A switch landed while we looked: answer from the new release instead.
+                drop(root);
+                if let Ok((inode, _)) = found {
+                    self.inodes.forget(inode.ino, 1);
+                }
+                continue;
+            }
+            return match found {
+                Ok((_, attr)) => {
+                    root.names.insert(name.to_os_string());
+                    Ok(Lookup::Entry(attr, self.config.ttl))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if root.names.len() < MAX_ROOT_NAMES {
+                        root.names.insert(name.to_os_string());
+                        Ok(Lookup::Negative(self.config.ttl))
+                    } else {
+                        Ok(Lookup::Negative(Duration::ZERO))
+                    }
+                }
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Resolves one component under `dir` in `release` and counts one kernel reference.
+    fn lookup_in(
+        &self,
+        release: &Arc<Release>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let fd = sys::open_path_beneath(dir, name)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let inode = self.inodes.remember(release, fd, &st);
+        Ok((inode.clone(), attr_of_stat(inode.ino, &st)))
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Attributes of `ino` and how long the kernel may cache them.
+    ///
+    /// # Errors
+    /// Unknown inode (ESTALE) or the host's error.
+    pub fn getattr(&self, ino: u64) -> io::Result<(FileAttr, Duration)> {
+        let attr = match self.node(ino)? {
+            Node::Root(active) => self.root_attr(&active)?,
+            Node::Inode(inode) => attr_of_stat(ino, &sys::fstat(inode.fd.as_fd())?),
+        };
+        Ok((attr, self.config.ttl))
+    }
+
+    fn root_attr(&self, active: &Active) -> io::Result<FileAttr> {
+        match &active.release {
+            Some(rel) => Ok(attr_of_stat(ROOT_INO, &sys::fstat(rel.root.as_fd())?)),
+            None => Ok(empty_root_attr(ROOT_INO, self.uid, self.gid, active.since)),
+        }
+    }
+
+    /// The target of symlink `ino`, verbatim: the daemon never follows it.
+    ///
+    /// # Errors
+    /// EINVAL when `ino` is not a symlink.
+    pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
+        match self.node(ino)? {
+            Node::Inode(inode) if inode.kind == FileType::Symlink => {
+                sys::readlink(inode.fd.as_fd())
+            }
+            _ => Err(os_error(libc::EINVAL)),
+        }
+    }
+
+    /// Opens regular file `ino` for reading and returns the handle.
+    ///
+    /// # Errors
+    /// EROFS for any write intent; EISDIR/EINVAL for other kinds; the host's error.
+    pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
+        refuse_write_intent(flags)?;
+        let Node::Inode(inode) = self.node(ino)? else {
+            return Err(os_error(libc::EISDIR));
+        };
+        match inode.kind {
+            FileType::RegularFile => {}
+            FileType::Directory => return Err(os_error(libc::EISDIR)),
+            _ => return Err(os_error(libc::EINVAL)),
+        }
+        let file = sys::reopen(inode.fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
+        Ok(self.handles.insert(Handle {
+            ino,
+            release: Some(inode.release.clone()),
+            kind: HandleKind::File(file),
+        }))
+    }
+
+    /// Reads up to `size` bytes at `offset` from handle `fh` (short only at end of file).
+    ///
+    /// # Errors
+    /// EBADF for an unknown or directory handle; the host's error.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let handle = self.handles.get(fh).ok_or_else(|| os_error(libc::EBADF))?;
+        let HandleKind::File(file) = &handle.kind else {
+            return Err(os_error(libc::EISDIR));
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    /// Closes handle `fh` (file or directory).
+    pub fn release(&self, fh: u64) {
+        if self.handles.remove(fh).is_none() {
+            log::warn!("release of unknown handle {fh}");
+        }
+    }
+
+    /// Opens directory `ino`, snapshotting its entries so offsets stay stable.
+    ///
+    /// # Errors
+    /// ENOTDIR for other kinds; the host's error.
+    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+        let (source, release, raw) = match self.node(ino)? {
+            Node::Root(active) => match &active.release {
+                Some(rel) => (
+                    DirSource::ReleaseRoot(rel.clone()),
+                    Some(rel.clone()),
+                    sys::read_dir(rel.root.as_fd())?,
+                ),
+                None => (DirSource::Empty, None, Vec::new()),
+            },
+            Node::Inode(inode) => {
+                if inode.kind != FileType::Directory {
+                    return Err(os_error(libc::ENOTDIR));
+                }
+                let raw = sys::read_dir(inode.fd.as_fd())?;
+                (
+                    DirSource::Inode(inode.clone()),
+                    Some(inode.release.clone()),
+                    raw,
+                )
+            }
+        };
+        let mut items = Vec::with_capacity(raw.len() + 2);
+        for dot in [".", ".."] {
+            items.push(DirItem {
+                name: dot.into(),
+                kind: FileType::Directory,
+                host_ino: ino,
+            });
+        }
+        items.extend(raw.into_iter().map(|e| DirItem {
+            kind: kind_of_dtype(e.d_type),
+            host_ino: e.d_ino,
+            name: e.name,
+        }));
+        Ok(self.handles.insert(Handle {
+            ino,
+            release,
+            kind: HandleKind::Dir { source, items },
+        }))
+    }
+
+    fn dir_items(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        let handle = self.handles.get(fh).ok_or_else(|| os_error(libc::EBADF))?;
+        match handle.kind {
+            HandleKind::Dir { .. } => Ok(handle),
+            HandleKind::File(_) => Err(os_error(libc::ENOTDIR)),
+        }
+    }
+
+    /// Lists directory handle `fh` from `offset` into `sink`.
+    ///
+    /// # Errors
+    /// EBADF for an unknown handle.
+    pub fn readdir(&self, fh: u64, offset: u64, sink: &mut dyn DirSink) -> io::Result<()> {
+        let handle = self.dir_items(fh)?;
+        let HandleKind::Dir { items, .. } = &handle.kind else {
+            return Err(os_error(libc::ENOTDIR));
+        };
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            if sink.add(item.host_ino, i as u64 + 1, item.kind, &item.name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists directory handle `fh` from `offset` with attributes; every entry added counts
+    /// one kernel reference (never `.` and `..`, which the kernel does not link).
+    ///
+    /// Entries of the root are given a zero timeout: the kernel then revalidates them with a
+    /// lookup before use, which records them for invalidation at the next switch.
+    ///
+    /// # Errors
+    /// EBADF for an unknown handle.
+    pub fn readdirplus(&self, fh: u64, offset: u64, sink: &mut dyn DirPlusSink) -> io::Result<()> {
+        let handle = self.dir_items(fh)?;
+        let HandleKind::Dir { items, source } = &handle.kind else {
+            return Err(os_error(libc::ENOTDIR));
+        };
+        let (release, dir_fd, ttl) = match source {
+            DirSource::ReleaseRoot(rel) => (rel, rel.root.as_fd(), Duration::ZERO),
+            DirSource::Inode(inode) => (&inode.release, inode.fd.as_fd(), self.config.ttl),
+            DirSource::Empty => {
+                return self.add_dots(handle.ino, items, offset, Duration::ZERO, sink);
+            }
+        };
+        let dir_attr = match source {
+            DirSource::ReleaseRoot(_) => attr_of_stat(ROOT_INO, &sys::fstat(dir_fd)?),
+            _ => attr_of_stat(handle.ino, &sys::fstat(dir_fd)?),
+        };
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if item.name == "." || item.name == ".." {
+                if sink.add(next, &item.name, &dir_attr, ttl) {
+                    break;
+                }
+                continue;
+            }
+            let (inode, attr) = match self.lookup_in(release, dir_fd, &item.name) {
+                Ok(found) => found,
+                Err(e) => {
+                    log::debug!("readdirplus: skipping {:?}: {e}", item.name);
+                    continue;
+                }
+            };
+            if sink.add(next, &item.name, &attr, ttl) {
+                // Not sent, so the kernel will not count it: undo our count.
+                self.inodes.forget(inode.ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_dots(
+        &self,
+        ino: u64,
+        items: &[DirItem],
+        offset: u64,
+        ttl: Duration,
+        sink: &mut dyn DirPlusSink,
+    ) -> io::Result<()> {
+        let (attr, _) = self.getattr(ino)?;
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            if sink.add(i as u64 + 1, &item.name, &attr, ttl) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `statvfs` of the filesystem behind `ino`.
+    ///
+    /// # Errors
+    /// The host's error.
+    pub fn statfs(&self, ino: u64) -> io::Result<libc::statvfs> {
+        match self.node(ino)? {
+            Node::Root(active) => match &active.release {
+                Some(rel) => sys::statvfs(rel.root.as_fd()),
+                None => Err(os_error(libc::ENOENT)),
+            },
+            Node::Inode(inode) => sys::statvfs(inode.fd.as_fd()),
+        }
+    }
+
+    /// Extended attribute `name` of `ino`; the root also answers `CONTROL_XATTR`.
+    ///
+    /// # Errors
+    /// ENODATA when absent; the host's error.
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> io::Result<sys::XattrAnswer> {
+        if ino == ROOT_INO && name == CONTROL_XATTR {
+            let value = self.config.control_path.as_os_str().as_bytes().to_vec();
+            return xattr_value(value, size);
+        }
+        match self.xattr_fd(ino)? {
+            Some(fd) => sys::get_xattr(fd.fd(), name, size as usize),
+            None => Err(os_error(libc::ENODATA)),
+        }
+    }
+
+    /// Extended attribute names of `ino`.
+    ///
+    /// # Errors
+    /// The host's error.
+    pub fn listxattr(&self, ino: u64, size: u32) -> io::Result<sys::XattrAnswer> {
+        match self.xattr_fd(ino)? {
+            Some(fd) => sys::list_xattr(fd.fd(), size as usize),
+            None => xattr_value(Vec::new(), size),
+        }
+    }
+
+    /// The descriptor to read xattrs from; `None` for symlinks (xattrs are read through
+    /// /proc/self/fd, which would follow them) and the empty root.
+    fn xattr_fd(&self, ino: u64) -> io::Result<Option<PinnedFd>> {
+        Ok(match self.node(ino)? {
+            Node::Root(active) => active.release.clone().map(PinnedFd::Release),
+            Node::Inode(inode) if inode.kind == FileType::Symlink => None,
+            Node::Inode(inode) => Some(PinnedFd::Inode(inode)),
+        })
+    }
+
+    /// `access(2)`: write access is always refused, the rest is the kernel's to check
+    /// (the mount uses `default_permissions`).
+    ///
+    /// # Errors
+    /// EROFS for W_OK; ESTALE for an unknown inode.
+    pub fn access(&self, ino: u64, mask: i32) -> io::Result<()> {
+        self.node(ino)?;
+        if mask & libc::W_OK != 0 {
+            return Err(os_error(libc::EROFS));
+        }
+        Ok(())
+    }
+
+    /// Makes release `name` active: validate, persist, publish, invalidate. Returns the line
+    /// to show the operator. `who` says who asked, for the log.
+    ///
+    /// # Errors
+    /// A one-line message; the active release is then unchanged.
+    pub fn activate(&self, name: &str, who: &str) -> Result<String, String> {
+        let _serial = self.switch_lock.lock();
+        let current = self.active();
+        if current.name() == Some(name) {
+            return Ok(format!("release {name} is already active"));
+        }
+        let fd = self.releases.open_release(name)?;
+        let previous = current.name().map(str::to_string);
+        let persisted = PersistedState {
+            active: name.to_string(),
+            previous: previous.clone(),
+        };
+        state::save(&self.config.state_path, &persisted).map_err(|e| {
+            format!(
+                "cannot persist the switch to {}: {e}; release {} stays active",
+                self.config.state_path.display(),
+                previous.as_deref().unwrap_or("(none)")
+            )
+        })?;
+        let stale = self.publish(name, fd, previous.clone());
+        self.invalidate_root(stale);
+        let from = previous.as_deref().unwrap_or("(none)");
+        log::info!("switched from {from} to {name} (requested by {who})");
+        Ok(format!("switched from {from} to {name}"))
+    }
+
+    /// Switches back to the previous release.
+    ///
+    /// # Errors
+    /// No previous release, or the switch fails.
+    pub fn rollback(&self, who: &str) -> Result<String, String> {
+        let previous = self
+            .active()
+            .previous
+            .clone()
+            .ok_or("no previous release to roll back to")?;
+        self.activate(&previous, who)
+    }
+
+    /// Tells the kernel to forget every root name it may cache from before a switch, then
+    /// the root's own attributes and listing. Runs with no core lock held: a notification can
+    /// wait for an in-flight lookup, which may need those locks to finish.
+    fn invalidate_root(&self, names: HashSet<OsString>) {
+        let Some(inv) = self.invalidator.get() else {
+            return;
+        };
+        for name in &names {
+            if let Err(e) = inv.inval_entry(ROOT_INO, name) {
+                log::warn!("invalidating {name:?} failed: {e}");
+            }
+        }
+        if let Err(e) = inv.inval_inode(ROOT_INO) {
+            log::warn!("invalidating the root failed: {e}");
+        }
+        log::debug!("invalidated {} root names", names.len());
+    }
+
+    /// The release names present, natural order.
+    ///
+    /// # Errors
+    /// The releases directory cannot be read.
+    pub fn list(&self) -> Result<Vec<String>, String> {
+        self.releases.list().map_err(|e| {
+            format!(
+                "cannot list releases in {}: {e}",
+                self.releases.path().display()
+            )
+        })
+    }
+
+    /// Everything `switchctl status` shows.
+    pub fn status(&self) -> Status {
+        let active = self.active();
+        let active_problem = active.release.as_ref().and_then(|rel| {
+            let missing = match sys::fstat(rel.root.as_fd()) {
+                Ok(st) => st.st_nlink == 0,
+                Err(_) => true,
+            };
+            let renamed = self
+                .releases
+                .open_release(&rel.name)
+                .ok()
+                .and_then(|fd| sys::fstat(fd.as_fd()).ok())
+                .zip(sys::fstat(rel.root.as_fd()).ok())
+                .is_none_or(|(now, served)| {
+                    now.st_ino != served.st_ino || now.st_dev != served.st_dev
+                });
+            if missing {
+                Some(format!("the directory of release {} was deleted", rel.name))
+            } else if renamed {
+                Some(format!(
+                    "the directory of release {} was renamed or replaced",
+                    rel.name
+                ))
+            } else {
+                None
+            }
+        });
+        let handles = self.handles.count_by_release();
+        let inodes = self.inodes.count_by_release();
+        let mut usage: Vec<ReleaseUsage> = handles
+            .keys()
+            .chain(inodes.keys())
+            .cloned()
+            .chain(active.name().map(str::to_string))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(|name| ReleaseUsage {
+                open_handles: handles.get(&name).copied().unwrap_or(0),
+                live_inodes: inodes.get(&name).copied().unwrap_or(0),
+                name,
+            })
+            .collect();
+        usage.sort_by(|a, b| crate::release::natural_cmp(&a.name, &b.name));
+        Status {
+            active: active.name().map(str::to_string),
+            since: active.since,
+            previous: active.previous.clone(),
+            releases_dir: self.releases.path().to_path_buf(),
+            mount_point: self.config.mount_point.clone(),
+            active_problem,
+            usage,
+        }
+    }
+
+    /// Live inode count (for leak checks in tests).
+    pub fn live_inodes(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Open handle count (for leak checks in tests).
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+}
+
+/// A descriptor kept alive by what owns it.
+enum PinnedFd {
+    Release(Arc<Release>),
+    Inode(Arc<Inode>),
+}
+
+impl PinnedFd {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            PinnedFd::Release(r) => r.root.as_fd(),
+            PinnedFd::Inode(i) => i.fd.as_fd(),
+        }
+    }
+}
+
+fn xattr_value(value: Vec<u8>, size: u32) -> io::Result<sys::XattrAnswer> {
+    if size == 0 {
+        return Ok(sys::XattrAnswer::Size(value.len() as u32));
+    }
+    if value.len() > size as usize {
+        return Err(os_error(libc::ERANGE));
+    }
+    Ok(sys::XattrAnswer::Data(value))
+}
+
+/// Refuses an open that could modify the file: write access, truncation or creation.
+fn refuse_write_intent(flags: i32) -> io::Result<()> {
+    let acc = flags & libc::O_ACCMODE;
+    if acc == libc::O_WRONLY || acc == libc::O_RDWR || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
+    {
+        return Err(os_error(libc::EROFS));
+    }
+    Ok(())
+}

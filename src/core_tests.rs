@@ -1,0 +1,444 @@
+//! Core tests on temporary release trees, without a mount.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{FileAttr, FileType};
+use parking_lot::Mutex;
+
+use crate::core::{CONTROL_XATTR, Core, CoreConfig, DirPlusSink, DirSink, Invalidator, Lookup};
+use crate::inodes::ROOT_INO;
+use crate::state;
+use crate::sys::XattrAnswer;
+use crate::testutil::TempDir;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+}
+
+struct SharedRecorder(Arc<Recorder>);
+
+impl Invalidator for SharedRecorder {
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.0
+            .calls
+            .lock()
+            .push(format!("entry {parent} {}", name.to_string_lossy()));
+        Ok(())
+    }
+    fn inval_inode(&self, ino: u64) -> io::Result<()> {
+        self.0.calls.lock().push(format!("inode {ino}"));
+        Ok(())
+    }
+}
+
+struct Fixture {
+    tmp: TempDir,
+    core: Core,
+    recorder: Arc<Recorder>,
+}
+
+fn write(tmp: &TempDir, rel: &str, path: &str, content: &str) {
+    let full = tmp.path().join("releases").join(rel).join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, content).unwrap();
+}
+
+fn fixture(initial: Option<&str>) -> Fixture {
+    let tmp = TempDir::new("core");
+    for rel in ["1", "2"] {
+        write(&tmp, rel, "index.php", &format!("release {rel}"));
+        write(&tmp, rel, "a/b/c/deep.txt", &format!("deep {rel}"));
+    }
+    write(&tmp, "2", "only-in-2", "new");
+    std::os::unix::fs::symlink("../../shared/log", tmp.path().join("releases/1/log")).unwrap();
+    let core = Core::new(config(&tmp), initial).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    core.set_invalidator(Box::new(SharedRecorder(recorder.clone())));
+    Fixture {
+        tmp,
+        core,
+        recorder,
+    }
+}
+
+fn config(tmp: &TempDir) -> CoreConfig {
+    CoreConfig {
+        releases: tmp.path().join("releases"),
+        state_path: tmp.path().join("state"),
+        mount_point: tmp.path().join("mnt"),
+        control_path: tmp.path().join("ctl.sock"),
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+fn entry(core: &Core, parent: u64, name: &str) -> FileAttr {
+    match core.lookup(parent, OsStr::new(name)).unwrap() {
+        Lookup::Entry(attr, _) => attr,
+        Lookup::Negative(_) => panic!("{name} not found"),
+    }
+}
+
+fn walk(core: &Core, path: &str) -> FileAttr {
+    let mut ino = ROOT_INO;
+    let mut attr = core.getattr(ROOT_INO).unwrap().0;
+    for part in path.split('/') {
+        attr = entry(core, ino, part);
+        ino = attr.ino.0;
+    }
+    attr
+}
+
+fn read_all(core: &Core, path: &str) -> String {
+    let ino = walk(core, path).ino.0;
+    let fh = core.open(ino, libc::O_RDONLY).unwrap();
+    let data = core.read(fh, 0, 1 << 20).unwrap();
+    core.release(fh);
+    String::from_utf8(data).unwrap()
+}
+
+#[test]
+fn serves_the_initial_release_and_persists_it() {
+    let f = fixture(Some("1"));
+    assert_eq!(read_all(&f.core, "index.php"), "release 1");
+    assert_eq!(read_all(&f.core, "a/b/c/deep.txt"), "deep 1");
+    let st = state::load(&f.tmp.path().join("state")).unwrap().unwrap();
+    assert_eq!(st.active, "1");
+}
+
+#[test]
+fn empty_root_without_state_or_initial() {
+    let f = fixture(None);
+    assert_eq!(f.core.active().name(), None);
+    let (attr, _) = f.core.getattr(ROOT_INO).unwrap();
+    assert_eq!(attr.kind, FileType::Directory);
+    assert_eq!(attr.perm, 0o555);
+    assert!(matches!(
+        f.core.lookup(ROOT_INO, OsStr::new("index.php")).unwrap(),
+        Lookup::Negative(_)
+    ));
+    let fh = f.core.opendir(ROOT_INO).unwrap();
+    let mut names = Names::default();
+    f.core.readdir(fh, 0, &mut names).unwrap();
+    assert_eq!(names.0, vec![".", ".."]);
+}
+
+#[test]
+fn switch_changes_what_new_lookups_see_and_invalidates_root_names() {
+    let f = fixture(Some("1"));
+    let old_index = walk(&f.core, "index.php");
+    walk(&f.core, "a/b/c/deep.txt");
+    assert!(matches!(
+        f.core.lookup(ROOT_INO, OsStr::new("only-in-2")).unwrap(),
+        Lookup::Negative(ttl) if ttl > Duration::ZERO
+    ));
+    assert_eq!(
+        f.core.activate("2", "test").unwrap(),
+        "switched from 1 to 2"
+    );
+    let mut calls = f.recorder.calls.lock().clone();
+    calls.sort();
+    assert_eq!(
+        calls,
+        vec![
+            "entry 1 a",
+            "entry 1 index.php",
+            "entry 1 only-in-2",
+            "inode 1"
+        ]
+    );
+    let new_index = walk(&f.core, "index.php");
+    assert_ne!(
+        old_index.ino, new_index.ino,
+        "a new release never reuses an inode"
+    );
+    assert_eq!(read_all(&f.core, "index.php"), "release 2");
+    assert_eq!(read_all(&f.core, "a/b/c/deep.txt"), "deep 2");
+    assert_eq!(read_all(&f.core, "only-in-2"), "new");
+    // The next switch only invalidates what was looked up since.
+    f.recorder.calls.lock().clear();
+    f.core.activate("1", "test").unwrap();
+    let mut calls = f.recorder.calls.lock().clone();
+    calls.sort();
+    assert_eq!(
+        calls,
+        vec![
+            "entry 1 a",
+            "entry 1 index.php",
+            "entry 1 only-in-2",
+            "inode 1"
+        ]
+    );
+}
+
+#[test]
+fn open_handles_and_old_directories_keep_their_release() {
+    let f = fixture(Some("1"));
+    let file = walk(&f.core, "index.php").ino.0;
+    let fh = f.core.open(file, libc::O_RDONLY).unwrap();
+    let dir_c = walk(&f.core, "a/b/c").ino.0;
+    f.core.activate("2", "test").unwrap();
+    assert_eq!(f.core.read(fh, 0, 100).unwrap(), b"release 1");
+    // A working directory inside the old release resolves in the old release.
+    let deep = entry(&f.core, dir_c, "deep.txt").ino.0;
+    let fh2 = f.core.open(deep, libc::O_RDONLY).unwrap();
+    assert_eq!(f.core.read(fh2, 0, 100).unwrap(), b"deep 1");
+    let usage = f.core.status().usage;
+    let old = usage.iter().find(|u| u.name == "1").unwrap();
+    assert_eq!(old.open_handles, 2);
+    assert!(old.live_inodes >= 4);
+    f.core.release(fh);
+    f.core.release(fh2);
+    assert_eq!(f.core.open_handles(), 0);
+}
+
+#[test]
+fn bad_names_change_nothing() {
+    let f = fixture(Some("1"));
+    std::fs::write(f.tmp.path().join("releases/file"), "x").unwrap();
+    std::os::unix::fs::symlink("/etc", f.tmp.path().join("releases/evil")).unwrap();
+    for bad in ["", ".", "..", "../1", "a/b", "3", "file", "evil", ".hidden"] {
+        let err = f.core.activate(bad, "test").unwrap_err();
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert_eq!(f.core.active().name(), Some("1"), "after {bad:?}");
+    }
+    assert!(
+        f.recorder.calls.lock().is_empty(),
+        "no invalidation for a refused switch"
+    );
+    assert_eq!(
+        state::load(&f.tmp.path().join("state"))
+            .unwrap()
+            .unwrap()
+            .active,
+        "1"
+    );
+}
+
+#[test]
+fn unpersistable_switch_is_refused() {
+    let tmp = TempDir::new("core");
+    std::fs::create_dir_all(tmp.path().join("releases/1")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("releases/2")).unwrap();
+    let mut cfg = config(&tmp);
+    cfg.state_path = tmp.path().join("no-such-dir/state");
+    let core = Core::new(cfg, Some("1")).unwrap();
+    let err = core.activate("2", "test").unwrap_err();
+    assert!(err.contains("cannot persist"), "{err}");
+    assert_eq!(core.active().name(), Some("1"));
+}
+
+#[test]
+fn restart_resumes_persisted_release_and_previous() {
+    let f = fixture(Some("1"));
+    f.core.activate("2", "test").unwrap();
+    let again = Core::new(config(&f.tmp), Some("1")).unwrap();
+    assert_eq!(
+        again.active().name(),
+        Some("2"),
+        "state wins over --initial"
+    );
+    assert_eq!(again.active().previous.as_deref(), Some("1"));
+    assert_eq!(again.rollback("test").unwrap(), "switched from 2 to 1");
+}
+
+#[test]
+fn corrupt_state_falls_back_to_initial() {
+    let f = fixture(Some("1"));
+    std::fs::write(f.tmp.path().join("state"), "active=../../etc\n").unwrap();
+    let again = Core::new(config(&f.tmp), Some("2")).unwrap();
+    assert_eq!(again.active().name(), Some("2"));
+    std::fs::write(f.tmp.path().join("state"), "active=gone\n").unwrap();
+    let again = Core::new(config(&f.tmp), None).unwrap();
+    assert_eq!(
+        again.active().name(),
+        None,
+        "a vanished release is not guessed"
+    );
+}
+
+#[test]
+fn lookups_never_leave_the_release() {
+    let f = fixture(Some("1"));
+    for bad in ["..", ".", "", "a/b", "../releases"] {
+        assert!(f.core.lookup(ROOT_INO, OsStr::new(bad)).is_err(), "{bad:?}");
+    }
+    let link = walk(&f.core, "log");
+    assert_eq!(link.kind, FileType::Symlink, "symlinks stay symlinks");
+    assert_eq!(f.core.readlink(link.ino.0).unwrap(), b"../../shared/log");
+    // Looking up through a symlink as if it were a directory fails: nothing is followed.
+    assert!(f.core.lookup(link.ino.0, OsStr::new("x")).is_err());
+    assert!(f.core.open(link.ino.0, libc::O_RDONLY).is_err());
+}
+
+#[test]
+fn writes_are_refused() {
+    let f = fixture(Some("1"));
+    let ino = walk(&f.core, "index.php").ino.0;
+    for flags in [
+        libc::O_WRONLY,
+        libc::O_RDWR,
+        libc::O_RDONLY | libc::O_TRUNC,
+        libc::O_RDONLY | libc::O_CREAT,
+    ] {
+        let err = f.core.open(ino, flags).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    }
+    assert_eq!(
+        f.core.access(ino, libc::W_OK).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert!(f.core.access(ino, libc::R_OK).is_ok());
+}
+
+#[derive(Default)]
+struct Names(Vec<String>);
+
+impl DirSink for Names {
+    fn add(&mut self, _ino: u64, _offset: u64, _kind: FileType, name: &OsStr) -> bool {
+        self.0.push(name.to_string_lossy().into_owned());
+        false
+    }
+}
+
+struct PlusNames {
+    names: Vec<(String, Duration)>,
+    room: usize,
+}
+
+impl DirPlusSink for PlusNames {
+    fn add(&mut self, _offset: u64, name: &OsStr, _attr: &FileAttr, ttl: Duration) -> bool {
+        if self.names.len() == self.room {
+            return true;
+        }
+        self.names.push((name.to_string_lossy().into_owned(), ttl));
+        false
+    }
+}
+
+#[test]
+fn listings_are_snapshots_of_their_release() {
+    let f = fixture(Some("1"));
+    let fh = f.core.opendir(ROOT_INO).unwrap();
+    f.core.activate("2", "test").unwrap();
+    let mut names = Names::default();
+    f.core.readdir(fh, 0, &mut names).unwrap();
+    names.0.sort();
+    assert_eq!(names.0, vec![".", "..", "a", "index.php", "log"]);
+    f.core.release(fh);
+    let fh = f.core.opendir(ROOT_INO).unwrap();
+    let mut names = Names::default();
+    f.core.readdir(fh, 0, &mut names).unwrap();
+    names.0.sort();
+    assert_eq!(names.0, vec![".", "..", "a", "index.php", "only-in-2"]);
+}
+
+#[test]
+fn readdirplus_counts_only_what_was_sent() {
+    let f = fixture(Some("1"));
+    let dir = walk(&f.core, "a/b/c").ino.0;
+    for i in 0..5 {
+        write(&f.tmp, "1", &format!("a/b/c/f{i}"), "x");
+    }
+    let before = f.core.live_inodes();
+    let fh = f.core.opendir(dir).unwrap();
+    // Room for the two dots and three files: the fourth file does not fit.
+    let mut sink = PlusNames {
+        names: Vec::new(),
+        room: 5,
+    };
+    f.core.readdirplus(fh, 0, &mut sink).unwrap();
+    assert_eq!(sink.names.len(), 5);
+    assert_eq!(
+        f.core.live_inodes(),
+        before + 3,
+        "dots and the unsent entry not counted"
+    );
+    // Root entries come with a zero timeout, so the kernel revalidates them by lookup.
+    let root = f.core.opendir(ROOT_INO).unwrap();
+    let mut sink = PlusNames {
+        names: Vec::new(),
+        room: 100,
+    };
+    f.core.readdirplus(root, 0, &mut sink).unwrap();
+    assert!(sink.names.iter().all(|(_, ttl)| *ttl == Duration::ZERO));
+}
+
+#[test]
+fn forget_releases_everything() {
+    let f = fixture(Some("1"));
+    let attr = walk(&f.core, "a/b/c/deep.txt");
+    assert_eq!(f.core.live_inodes(), 4);
+    f.core.activate("2", "test").unwrap();
+    // The kernel forgets the old release's inodes once nothing uses them; inode numbers
+    // come from a counter, so a, b, c and deep.txt are the four numbers up to deep.txt's.
+    let deep = attr.ino.0;
+    f.core.forget(deep, 1);
+    f.core.forget(deep - 1, 1);
+    f.core.forget(deep - 2, 1);
+    f.core.forget(deep - 3, 1);
+    assert_eq!(f.core.live_inodes(), 0);
+    let usage = f.core.status().usage;
+    assert!(
+        usage.iter().all(|u| u.name != "1"),
+        "release 1 is no longer in use"
+    );
+}
+
+#[test]
+fn root_answers_the_control_xattr_only_there() {
+    let f = fixture(Some("1"));
+    let name = OsStr::new(CONTROL_XATTR);
+    let expected = f.tmp.path().join("ctl.sock");
+    assert_eq!(
+        f.core.getxattr(ROOT_INO, name, 4096).unwrap(),
+        XattrAnswer::Data(expected.as_os_str().as_encoded_bytes().to_vec())
+    );
+    assert!(matches!(
+        f.core.getxattr(ROOT_INO, name, 0).unwrap(),
+        XattrAnswer::Size(n) if n as usize == expected.as_os_str().len()
+    ));
+    assert_eq!(
+        f.core
+            .getxattr(ROOT_INO, name, 2)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ERANGE)
+    );
+    let file = walk(&f.core, "index.php").ino.0;
+    assert!(f.core.getxattr(file, name, 4096).is_err());
+}
+
+#[test]
+fn deleted_active_release_is_reported_and_recoverable() {
+    let f = fixture(Some("1"));
+    walk(&f.core, "index.php");
+    std::fs::remove_dir_all(f.tmp.path().join("releases/1")).unwrap();
+    let st = f.core.status();
+    assert!(st.active_problem.unwrap().contains("deleted"));
+    assert!(matches!(
+        f.core.lookup(ROOT_INO, OsStr::new("a")),
+        Ok(Lookup::Negative(_)) | Err(_)
+    ));
+    f.core.activate("2", "test").unwrap();
+    assert!(f.core.status().active_problem.is_none());
+    assert_eq!(read_all(&f.core, "index.php"), "release 2");
+}
+
+#[test]
+fn negative_root_names_are_bounded() {
+    let f = fixture(Some("1"));
+    let mut zero = 0;
+    for i in 0..100_010 {
+        let name = OsString::from(format!("missing-{i}"));
+        if let Lookup::Negative(ttl) = f.core.lookup(ROOT_INO, &name).unwrap()
+            && ttl == Duration::ZERO
+        {
+            zero += 1;
+        }
+    }
+    assert_eq!(zero, 10, "past the cap, negatives are not cached");
+}

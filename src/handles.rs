@@ -1,0 +1,103 @@
+//! Open file and directory handles. A handle carries the release it was opened in, so a
+//! reader that opened a file before a switch keeps reading that release to the end. Handle
+//! numbers are never reused.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::FileType;
+use parking_lot::Mutex;
+
+use crate::inodes::Inode;
+use crate::release::Release;
+
+/// One entry of a directory snapshot.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub name: OsString,
+    pub kind: FileType,
+    /// The host inode number, used as the `d_ino` hint of a plain readdir.
+    pub host_ino: u64,
+}
+
+/// The directory a directory handle lists, kept alive for readdirplus lookups.
+#[derive(Debug)]
+pub enum DirSource {
+    /// The root of a release (the mount root as it was when opened).
+    ReleaseRoot(Arc<Release>),
+    /// Any other directory.
+    Inode(Arc<Inode>),
+    /// The mount root while no release is active.
+    Empty,
+}
+
+#[derive(Debug)]
+pub enum HandleKind {
+    File(File),
+    /// The entries as they were at opendir, so offsets stay stable for the whole listing.
+    Dir {
+        source: DirSource,
+        items: Vec<DirItem>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Handle {
+    pub ino: u64,
+    /// The release this handle reads from; `None` for the empty root.
+    pub release: Option<Arc<Release>>,
+    pub kind: HandleKind,
+}
+
+#[derive(Debug)]
+pub struct HandleTable {
+    map: Mutex<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Default for HandleTable {
+    fn default() -> Self {
+        HandleTable {
+            map: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl HandleTable {
+    pub fn insert(&self, handle: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.lock().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map.lock().get(&fh).cloned()
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map.lock().remove(&fh)
+    }
+
+    /// Open handles per release name (the empty root is not counted).
+    pub fn count_by_release(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for handle in self.map.lock().values() {
+            if let Some(rel) = &handle.release {
+                *counts.entry(rel.name.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

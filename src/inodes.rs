@@ -1,0 +1,214 @@
+//! The inode table: FUSE inode numbers for the files of each activated release.
+//!
+//! Invariants:
+//! - An inode is keyed by (release generation, st_dev, st_ino), so an inode never belongs to
+//!   two activations: a path looked up after a switch can never reuse a cached inode, page
+//!   or attribute of the release before it.
+//! - Inode numbers come from a counter and are never reused (1 is the root, never stored here).
+//! - The lookup count is the reference count: +1 per entry handed to the kernel, FORGET
+//!   subtracts; at 0 the entry, its `O_PATH` descriptor and its hold on the release go away.
+//! - Every entry holds an `O_PATH` descriptor, so its host inode number cannot be reused while
+//!   the kernel may still ask about it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::FileType;
+use parking_lot::RwLock;
+
+use crate::release::Release;
+
+/// The FUSE inode number of the mount's root.
+pub const ROOT_INO: u64 = 1;
+
+/// One file, directory or symlink of one activated release.
+#[derive(Debug)]
+pub struct Inode {
+    pub ino: u64,
+    pub fd: OwnedFd,
+    pub release: Arc<Release>,
+    pub kind: FileType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    generation: u64,
+    dev: u64,
+    host_ino: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    inode: Arc<Inode>,
+    key: Key,
+    nlookup: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_ino: HashMap<u64, Slot>,
+    by_key: HashMap<Key, u64>,
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    maps: RwLock<Maps>,
+    next_ino: AtomicU64,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        InodeTable {
+            maps: RwLock::new(Maps::default()),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
+        }
+    }
+}
+
+impl InodeTable {
+    /// The live inode `ino`, if the kernel still holds it.
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.maps.read().by_ino.get(&ino).map(|s| s.inode.clone())
+    }
+
+    /// Records one more kernel reference to the host file behind `fd` (stat `st`) in
+    /// `release`, creating the entry if needed, and returns its inode. A descriptor that
+    /// duplicates an existing entry is simply dropped.
+    pub fn remember(&self, release: &Arc<Release>, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
+        let key = Key {
+            generation: release.generation,
+            dev: st.st_dev,
+            host_ino: st.st_ino,
+        };
+        {
+            let maps = self.maps.read();
+            if let Some(slot) = maps.by_key.get(&key).and_then(|ino| maps.by_ino.get(ino)) {
+                // FORGET takes the write lock, so the slot cannot vanish while we count.
+                slot.nlookup.fetch_add(1, Ordering::Relaxed);
+                return slot.inode.clone();
+            }
+        }
+        let mut maps = self.maps.write();
+        // Re-check under the write lock: another lookup may have inserted it meanwhile.
+        if let Some(slot) = maps.by_key.get(&key).and_then(|ino| maps.by_ino.get(ino)) {
+            slot.nlookup.fetch_add(1, Ordering::Relaxed);
+            return slot.inode.clone();
+        }
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let inode = Arc::new(Inode {
+            ino,
+            fd,
+            release: release.clone(),
+            kind: crate::attr::kind_of_mode(st.st_mode).unwrap_or(FileType::RegularFile),
+        });
+        maps.by_key.insert(key, ino);
+        maps.by_ino.insert(
+            ino,
+            Slot {
+                inode: inode.clone(),
+                key,
+                nlookup: AtomicU64::new(1),
+            },
+        );
+        inode
+    }
+
+    /// Drops `n` kernel references to `ino`. Unknown inodes are logged, never a panic: the
+    /// kernel and we must agree, and a disagreement is a bug to see, not a reason to die.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut maps = self.maps.write();
+        let Some(slot) = maps.by_ino.get(&ino) else {
+            if ino != ROOT_INO {
+                log::warn!("forget of unknown inode {ino} (n={n})");
+            }
+            return;
+        };
+        let left = slot.nlookup.load(Ordering::Relaxed).saturating_sub(n);
+        slot.nlookup.store(left, Ordering::Relaxed);
+        if left == 0 {
+            let key = slot.key;
+            maps.by_ino.remove(&ino);
+            maps.by_key.remove(&key);
+        }
+    }
+
+    /// Number of live inodes.
+    pub fn len(&self) -> usize {
+        self.maps.read().by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of live inodes per release name.
+    pub fn count_by_release(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for slot in self.maps.read().by_ino.values() {
+            *counts.entry(slot.inode.release.name.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys;
+    use crate::testutil::TempDir;
+    use std::os::fd::AsFd;
+
+    fn release(dir: &std::path::Path, generation: u64) -> Arc<Release> {
+        Arc::new(Release {
+            name: format!("r{generation}"),
+            generation,
+            root: sys::open_dir_path(dir, true).unwrap(),
+            activated_at: std::time::SystemTime::now(),
+        })
+    }
+
+    #[test]
+    fn counts_lookups_and_forgets() {
+        let tmp = TempDir::new("inodes");
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let rel = release(tmp.path(), 7);
+        let table = InodeTable::default();
+        let open = || sys::open_path_beneath(rel.root.as_fd(), "f".as_ref()).unwrap();
+        let fd = open();
+        let st = sys::fstat(fd.as_fd()).unwrap();
+        let a = table.remember(&rel, fd, &st);
+        let b = table.remember(&rel, open(), &st);
+        assert_eq!(a.ino, b.ino, "same host file, same release: same inode");
+        assert!(a.ino > ROOT_INO);
+        assert_eq!(table.len(), 1);
+        table.forget(a.ino, 1);
+        assert_eq!(table.len(), 1, "still one reference");
+        table.forget(a.ino, 1);
+        assert!(table.is_empty());
+        table.forget(a.ino, 1); // unknown now: logged, no panic
+        drop((a, b));
+        assert_eq!(
+            Arc::strong_count(&rel),
+            1,
+            "no inode keeps the release alive"
+        );
+    }
+
+    #[test]
+    fn generations_never_share_inodes() {
+        let tmp = TempDir::new("inodes");
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let (r1, r2) = (release(tmp.path(), 1), release(tmp.path(), 2));
+        let table = InodeTable::default();
+        let fd = sys::open_path_beneath(r1.root.as_fd(), "f".as_ref()).unwrap();
+        let st = sys::fstat(fd.as_fd()).unwrap();
+        let a = table.remember(&r1, fd, &st);
+        let fd = sys::open_path_beneath(r2.root.as_fd(), "f".as_ref()).unwrap();
+        let b = table.remember(&r2, fd, &st);
+        assert_ne!(a.ino, b.ino);
+        let counts = table.count_by_release();
+        assert_eq!((counts["r1"], counts["r2"]), (1, 1));
+    }
+}

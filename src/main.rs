@@ -1,0 +1,98 @@
+//! `switchfs`: serve the active release of a releases directory at a fixed mount point.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use switchfs::daemon::{self, DaemonArgs};
+use switchfs::names::validate_release_name;
+
+/// Serve the active release of RELEASES at MOUNTPOINT, read-only, and switch releases
+/// atomically with `switchctl activate NAME`. Runs in the foreground until SIGTERM or SIGINT,
+/// then unmounts and exits 0.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Directory holding one subdirectory per release (e.g. /var/www/app/releases).
+    #[arg(long, value_name = "DIR", value_parser = existing_dir)]
+    releases: PathBuf,
+
+    /// Where to serve the active release (e.g. /var/www/current): an existing directory.
+    #[arg(value_name = "MOUNTPOINT")]
+    mount_point: PathBuf,
+
+    /// Release to serve when no active release was persisted yet. Without it and without
+    /// persisted state, the root stays empty until `switchctl activate`: switchfs never
+    /// guesses, since the newest directory may be a half-finished upload.
+    #[arg(long, value_name = "NAME", value_parser = release_name)]
+    initial: Option<String>,
+
+    /// Control socket path [default: /run/switchfs/<mount>-<hash>.sock as root,
+    /// $XDG_RUNTIME_DIR/switchfs/... otherwise].
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
+
+    /// Let this group use the control socket too (mode 0660 instead of 0600).
+    #[arg(long, value_name = "GROUP", value_parser = group)]
+    control_group: Option<u32>,
+
+    /// File recording the active release, written atomically before each switch is
+    /// acknowledged [default: /var/lib/switchfs/<mount>-<hash>.state as root,
+    /// $XDG_STATE_HOME/switchfs/... otherwise].
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+
+    /// FUSE worker threads.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+
+    /// Seconds the kernel may cache names and attributes. Each switch invalidates them, so
+    /// long is safe as long as files inside a live release are not edited in place.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
+    cache_timeout: u32,
+
+    /// Seconds to wait at shutdown for files still open under the mount.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    stop_timeout: u32,
+}
+
+fn existing_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => Err("not a directory".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn release_name(s: &str) -> Result<String, String> {
+    validate_release_name(s).map(|()| s.to_string())
+}
+
+fn group(s: &str) -> Result<u32, String> {
+    daemon::group_id(s)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let args = DaemonArgs {
+        releases: cli.releases,
+        mount_point: cli.mount_point,
+        initial: cli.initial,
+        control: cli.control,
+        control_group: cli.control_group,
+        state: cli.state,
+        threads: usize::from(cli.threads),
+        cache_timeout: Duration::from_secs(u64::from(cli.cache_timeout)),
+        stop_timeout: Duration::from_secs(u64::from(cli.stop_timeout)),
+    };
+    match daemon::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("switchfs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
