@@ -43,50 +43,58 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A mount point left behind by a killed daemon answers ENOTCONN; detach it so we can mount
-/// again instead of failing, as an operator restarting the service expects.
-fn recover_dead_mount(mount_point: &Path) -> Result<(), String> {
-    match std::fs::metadata(mount_point) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!(
-                "{} is a dead FUSE mount (its daemon was killed); detaching it",
-                mount_point.display()
-            );
-            let c = CString::new(mount_point.as_os_str().as_encoded_bytes())
-                .map_err(|_| "mount point contains NUL".to_string())?;
-            // SAFETY: valid C string.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                let e = io::Error::last_os_error();
-                // Without root the setuid helper can do it.
-                let status = std::process::Command::new("fusermount3")
-                    .arg("-uz")
-                    .arg(mount_point)
-                    .status();
-                if !matches!(status, Ok(s) if s.success()) {
-                    return Err(format!(
-                        "cannot detach dead mount {}: {e}",
-                        mount_point.display()
-                    ));
-                }
-            }
-            Ok(())
-        }
-        _ => Ok(()),
+/// The mount point as mountinfo spells it, computed without touching the mount point
+/// itself (on a dead mount even a stat can fail).
+fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
+    let shown = mount_point.display();
+    let abs = std::path::absolute(mount_point).map_err(|e| format!("mount point {shown}: {e}"))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .map_err(|e| format!("mount point {shown}: {e}")),
+        _ => Ok(abs),
     }
 }
 
-fn refuse_second_daemon(mount_point: &Path) -> Result<(), String> {
-    let mounts = client::switchfs_mounts()?;
-    if mounts.iter().any(|m| m == mount_point) {
-        let socket = client::socket_for_mount(mount_point)
-            .map(|s| format!(" (control socket {})", s.display()))
-            .unwrap_or_default();
-        return Err(format!(
-            "{} is already served by another switchfs{socket}",
-            mount_point.display()
-        ));
+/// Refuses to mount over a live switchfs, and detaches a mount point left dead by a killed
+/// daemon ("Transport endpoint is not connected") so a restart recovers instead of failing.
+fn prepare_mount_point(mount_point: &Path) -> Result<(), String> {
+    let shown = mount_point.display();
+    let dead = if client::switchfs_mounts()?.iter().any(|m| m == mount_point) {
+        match client::query_control_xattr(mount_point) {
+            Ok(socket) => {
+                return Err(format!(
+                    "{shown} is already served by another switchfs (control socket {})",
+                    socket.display()
+                ));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => true,
+            Err(e) => return Err(format!("cannot check the switchfs at {shown}: {e}")),
+        }
+    } else {
+        matches!(std::fs::metadata(mount_point), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    };
+    if !dead {
+        return Ok(());
     }
-    Ok(())
+    log::warn!("{shown} is a dead FUSE mount (its daemon was killed); detaching it");
+    let c = CString::new(mount_point.as_os_str().as_encoded_bytes())
+        .map_err(|_| "mount point contains NUL".to_string())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // Without root the setuid helper can do it.
+    let status = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mount_point)
+        .status();
+    if matches!(status, Ok(s) if s.success()) {
+        Ok(())
+    } else {
+        Err(format!("cannot detach dead mount {shown}: {e}"))
+    }
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -188,10 +196,10 @@ fn unmount(mount_point: &Path) {
 /// # Errors
 /// A one-line message for anything that prevents serving; nothing is left mounted then.
 pub fn run(args: DaemonArgs) -> Result<(), String> {
-    recover_dead_mount(&args.mount_point)?;
-    let mount_point = std::fs::canonicalize(&args.mount_point)
-        .map_err(|e| format!("mount point {}: {e}", args.mount_point.display()))?;
-    refuse_second_daemon(&mount_point)?;
+    let mount_point = absolute_mount_point(&args.mount_point)?;
+    prepare_mount_point(&mount_point)?;
+    let mount_point = std::fs::canonicalize(&mount_point)
+        .map_err(|e| format!("mount point {}: {e}", mount_point.display()))?;
     let control_path = args
         .control
         .clone()

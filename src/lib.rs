@@ -23,3 +23,28 @@ pub mod sys;
 mod core_tests;
 #[cfg(test)]
 mod testutil;
+
+/// Parses the command line like `P::parse`, but reports a usage error as one line on stderr
+/// (`PROG: error text`) with exit code 2, so scripts and logs get one clear line. Help and
+/// version requests print as usual.
+pub fn parse_args_or_exit<P: clap::Parser>(prog: &str) -> P {
+    match P::try_parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{prog}: {first} (see {prog} --help)");
+            std::process::exit(2);
+        }
+    }
+}

@@ -75,8 +75,13 @@ fn group(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // fuser warns "Unmount failed" when its own unmount-on-drop finds the mount already gone,
+    // which is our normal shutdown (we unmount first, detaching if busy); keep its errors.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,fuser::mnt=error"),
+    )
+    .init();
+    let cli: Cli = switchfs::parse_args_or_exit("switchfs");
     let args = DaemonArgs {
         releases: cli.releases,
         mount_point: cli.mount_point,

@@ -78,7 +78,7 @@ fn run(cli: Cli) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = switchfs::parse_args_or_exit("switchctl");
     match run(cli) {
         Ok(body) => {
             print!("{body}");

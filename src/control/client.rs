@@ -44,8 +44,23 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<String
 /// `mount` is not a live switchfs mount.
 pub fn socket_for_mount(mount: &Path) -> Result<PathBuf, String> {
     let shown = mount.display();
+    query_control_xattr(mount).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTCONN) => {
+            format!("{shown} is a dead switchfs mount (its daemon is gone); restart switchfs")
+        }
+        Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!("{shown} is not a switchfs mount"),
+        _ => format!("cannot query {shown}: {e}"),
+    })
+}
+
+/// Asks the mount's root for the control socket path. The kernel never caches xattrs, so
+/// this always reaches the daemon: ENOTCONN means the daemon is dead.
+///
+/// # Errors
+/// The OS error of getxattr (ENODATA/ENOTSUP: not a switchfs; ENOTCONN: dead).
+pub fn query_control_xattr(mount: &Path) -> std::io::Result<PathBuf> {
     let c_path = CString::new(mount.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{shown}: path contains NUL"))?;
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let c_name = CString::new(CONTROL_XATTR).unwrap_or_default();
     let mut buf = vec![0u8; 4096];
     // SAFETY: valid C strings; buf is writable for its length.
@@ -58,16 +73,7 @@ pub fn socket_for_mount(mount: &Path) -> Result<PathBuf, String> {
         )
     };
     if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENOTCONN) => {
-                format!("{shown} is a dead switchfs mount (its daemon is gone); restart switchfs")
-            }
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
-                format!("{shown} is not a switchfs mount")
-            }
-            _ => format!("cannot query {shown}: {e}"),
-        });
+        return Err(std::io::Error::last_os_error());
     }
     buf.truncate(n as usize);
     Ok(PathBuf::from(std::ffi::OsString::from(

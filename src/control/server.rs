@@ -183,8 +183,8 @@ fn serve_client(mut stream: UnixStream, core: &Core, access: Access) {
         }
         Ok(peer) => match read_request(&mut stream) {
             // A bare connect and close: another daemon probing whether we are alive.
-            Ok(line) if line.is_empty() => return,
-            Ok(line) => respond(core, &line, peer),
+            Ok(None) => return,
+            Ok(Some(line)) => respond(core, &line, peer),
             Err(msg) => {
                 log::info!(
                     "bad control request from uid={} pid={}: {msg}",
@@ -200,8 +200,9 @@ fn serve_client(mut stream: UnixStream, core: &Core, access: Access) {
     }
 }
 
-/// Reads one request line; EOF ends it too (for clients that half-close).
-fn read_request(stream: &mut UnixStream) -> Result<Vec<u8>, String> {
+/// Reads one request line; EOF ends it too (for clients that half-close). `None` when the
+/// client closed without sending a byte.
+fn read_request(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
     let mut line = Vec::with_capacity(128);
     let mut buf = [0u8; 512];
     loop {
@@ -219,26 +220,17 @@ fn read_request(stream: &mut UnixStream) -> Result<Vec<u8>, String> {
             Err(e) => return Err(format!("cannot read the request: {e}")),
         };
         if n == 0 {
-            return Ok(line);
+            return Ok((!line.is_empty()).then_some(line));
         }
-        if let Some(pos) = buf[..n].iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&buf[..pos]);
-            return check_len(line);
+        let newline = buf[..n].iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&buf[..newline.unwrap_or(n)]);
+        if line.len() >= MAX_REQUEST {
+            return Err(format!("request longer than {MAX_REQUEST} bytes"));
         }
-        line.extend_from_slice(&buf[..n]);
-        check_len_partial(&line)?;
+        if newline.is_some() {
+            return Ok(Some(line));
+        }
     }
-}
-
-fn check_len_partial(line: &[u8]) -> Result<(), String> {
-    if line.len() >= MAX_REQUEST {
-        return Err(format!("request longer than {MAX_REQUEST} bytes"));
-    }
-    Ok(())
-}
-
-fn check_len(line: Vec<u8>) -> Result<Vec<u8>, String> {
-    check_len_partial(&line).map(|()| line)
 }
 
 fn respond(core: &Core, line: &[u8], peer: Peer) -> String {

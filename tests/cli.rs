@@ -1,0 +1,333 @@
+//! The command line and the control socket: status, list, bad input of every kind
+//! (rule 7), persistence across restarts and kills (rule 6), the socket's permissions and
+//! stale sockets (rule 8).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn active(fx: &Fixture) -> String {
+    let out = fx.ctl(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout(&out);
+    let start = json.find("\"active\":").expect("active field") + 9;
+    json[start..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// Sends raw bytes on the control socket and returns whatever comes back.
+fn raw(fx: &Fixture, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(fx.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn status_and_list_for_people_and_machines() {
+    let fx = Fixture::new("status");
+    fx.two_releases();
+    fs::create_dir_all(fx.releases().join("10")).unwrap();
+    fs::write(fx.releases().join(".switchfs-notes"), "x").unwrap();
+    let _d = fx.start(&["--initial", "1"]);
+    fx.activate("2");
+    let text = stdout(&fx.ctl(&["status"]));
+    assert!(text.contains("active:       2 (since 20"), "{text}");
+    assert!(text.contains("previous:     1"), "{text}");
+    assert!(
+        text.contains(&format!("mount point:  {}", fx.mnt().display())),
+        "{text}"
+    );
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(json.starts_with("{\"active\":\"2\""), "{json}");
+    assert!(json.contains("\"previous\":\"1\""), "{json}");
+    assert!(json.contains("\"problem\":null"), "{json}");
+    let list = stdout(&fx.ctl(&["list"]));
+    assert_eq!(list, "  1 (previous)\n* 2 (active)\n  10\n");
+    let json = stdout(&fx.ctl(&["list", "--json"]));
+    assert_eq!(
+        json,
+        "[{\"name\":\"1\",\"active\":false,\"previous\":true},\
+         {\"name\":\"2\",\"active\":true,\"previous\":false},\
+         {\"name\":\"10\",\"active\":false,\"previous\":false}]\n"
+    );
+    // Open handles are reported per release.
+    let held = fs::File::open(fx.m("index.php")).unwrap();
+    let text = stdout(&fx.ctl(&["status"]));
+    assert!(text.contains("2: 1 open file handles"), "{text}");
+    drop(held);
+    // --mount finds the socket through the mount itself.
+    let out = Command::new(SWITCHCTL)
+        .args(["--mount", fx.mnt().to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_release_names_are_refused_and_change_nothing() {
+    let fx = Fixture::new("badname");
+    fx.two_releases();
+    fs::write(fx.releases().join("plainfile"), "x").unwrap();
+    std::os::unix::fs::symlink("/etc", fx.releases().join("linked")).unwrap();
+    fs::create_dir_all(fx.releases().join("9")).unwrap();
+    let _d = fx.start(&["--initial", "1"]);
+    fs::remove_dir(fx.releases().join("9")).unwrap(); // deleted since it was uploaded
+    let state_before = fs::read_to_string(fx.state()).unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("3", "unknown release"),
+        ("9", "unknown release"),
+        ("plainfile", "not a directory"),
+        ("linked", "symlink"),
+        ("", "empty"),
+        (".", "starts with '.'"),
+        ("..", "starts with '.'"),
+        ("../1", "contains '/'"),
+        ("a/b", "contains '/'"),
+        ("/etc", "contains '/'"),
+    ];
+    for (name, expect) in cases {
+        let out = fx.ctl(&["activate", name]);
+        let err = one_line_error(&out);
+        assert!(err.starts_with("switchctl: "), "{err}");
+        assert!(err.contains(expect), "{name:?}: {err}");
+        assert_eq!(active(&fx), "1", "after {name:?}");
+    }
+    // The daemon validates too, whatever a client sends.
+    for line in [
+        "activate ..",
+        "activate ../2",
+        "activate a/b",
+        "activate .x",
+        "activate ",
+    ] {
+        let answer = raw(&fx, format!("{line}\n").as_bytes());
+        assert!(answer.starts_with("error: "), "{line:?}: {answer:?}");
+        assert_eq!(answer.lines().count(), 1);
+    }
+    assert_eq!(active(&fx), "1");
+    assert_eq!(fs::read_to_string(fx.state()).unwrap(), state_before);
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+    let out = fx.ctl(&["rollback"]);
+    assert!(one_line_error(&out).contains("no previous release"));
+}
+
+#[test]
+fn malformed_and_hostile_socket_traffic_changes_nothing() {
+    let fx = Fixture::new("fuzz");
+    fx.two_releases();
+    let d = fx.start(&["--initial", "1"]);
+    let big = vec![b'a'; 1 << 20];
+    let cases: Vec<Vec<u8>> = vec![
+        b"garbage\n".to_vec(),
+        b"\n".to_vec(),
+        b"\xff\xfe\xfd\n".to_vec(),
+        b"activate\n".to_vec(),
+        b"activate 2 3\n".to_vec(),
+        b"status yaml\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"activate 2\0\n".to_vec(),
+        big,
+    ];
+    for case in &cases {
+        let answer = raw(&fx, case);
+        assert!(
+            answer.starts_with("error: "),
+            "{:?}: {answer:?}",
+            &case[..case.len().min(20)]
+        );
+        assert_eq!(active(&fx), "1");
+    }
+    // Many clients at once, some silent: the daemon keeps answering and serving.
+    let silent: Vec<UnixStream> = (0..100)
+        .filter_map(|_| UnixStream::connect(fx.socket()).ok())
+        .collect();
+    let again = raw(&fx, b"ping\n");
+    assert!(
+        again == "ok\npong\n" || again.starts_with("error: too many"),
+        "{again:?}"
+    );
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+    drop(silent);
+    // A half-closed client without a newline still gets its answer.
+    assert_eq!(raw(&fx, b"ping"), "ok\npong\n");
+    fx.activate("2");
+    assert_eq!(active(&fx), "2");
+    assert!(!d.log_text().contains("panicked"));
+}
+
+#[test]
+fn unreachable_daemons_and_wrong_paths_are_one_line_errors() {
+    let fx = Fixture::new("dead");
+    fx.two_releases();
+    let out = fx.ctl(&["status"]);
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("cannot reach switchfs") && err.contains("is switchfs running?"),
+        "{err}"
+    );
+    let out = Command::new(SWITCHCTL)
+        .args(["--mount", fx.releases().to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out).contains("not a switchfs mount"));
+    let out = Command::new(SWITCHFS)
+        .args([
+            "--releases",
+            "/nonexistent-releases",
+            fx.mnt().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("--releases"));
+    let out = Command::new(SWITCHFS)
+        .args([
+            "--releases",
+            fx.releases().to_str().unwrap(),
+            "--initial",
+            "nope",
+        ])
+        .arg(fx.mnt())
+        .arg("--control")
+        .arg(fx.socket())
+        .arg("--state")
+        .arg(fx.state())
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out).contains("unknown release \"nope\""));
+    assert!(
+        !is_mounted(&fx.mnt()),
+        "nothing left mounted after a failed start"
+    );
+}
+
+#[test]
+fn a_second_daemon_is_refused() {
+    let fx = Fixture::new("second");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    // Same mount point, other socket.
+    let out = Command::new(SWITCHFS)
+        .args(["--releases", fx.releases().to_str().unwrap()])
+        .args(["--control", fx.root.join("other.sock").to_str().unwrap()])
+        .args(["--state", fx.root.join("other.state").to_str().unwrap()])
+        .arg(fx.mnt())
+        .output()
+        .unwrap();
+    let err = one_line_error(&out);
+    assert!(err.contains("already served by another switchfs"), "{err}");
+    // Other mount point, same socket.
+    let other = fx.root.join("mnt2");
+    fs::create_dir_all(&other).unwrap();
+    let out = Command::new(SWITCHFS)
+        .args(["--releases", fx.releases().to_str().unwrap()])
+        .args(["--control", fx.socket().to_str().unwrap()])
+        .args(["--state", fx.root.join("other.state").to_str().unwrap()])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out).contains("already listening"));
+    assert!(!is_mounted(&other));
+    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+}
+
+#[test]
+fn control_socket_permissions_and_stale_sockets() {
+    let fx = Fixture::new("sock");
+    fx.two_releases();
+    // A socket left by a killed daemon: a socket file nothing listens on.
+    drop(UnixListener::bind(fx.socket()).unwrap());
+    assert!(fs::metadata(fx.socket()).unwrap().file_type().is_socket());
+    let mut d = fx.start(&["--initial", "1"]);
+    let meta = fs::metadata(fx.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(d.log_text().contains("stale control socket"));
+    d.stop_with(libc::SIGTERM);
+    assert!(!fx.socket().exists(), "socket removed at shutdown");
+
+    let _d = fx.start(&["--control-group", "65534"]);
+    let meta = fs::metadata(fx.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    if is_root() {
+        assert_eq!(meta.gid(), 65534);
+    }
+    // Something that is not a socket is never replaced.
+    let fx2 = Fixture::new("sock2");
+    fx2.two_releases();
+    fs::write(fx2.socket(), "precious").unwrap();
+    let err = Daemon::start(&fx2, &[]).err().expect("start must fail");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(fs::read_to_string(fx2.socket()).unwrap(), "precious");
+}
+
+#[test]
+fn the_active_release_survives_restarts_and_kills() {
+    let fx = Fixture::new("persist");
+    fx.two_releases();
+    let mut d = fx.start(&["--initial", "1"]);
+    fx.activate("2");
+    assert_eq!(
+        fs::read_to_string(fx.state()).unwrap(),
+        "active=2\nprevious=1\n"
+    );
+    let status = d.stop_with(libc::SIGTERM);
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");
+
+    let mut d = fx.start(&["--initial", "1"]);
+    assert_eq!(active(&fx), "2", "persisted release wins over --initial");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
+    d.stop_with(libc::SIGKILL);
+    // Anything the kernel has not cached must ask the daemon, and it is gone.
+    let err = fs::metadata(fx.m("never-looked-up")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "a dead mount is left behind"
+    );
+
+    let d = fx.start(&[]);
+    assert!(d.log_text().contains("dead FUSE mount"), "{}", d.log_text());
+    assert_eq!(active(&fx), "2");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
+    let out = fx.ctl(&["rollback"]);
+    assert_eq!(stdout(&out), "switched from 2 to 1\n");
+}
+
+#[test]
+fn a_switch_that_cannot_be_persisted_is_refused() {
+    let fx = Fixture::new("unpersist");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    // Replace the state file with a directory: the atomic rename over it fails.
+    fs::remove_file(fx.state()).unwrap();
+    fs::create_dir(fx.state()).unwrap();
+    let err = one_line_error(&fx.ctl(&["activate", "2"]));
+    assert!(err.contains("cannot persist"), "{err}");
+    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+}

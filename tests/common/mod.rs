@@ -1,0 +1,283 @@
+//! Shared harness for the mounted tests: temporary release trees, a real `switchfs` daemon
+//! started through an RAII guard (readiness by `NOTIFY_SOCKET`, no sleeps) and `switchctl`.
+//!
+//! Missing FUSE is a failure with instructions, never a skip.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SWITCHFS: &str = env!("CARGO_BIN_EXE_switchfs");
+pub const SWITCHCTL: &str = env!("CARGO_BIN_EXE_switchctl");
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails the test, loudly and with the fix, when this machine cannot mount FUSE.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount a real FUSE filesystem. \
+         Install fuse3 (apt-get install fuse3) and load the module (modprobe fuse)."
+    );
+    if !is_root() {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "fusermount3 is missing: install fuse3 (apt-get install fuse3) or run as root"
+        );
+    }
+}
+
+/// A temporary directory with `releases/`, `mnt/`, a state file and a control socket path.
+pub struct Fixture {
+    pub root: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(tag: &str) -> Fixture {
+        require_fuse();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // Short paths: the control socket must fit in sockaddr_un.
+        let root = std::env::temp_dir().join(format!("sfs-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("releases")).unwrap();
+        std::fs::create_dir_all(root.join("mnt")).unwrap();
+        Fixture { root }
+    }
+
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    pub fn mnt(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("ctl.sock")
+    }
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt().join(rel)
+    }
+
+    /// Writes `content` at `path` inside release `rel`, creating directories.
+    pub fn write(&self, rel: &str, path: &str, content: &str) {
+        let full = self.releases().join(rel).join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+
+    /// Two releases with the same layout and release-specific contents, plus a few entries
+    /// that exist in only one of them.
+    pub fn two_releases(&self) {
+        for rel in ["1", "2"] {
+            self.write(rel, "index.php", &format!("<?php echo 'release {rel}';"));
+            self.write(rel, "app/a/b/c/deep.php", &format!("deep {rel}"));
+            self.write(rel, "static/same-size.txt", &format!("content-{rel}"));
+        }
+        self.write("1", "only-in-1.txt", "gone in 2");
+        self.write("2", "only-in-2.txt", "new in 2");
+        self.write("2", "app/a/b/c/only-deep-2.php", "deep new");
+    }
+
+    /// Starts the daemon with the standard paths plus `extra` arguments.
+    pub fn start(&self, extra: &[&str]) -> Daemon {
+        Daemon::start(self, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(SWITCHCTL)
+            .arg("--control")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `switchctl activate NAME` and asserts it succeeded.
+    pub fn activate(&self, name: &str) {
+        let out = self.ctl(&["activate", name]);
+        assert!(
+            out.status.success(),
+            "activate {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.m(rel))
+            .unwrap_or_else(|e| panic!("reading {rel} through the mount: {e}"))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        force_unmount(&self.mnt());
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A running `switchfs`. Dropping it stops it (SIGTERM, then SIGKILL) and makes sure nothing
+/// stays mounted, even when the test failed.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(fx: &Fixture, extra: &[&str]) -> Result<Daemon, String> {
+        Self::start_with(fx, &fx.mnt(), extra)
+    }
+
+    pub fn start_with(fx: &Fixture, mnt: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let notify_path = fx.root.join(format!("notify-{n}"));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let log = fx.root.join(format!("daemon-{n}.log"));
+        let mut cmd = Command::new(SWITCHFS);
+        cmd.arg("--releases")
+            .arg(fx.releases())
+            .arg("--control")
+            .arg(fx.socket())
+            .arg("--state")
+            .arg(fx.state())
+            .args(extra)
+            .arg(mnt)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run switchfs: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 256];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && buf[..n].windows(7).any(|w| w == b"READY=1")
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!(
+                    "switchfs exited with {status} before ready:\n{text}"
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("switchfs not ready after 20 s:\n{text}"));
+            }
+        }
+        let _ = std::fs::remove_file(&notify_path);
+        Ok(Daemon {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Sends `sig` and waits for the daemon to exit; returns its exit status.
+    pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("switchfs did not exit within 30 s of signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        force_unmount(&self.mnt);
+    }
+}
+
+/// Whether `path` is a mount point right now (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+}
+
+/// Detaches whatever is mounted at `path`, as a last resort after a failed test.
+pub fn force_unmount(path: &Path) {
+    if !is_mounted(path) {
+        return;
+    }
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let _ = Command::new("fusermount3").arg("-uz").arg(path).status();
+    }
+}
+
+/// Stderr of `out`, asserting it is exactly one line.
+pub fn one_line_error(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected a one-line error, got: {err:?}"
+    );
+    err.trim_end().to_string()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

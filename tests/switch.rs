@@ -1,0 +1,184 @@
+//! Atomic switches (rules 2 and 3 of the core issue): after `activate` returns, every new
+//! lookup sees the new release whatever the kernel had cached; what was opened before keeps
+//! its release.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use common::*;
+
+fn listing(fx: &Fixture, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(fx.m(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Fills every kernel cache the issue names, for release `rel` being active.
+fn warm_caches(fx: &Fixture) {
+    for _ in 0..3 {
+        let _ = fs::metadata(fx.m("index.php"));
+        let _ = fs::metadata(fx.m("only-in-2.txt")); // a negative entry in release 1
+        let _ = fs::metadata(fx.m("app/a/b/c/only-deep-2.php")); // a deep negative entry
+        let _ = fs::read(fx.m("app/a/b/c/deep.php")); // a deep path
+        let _ = fs::read(fx.m("static/same-size.txt")); // file pages
+        let _ = listing(fx, "");
+        let _ = listing(fx, "app/a/b/c");
+    }
+}
+
+fn assert_serving(fx: &Fixture, rel: &str) {
+    assert_eq!(fx.read("index.php"), format!("<?php echo 'release {rel}';"));
+    assert_eq!(fx.read("app/a/b/c/deep.php"), format!("deep {rel}"));
+    assert_eq!(fx.read("static/same-size.txt"), format!("content-{rel}"));
+    let (present, absent) = if rel == "1" {
+        ("only-in-1.txt", "only-in-2.txt")
+    } else {
+        ("only-in-2.txt", "only-in-1.txt")
+    };
+    assert!(fx.m(present).exists(), "{present} visible in {rel}");
+    assert!(!fx.m(absent).exists(), "{absent} gone in {rel}");
+    assert_eq!(
+        fx.m("app/a/b/c/only-deep-2.php").exists(),
+        rel == "2",
+        "deep entry in {rel}"
+    );
+    let root = listing(fx, "");
+    assert!(root.contains(&present.to_string()) && !root.contains(&absent.to_string()));
+    let deep = listing(fx, "app/a/b/c");
+    assert_eq!(deep.contains(&"only-deep-2.php".to_string()), rel == "2");
+}
+
+#[test]
+fn switch_defeats_every_kernel_cache() {
+    let fx = Fixture::new("caches");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    warm_caches(&fx);
+    assert_serving(&fx, "1");
+    let out = fx.ctl(&["activate", "2"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "switched from 1 to 2\n");
+    assert_serving(&fx, "2");
+    warm_caches(&fx);
+    let out = fx.ctl(&["rollback"]);
+    assert_eq!(stdout(&out), "switched from 2 to 1\n");
+    assert_serving(&fx, "1");
+}
+
+#[test]
+fn files_and_directories_opened_before_a_switch_keep_their_release() {
+    let fx = Fixture::new("open");
+    fx.two_releases();
+    let big1: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let big2: Vec<u8> = (0..2_000_000u32).map(|i| (i % 127) as u8).collect();
+    fs::write(fx.releases().join("1/static/big.bin"), &big1).unwrap();
+    fs::write(fx.releases().join("2/static/big.bin"), &big2).unwrap();
+    let _d = fx.start(&["--initial", "1"]);
+
+    let mut reader = fs::File::open(fx.m("static/big.bin")).unwrap();
+    let mut head = vec![0u8; 1000];
+    reader.read_exact(&mut head).unwrap();
+    let dir = fs::File::open(fx.m("app/a/b/c")).unwrap();
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        .args([
+            "cd \"$1\" && echo ready && read go && cat deep.php && ls",
+            "sh",
+        ])
+        .arg(fx.m("app/a/b/c"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shell has its working directory in release 1 once it says so.
+    let mut shell_out = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut shell_out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+
+    fx.activate("2");
+    assert_eq!(fx.read("app/a/b/c/deep.php"), "deep 2", "new lookups see 2");
+
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    head.extend(rest);
+    assert_eq!(head, big1, "an open file reads its own release to the end");
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    let mut again = Vec::new();
+    reader.read_to_end(&mut again).unwrap();
+    assert_eq!(again, big1);
+
+    // Lookups relative to a directory opened before the switch stay in release 1.
+    let name = c"deep.php";
+    // SAFETY: valid descriptor and C string.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    // SAFETY: fresh descriptor we own.
+    let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "deep 1");
+
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut text = String::new();
+    shell_out.read_to_string(&mut text).unwrap();
+    assert!(shell.wait().unwrap().success());
+    assert!(text.starts_with("deep 1"), "cwd in the old release: {text}");
+    assert!(
+        !text.contains("only-deep-2.php"),
+        "cwd listing is release 1: {text}"
+    );
+}
+
+#[test]
+fn every_activate_is_visible_at_once_under_concurrent_readers() {
+    let fx = Arc::new(Fixture::new("race"));
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1", "--threads", "4"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (fx, stop, reads) = (fx.clone(), stop.clone(), reads.clone());
+        readers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for path in ["index.php", "app/a/b/c/deep.php", "static/same-size.txt"] {
+                    let text = fs::read_to_string(fx.m(path))
+                        .unwrap_or_else(|e| panic!("{path} failed mid-switch: {e}"));
+                    assert!(
+                        text.ends_with("1';")
+                            || text.ends_with("2';")
+                            || text.ends_with(" 1")
+                            || text.ends_with(" 2")
+                            || text.ends_with("-1")
+                            || text.ends_with("-2"),
+                        "{path}: torn content {text:?}"
+                    );
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for i in 0..40 {
+        let rel = if i % 2 == 0 { "2" } else { "1" };
+        fx.activate(rel);
+        // The promise: the very next lookup after activate returns sees the new release.
+        assert_eq!(fx.read("index.php"), format!("<?php echo 'release {rel}';"));
+        assert_eq!(fx.read("app/a/b/c/deep.php"), format!("deep {rel}"));
+        assert_eq!(fx.m("only-in-2.txt").exists(), rel == "2");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().expect("reader saw an error or torn content");
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+}
