@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -32,6 +32,7 @@ use crate::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
 use crate::errno::os_error;
 use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
+use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
 use crate::release::{Release, ReleaseSet};
 use crate::state::{self, PersistedState};
@@ -142,6 +143,7 @@ pub struct Core {
     switch_lock: Mutex<()>,
     inodes: InodeTable,
     handles: HandleTable,
+    mtimes: MtimeRegistry,
     invalidator: OnceLock<Box<dyn Invalidator>>,
     next_generation: AtomicU64,
     uid: u32,
@@ -182,6 +184,7 @@ impl Core {
             switch_lock: Mutex::new(()),
             inodes: InodeTable::default(),
             handles: HandleTable::default(),
+            mtimes: MtimeRegistry::default(),
             invalidator: OnceLock::new(),
             next_generation: AtomicU64::new(1),
             uid,
@@ -310,7 +313,7 @@ impl Core {
         if dir.kind != FileType::Directory {
             return Err(os_error(libc::ENOTDIR));
         }
-        match self.lookup_in(&dir.release, dir.fd.as_fd(), name) {
+        match self.lookup_in(&dir.release, dir.fd.as_fd(), &dir.path, name) {
             Ok((_, attr)) => Ok(Lookup::Entry(attr, self.config.ttl)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(Lookup::Negative(self.config.ttl))
@@ -323,7 +326,7 @@ impl Core {
         loop {
             let active = self.active();
             let found = match &active.release {
-                Some(rel) => self.lookup_in(rel, rel.root.as_fd(), name),
+                Some(rel) => self.lookup_in(rel, rel.root.as_fd(), Path::new(""), name),
                 None => Err(os_error(libc::ENOENT)),
             };
             let mut root = self.root.lock();
@@ -358,12 +361,31 @@ impl Core {
         &self,
         release: &Arc<Release>,
         dir: BorrowedFd<'_>,
+        dir_path: &Path,
         name: &OsStr,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let fd = sys::open_path_beneath(dir, name)?;
-        let st = sys::fstat(fd.as_fd())?;
-        let inode = self.inodes.remember(release, fd, &st);
+        let mut st = sys::fstat(fd.as_fd())?;
+        let path = dir_path.join(name);
+        let mtime = if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            self.mtimes.decide(release, &path, fd.as_fd(), &st)
+        } else {
+            None
+        };
+        let inode = self.inodes.remember(release, fd, &st, path, mtime);
+        if let Some(o) = inode.mtime {
+            o.apply(&mut st);
+        }
         Ok((inode.clone(), attr_of_stat(inode.ino, &st)))
+    }
+
+    /// The host's stat of `inode`, with the reported mtime.
+    fn stat_inode(inode: &Inode) -> io::Result<libc::stat> {
+        let mut st = sys::fstat(inode.fd.as_fd())?;
+        if let Some(o) = inode.mtime {
+            o.apply(&mut st);
+        }
+        Ok(st)
     }
 
     /// Drops `n` kernel references to `ino`.
@@ -378,7 +400,7 @@ impl Core {
     pub fn getattr(&self, ino: u64) -> io::Result<(FileAttr, Duration)> {
         let attr = match self.node(ino)? {
             Node::Root(active) => self.root_attr(&active)?,
-            Node::Inode(inode) => attr_of_stat(ino, &sys::fstat(inode.fd.as_fd())?),
+            Node::Inode(inode) => attr_of_stat(ino, &Self::stat_inode(&inode)?),
         };
         Ok((attr, self.config.ttl))
     }
@@ -539,9 +561,14 @@ impl Core {
         let HandleKind::Dir { items, source } = &handle.kind else {
             return Err(os_error(libc::ENOTDIR));
         };
-        let (release, dir_fd, ttl) = match source {
-            DirSource::ReleaseRoot(rel) => (rel, rel.root.as_fd(), Duration::ZERO),
-            DirSource::Inode(inode) => (&inode.release, inode.fd.as_fd(), self.config.ttl),
+        let (release, dir_fd, dir_path, ttl) = match source {
+            DirSource::ReleaseRoot(rel) => (rel, rel.root.as_fd(), Path::new(""), Duration::ZERO),
+            DirSource::Inode(inode) => (
+                &inode.release,
+                inode.fd.as_fd(),
+                inode.path.as_path(),
+                self.config.ttl,
+            ),
             DirSource::Empty => {
                 return self.add_dots(handle.ino, items, offset, Duration::ZERO, sink);
             }
@@ -558,7 +585,7 @@ impl Core {
                 }
                 continue;
             }
-            let (inode, attr) = match self.lookup_in(release, dir_fd, &item.name) {
+            let (inode, attr) = match self.lookup_in(release, dir_fd, dir_path, &item.name) {
                 Ok(found) => found,
                 Err(e) => {
                     log::debug!("readdirplus: skipping {:?}: {e}", item.name);

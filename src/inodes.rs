@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fuser::FileType;
 use parking_lot::RwLock;
 
+use crate::mtimes::MtimeOverride;
 use crate::release::Release;
+use std::path::PathBuf;
 
 /// The FUSE inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -30,6 +32,10 @@ pub struct Inode {
     pub fd: OwnedFd,
     pub release: Arc<Release>,
     pub kind: FileType,
+    /// Path relative to the release root, as first looked up.
+    pub path: PathBuf,
+    /// The mtime to report instead of the real one (see `mtimes`).
+    pub mtime: Option<MtimeOverride>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,7 +82,14 @@ impl InodeTable {
     /// Records one more kernel reference to the host file behind `fd` (stat `st`) in
     /// `release`, creating the entry if needed, and returns its inode. A descriptor that
     /// duplicates an existing entry is simply dropped.
-    pub fn remember(&self, release: &Arc<Release>, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
+    pub fn remember(
+        &self,
+        release: &Arc<Release>,
+        fd: OwnedFd,
+        st: &libc::stat,
+        path: PathBuf,
+        mtime: Option<MtimeOverride>,
+    ) -> Arc<Inode> {
         let key = Key {
             generation: release.generation,
             dev: st.st_dev,
@@ -102,6 +115,8 @@ impl InodeTable {
             fd,
             release: release.clone(),
             kind: crate::attr::kind_of_mode(st.st_mode).unwrap_or(FileType::RegularFile),
+            path,
+            mtime,
         });
         maps.by_key.insert(key, ino);
         maps.by_ino.insert(
@@ -178,8 +193,8 @@ mod tests {
         let open = || sys::open_path_beneath(rel.root.as_fd(), "f".as_ref()).unwrap();
         let fd = open();
         let st = sys::fstat(fd.as_fd()).unwrap();
-        let a = table.remember(&rel, fd, &st);
-        let b = table.remember(&rel, open(), &st);
+        let a = table.remember(&rel, fd, &st, "f".into(), None);
+        let b = table.remember(&rel, open(), &st, "f".into(), None);
         assert_eq!(a.ino, b.ino, "same host file, same release: same inode");
         assert!(a.ino > ROOT_INO);
         assert_eq!(table.len(), 1);
@@ -204,9 +219,9 @@ mod tests {
         let table = InodeTable::default();
         let fd = sys::open_path_beneath(r1.root.as_fd(), "f".as_ref()).unwrap();
         let st = sys::fstat(fd.as_fd()).unwrap();
-        let a = table.remember(&r1, fd, &st);
+        let a = table.remember(&r1, fd, &st, "f".into(), None);
         let fd = sys::open_path_beneath(r2.root.as_fd(), "f".as_ref()).unwrap();
-        let b = table.remember(&r2, fd, &st);
+        let b = table.remember(&r2, fd, &st, "f".into(), None);
         assert_ne!(a.ino, b.ino);
         let counts = table.count_by_release();
         assert_eq!((counts["r1"], counts["r2"]), (1, 1));

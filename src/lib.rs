@@ -13,6 +13,7 @@ pub mod errno;
 pub mod fuse_adapter;
 pub mod handles;
 pub mod inodes;
+pub mod mtimes;
 pub mod names;
 pub mod paths;
 pub mod release;

@@ -182,3 +182,56 @@ fn every_activate_is_visible_at_once_under_concurrent_readers() {
     }
     assert!(reads.load(Ordering::Relaxed) > 0);
 }
+
+/// Sets every file of release `rel` to the same mtime, as reproducible builds, `tar` and
+/// `rsync -t` do.
+fn flatten_mtimes(fx: &Fixture, rel: &str, secs: i64) {
+    let status = Command::new("find")
+        .arg(fx.releases().join(rel))
+        .args(["-type", "f", "-exec", "touch", "-d"])
+        .arg(format!("@{secs}"))
+        .args(["{}", "+"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn mtime(fx: &Fixture, path: &str) -> i64 {
+    std::os::unix::fs::MetadataExt::mtime(&fs::metadata(fx.m(path)).unwrap())
+}
+
+#[test]
+fn changed_files_never_keep_an_old_mtime_and_unchanged_files_do() {
+    let fx = Fixture::new("mtime");
+    fx.two_releases();
+    fx.write("1", "vendor/unchanged.php", "<?php // same in both");
+    fx.write("2", "vendor/unchanged.php", "<?php // same in both");
+    flatten_mtimes(&fx, "1", 1_700_000_000);
+    flatten_mtimes(&fx, "2", 1_700_000_000);
+    let _d = fx.start(&["--initial", "1"]);
+    let index1 = mtime(&fx, "index.php");
+    let vendor1 = mtime(&fx, "vendor/unchanged.php");
+    assert_eq!(
+        index1, 1_700_000_000,
+        "the first version shows its real mtime"
+    );
+    fx.activate("2");
+    let index2 = mtime(&fx, "index.php");
+    assert_ne!(
+        index2, index1,
+        "changed content, identical real mtime: reported mtime differs"
+    );
+    assert_eq!(
+        mtime(&fx, "vendor/unchanged.php"),
+        vendor1,
+        "unchanged content keeps its mtime"
+    );
+    fx.activate("1");
+    let back = mtime(&fx, "index.php");
+    assert_eq!(
+        back, index1,
+        "rollback: release 1's index.php is the version reported before"
+    );
+    fx.activate("2");
+    assert_eq!(mtime(&fx, "index.php"), index2, "and release 2's again");
+}
