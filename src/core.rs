@@ -66,6 +66,9 @@ pub struct CoreConfig {
     /// How long the kernel may cache entries and attributes. Safe to make long: releases
     /// are immutable once live, and a switch invalidates explicitly.
     pub ttl: Duration,
+    /// Answer file opens with handles (so `status` counts open files) instead of letting
+    /// the kernel open files by itself, which is faster.
+    pub track_opens: bool,
 }
 
 /// What the root currently shows.
@@ -431,13 +434,12 @@ impl Core {
     /// EROFS for any write intent; EISDIR/EINVAL for other kinds; the host's error.
     pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
         refuse_write_intent(flags)?;
-        let Node::Inode(inode) = self.node(ino)? else {
-            return Err(os_error(libc::EISDIR));
-        };
-        match inode.kind {
-            FileType::RegularFile => {}
-            FileType::Directory => return Err(os_error(libc::EISDIR)),
-            _ => return Err(os_error(libc::EINVAL)),
+        let inode = self.regular_file(ino)?;
+        if !self.config.track_opens {
+            // ENOSYS tells the kernel to stop sending OPEN and RELEASE for files: warm opens
+            // then never leave the kernel, reads come by inode, and the page cache is kept
+            // (the kernel's default for no-open is FOPEN_KEEP_CACHE).
+            return Err(os_error(libc::ENOSYS));
         }
         let file = sys::reopen(inode.fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
         Ok(self.handles.insert(Handle {
@@ -451,10 +453,24 @@ impl Core {
     ///
     /// # Errors
     /// EBADF for an unknown or directory handle; the host's error.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let handle = self.handles.get(fh).ok_or_else(|| os_error(libc::EBADF))?;
-        let HandleKind::File(file) = &handle.kind else {
-            return Err(os_error(libc::EISDIR));
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        // Without open tracking the kernel sends no handle (fh 0): read through the inode,
+        // which is bound to its release like a handle would be.
+        let handle;
+        let inode;
+        let file = match self.handles.get(fh) {
+            Some(h) => {
+                handle = h;
+                match &handle.kind {
+                    HandleKind::File(file) => file,
+                    HandleKind::Dir { .. } => return Err(os_error(libc::EISDIR)),
+                }
+            }
+            None if fh == 0 => {
+                inode = self.regular_file(ino)?;
+                inode.read_file()?
+            }
+            None => return Err(os_error(libc::EBADF)),
         };
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
@@ -468,6 +484,17 @@ impl Core {
         }
         buf.truncate(filled);
         Ok(buf)
+    }
+
+    fn regular_file(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        let Node::Inode(inode) = self.node(ino)? else {
+            return Err(os_error(libc::EISDIR));
+        };
+        match inode.kind {
+            FileType::RegularFile => Ok(inode),
+            FileType::Directory => Err(os_error(libc::EISDIR)),
+            _ => Err(os_error(libc::EINVAL)),
+        }
     }
 
     /// Closes handle `fh` (file or directory).

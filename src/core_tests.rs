@@ -72,6 +72,7 @@ fn config(tmp: &TempDir) -> CoreConfig {
         mount_point: tmp.path().join("mnt"),
         control_path: tmp.path().join("ctl.sock"),
         ttl: Duration::from_secs(3600),
+        track_opens: true,
     }
 }
 
@@ -95,7 +96,7 @@ fn walk(core: &Core, path: &str) -> FileAttr {
 fn read_all(core: &Core, path: &str) -> String {
     let ino = walk(core, path).ino.0;
     let fh = core.open(ino, libc::O_RDONLY).unwrap();
-    let data = core.read(fh, 0, 1 << 20).unwrap();
+    let data = core.read(ino, fh, 0, 1 << 20).unwrap();
     core.release(fh);
     String::from_utf8(data).unwrap()
 }
@@ -181,11 +182,11 @@ fn open_handles_and_old_directories_keep_their_release() {
     let fh = f.core.open(file, libc::O_RDONLY).unwrap();
     let dir_c = walk(&f.core, "a/b/c").ino.0;
     f.core.activate("2", "test").unwrap();
-    assert_eq!(f.core.read(fh, 0, 100).unwrap(), b"release 1");
+    assert_eq!(f.core.read(file, fh, 0, 100).unwrap(), b"release 1");
     // A working directory inside the old release resolves in the old release.
     let deep = entry(&f.core, dir_c, "deep.txt").ino.0;
     let fh2 = f.core.open(deep, libc::O_RDONLY).unwrap();
-    assert_eq!(f.core.read(fh2, 0, 100).unwrap(), b"deep 1");
+    assert_eq!(f.core.read(deep, fh2, 0, 100).unwrap(), b"deep 1");
     let usage = f.core.status().usage;
     let old = usage.iter().find(|u| u.name == "1").unwrap();
     assert_eq!(old.open_handles, 2);
@@ -441,4 +442,34 @@ fn negative_root_names_are_bounded() {
         }
     }
     assert_eq!(zero, 10, "past the cap, negatives are not cached");
+}
+
+#[test]
+fn without_open_tracking_reads_go_by_inode_and_keep_their_release() {
+    let tmp = TempDir::new("core");
+    for rel in ["1", "2"] {
+        write(&tmp, rel, "index.php", &format!("release {rel}"));
+    }
+    let mut cfg = config(&tmp);
+    cfg.track_opens = false;
+    let core = Core::new(cfg, Some("1")).unwrap();
+    let ino = walk(&core, "index.php").ino.0;
+    let err = core.open(ino, libc::O_RDONLY).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSYS),
+        "kernel opens files itself"
+    );
+    let err = core.open(ino, libc::O_RDWR).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EROFS),
+        "write intent still refused"
+    );
+    core.activate("2", "test").unwrap();
+    assert_eq!(core.read(ino, 0, 0, 100).unwrap(), b"release 1");
+    let new = walk(&core, "index.php").ino.0;
+    assert_eq!(core.read(new, 0, 0, 100).unwrap(), b"release 2");
+    assert_eq!(core.read(new, 0, 8, 100).unwrap(), b"2", "offsets honoured");
+    assert!(core.read(new, 12345, 0, 10).is_err(), "unknown handle");
 }

@@ -24,6 +24,7 @@ pub struct DaemonArgs {
     pub state: Option<PathBuf>,
     pub threads: usize,
     pub cache_timeout: Duration,
+    pub track_opens: bool,
     pub stop_timeout: Duration,
 }
 
@@ -232,6 +233,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         mount_point: mount_point.clone(),
         control_path: control_path.clone(),
         ttl: args.cache_timeout,
+        track_opens: args.track_opens,
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
 

@@ -34,7 +34,7 @@ impl FuseAdapter {
 fn log_err(op: &str, err: &io::Error) -> Errno {
     let errno = errno_of(err);
     match errno.code() {
-        libc::ENOENT | libc::ENODATA | libc::EROFS => log::debug!("{op}: {err}"),
+        libc::ENOENT | libc::ENODATA | libc::EROFS | libc::ENOSYS => log::debug!("{op}: {err}"),
         _ => log::warn!("{op}: {err}"),
     }
     errno
@@ -210,7 +210,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -218,7 +218,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
+        match self.core.read(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(log_err("read", &e)),
         }
@@ -247,7 +247,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush on a read-only file; ENOSYS makes the kernel stop asking, so a
+        // close() never waits for the daemon.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -20,7 +20,9 @@ use parking_lot::RwLock;
 
 use crate::mtimes::MtimeOverride;
 use crate::release::Release;
+use std::fs::File;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// The FUSE inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -36,6 +38,26 @@ pub struct Inode {
     pub path: PathBuf,
     /// The mtime to report instead of the real one (see `mtimes`).
     pub mtime: Option<MtimeOverride>,
+    /// A readable descriptor, opened on the first read that comes without a handle.
+    read_file: OnceLock<File>,
+}
+
+impl Inode {
+    /// The file to read this inode's data from.
+    ///
+    /// # Errors
+    /// The host refuses to open it.
+    pub fn read_file(&self) -> std::io::Result<&File> {
+        if let Some(f) = self.read_file.get() {
+            return Ok(f);
+        }
+        let file = crate::sys::reopen(
+            std::os::fd::AsFd::as_fd(&self.fd),
+            libc::O_RDONLY | libc::O_NONBLOCK,
+        )?;
+        // A concurrent read may have won the race; either descriptor is as good.
+        Ok(self.read_file.get_or_init(|| file))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +139,7 @@ impl InodeTable {
             kind: crate::attr::kind_of_mode(st.st_mode).unwrap_or(FileType::RegularFile),
             path,
             mtime,
+            read_file: OnceLock::new(),
         });
         maps.by_key.insert(key, ino);
         maps.by_ino.insert(

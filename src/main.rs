@@ -52,6 +52,12 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
     cache_timeout: u32,
 
+    /// Let the daemon see every file open and close, so `switchctl status` counts open files
+    /// per release. Slower: without it the kernel opens files by itself (no round trip to
+    /// the daemon) and status counts the inodes the kernel still holds instead.
+    #[arg(long)]
+    track_opens: bool,
+
     /// Seconds to wait at shutdown for files still open under the mount.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
     stop_timeout: u32,
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         state: cli.state,
         threads: usize::from(cli.threads),
         cache_timeout: Duration::from_secs(u64::from(cli.cache_timeout)),
+        track_opens: cli.track_opens,
         stop_timeout: Duration::from_secs(u64::from(cli.stop_timeout)),
     };
     match daemon::run(args) {

@@ -47,7 +47,7 @@ fn status_and_list_for_people_and_machines() {
     fx.two_releases();
     fs::create_dir_all(fx.releases().join("10")).unwrap();
     fs::write(fx.releases().join(".switchfs-notes"), "x").unwrap();
-    let _d = fx.start(&["--initial", "1"]);
+    let _d = fx.start(&["--initial", "1", "--track-opens"]);
     fx.activate("2");
     let text = stdout(&fx.ctl(&["status"]));
     assert!(text.contains("active:       2 (since 20"), "{text}");
@@ -69,10 +69,10 @@ fn status_and_list_for_people_and_machines() {
          {\"name\":\"2\",\"active\":true,\"previous\":false},\
          {\"name\":\"10\",\"active\":false,\"previous\":false}]\n"
     );
-    // Open handles are reported per release.
+    // With --track-opens, open files are counted per release.
     let held = fs::File::open(fx.m("index.php")).unwrap();
     let text = stdout(&fx.ctl(&["status"]));
-    assert!(text.contains("2: 1 open file handles"), "{text}");
+    assert!(text.contains("2: 1 open handles"), "{text}");
     drop(held);
     // --mount finds the socket through the mount itself.
     let out = Command::new(SWITCHCTL)
@@ -330,4 +330,26 @@ fn a_switch_that_cannot_be_persisted_is_refused() {
     assert!(err.contains("cannot persist"), "{err}");
     assert_eq!(active(&fx), "1");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+}
+
+#[test]
+fn status_shows_what_still_holds_an_old_release() {
+    let fx = Fixture::new("usage");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    let held = fs::File::open(fx.m("app/a/b/c/deep.php")).unwrap();
+    fx.activate("2");
+    let text = stdout(&fx.ctl(&["status"]));
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1: "))
+        .unwrap_or_else(|| panic!("release 1 still in use: {text}"));
+    let held_inodes: usize = line
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(held_inodes >= 1, "{line}");
+    drop(held);
 }

@@ -85,7 +85,7 @@ pub fn status_text(st: &Status) -> String {
     for u in &st.usage {
         let _ = writeln!(
             out,
-            "  {}: {} open file handles, {} inodes held by the kernel",
+            "  {}: {} open handles, {} inodes held by the kernel",
             u.name, u.open_handles, u.live_inodes
         );
     }
