@@ -14,7 +14,7 @@
 //!   at a time with `openat2(RESOLVE_BENEATH)`, never follow symlinks, and never see `..`.
 //! - The mount is read-only: every operation that would write answers EROFS.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -34,6 +34,7 @@ use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
 use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
+use crate::procscan;
 use crate::release::{Release, ReleaseSet};
 use crate::state::{self, PersistedState};
 use crate::sys;
@@ -111,12 +112,59 @@ pub trait DirPlusSink {
     fn add(&mut self, offset: u64, name: &OsStr, attr: &FileAttr, ttl: Duration) -> bool;
 }
 
+/// What a successful `activate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switched {
+    /// The line shown to the operator.
+    pub message: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// False when `to` was already active.
+    pub changed: bool,
+}
+
+/// Selects one counter of a `Use`.
+type UseField = fn(&mut Use) -> &mut usize;
+
+/// What uses one release right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Use {
+    active: bool,
+    open_handles: usize,
+    open_files: usize,
+    dirs: usize,
+    maps: usize,
+    live_inodes: usize,
+}
+
+impl Use {
+    /// Cached inodes alone do not count: the kernel keeps unused ones until memory is short.
+    fn in_use(&self) -> bool {
+        self.active || self.open_handles + self.open_files + self.dirs + self.maps > 0
+    }
+}
+
 /// Per-release usage, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseUsage {
     pub name: String,
+    pub active: bool,
+    /// Active, or held by a handle or a process.
+    pub in_use: bool,
+    /// Handles the daemon gave out (directories; files too with --track-opens).
     pub open_handles: usize,
+    /// Descriptors processes hold on its files.
+    pub open_files: usize,
+    /// Processes whose working or root directory is in it.
+    pub dirs: usize,
+    /// Memory maps of its files.
+    pub maps: usize,
+    /// Inodes the kernel still caches (informational: unused ones linger).
     pub live_inodes: usize,
+    /// When it stopped being used; `None` if in use or not used since the daemon started.
+    pub unused_since: Option<SystemTime>,
+    /// Whether its directory is still in the releases directory.
+    pub present: bool,
 }
 
 /// A snapshot of the daemon's state, for `status`.
@@ -147,6 +195,8 @@ pub struct Core {
     inodes: InodeTable,
     handles: HandleTable,
     mtimes: MtimeRegistry,
+    /// When each release was last seen in use (or stopped being active).
+    last_used: Mutex<HashMap<String, SystemTime>>,
     invalidator: OnceLock<Box<dyn Invalidator>>,
     next_generation: AtomicU64,
     uid: u32,
@@ -188,6 +238,7 @@ impl Core {
             inodes: InodeTable::default(),
             handles: HandleTable::default(),
             mtimes: MtimeRegistry::default(),
+            last_used: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
             next_generation: AtomicU64::new(1),
             uid,
@@ -272,12 +323,7 @@ impl Core {
     ) -> HashSet<OsString> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
-        let release = Arc::new(Release {
-            name: name.to_string(),
-            generation,
-            root: fd,
-            activated_at: now,
-        });
+        let release = Arc::new(Release::new(name, generation, fd));
         let active = Arc::new(Active {
             release: Some(release),
             generation,
@@ -713,14 +759,24 @@ impl Core {
     ///
     /// # Errors
     /// A one-line message; the active release is then unchanged.
-    pub fn activate(&self, name: &str, who: &str) -> Result<String, String> {
+    pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         let _serial = self.switch_lock.lock();
         let current = self.active();
         if current.name() == Some(name) {
-            return Ok(format!("release {name} is already active"));
+            return Ok(Switched {
+                message: format!("release {name} is already active"),
+                from: Some(name.to_string()),
+                to: name.to_string(),
+                changed: false,
+            });
         }
         let fd = self.releases.open_release(name)?;
         let previous = current.name().map(str::to_string);
+        if let Some(prev) = &previous {
+            self.last_used
+                .lock()
+                .insert(prev.clone(), SystemTime::now());
+        }
         let persisted = PersistedState {
             active: name.to_string(),
             previous: previous.clone(),
@@ -736,14 +792,128 @@ impl Core {
         self.invalidate_root(stale);
         let from = previous.as_deref().unwrap_or("(none)");
         log::info!("switched from {from} to {name} (requested by {who})");
-        Ok(format!("switched from {from} to {name}"))
+        Ok(Switched {
+            message: format!("switched from {from} to {name}"),
+            from: previous.clone(),
+            to: name.to_string(),
+            changed: true,
+        })
+    }
+
+    /// Waits until nothing uses release `name` any more (no inode the kernel holds, no open
+    /// handle, not active), at most `timeout`. Returns whether it drained.
+    pub fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if !self.usage().get(name).is_some_and(Use::in_use) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What uses each release right now: the active pointer, open handles, and what
+    /// processes hold under the mount (descriptors, working directories, maps). Also
+    /// records when each was last seen in use.
+    fn usage(&self) -> HashMap<String, Use> {
+        let active = self.active();
+        let mut usage: HashMap<String, Use> = HashMap::new();
+        if let Some(name) = active.name() {
+            usage.entry(name.to_string()).or_default().active = true;
+        }
+        for (name, n) in self.handles.count_by_release() {
+            usage.entry(name).or_default().open_handles = n;
+        }
+        for (name, n) in self.inodes.count_by_release() {
+            usage.entry(name).or_default().live_inodes = n;
+        }
+        if let Some((dev, _)) = procscan::dev_ino(&self.config.mount_point) {
+            let refs = procscan::scan(dev);
+            let owner = |ino: &u64| -> Option<String> {
+                if *ino == ROOT_INO {
+                    active.name().map(str::to_string)
+                } else {
+                    self.inodes.get(*ino).map(|i| i.release.name.clone())
+                }
+            };
+            let tallies: [(&HashMap<u64, usize>, UseField); 3] = [
+                (&refs.open_files, |u| &mut u.open_files),
+                (&refs.dirs, |u| &mut u.dirs),
+                (&refs.maps, |u| &mut u.maps),
+            ];
+            for (counts, field) in tallies {
+                for (ino, n) in counts {
+                    if let Some(name) = owner(ino) {
+                        *field(usage.entry(name).or_default()) += n;
+                    }
+                }
+            }
+        }
+        let now = SystemTime::now();
+        let mut last_used = self.last_used.lock();
+        for (name, u) in &usage {
+            if u.in_use() {
+                last_used.insert(name.clone(), now);
+            }
+        }
+        usage
+    }
+
+    /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
+    /// previous release and any release still in use. Without `apply`, only says what it
+    /// would delete. Serialised with switches, so a release cannot be activated while it is
+    /// being deleted.
+    ///
+    /// # Errors
+    /// The releases directory cannot be listed; a deletion failed (the message says which
+    /// were deleted before).
+    pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
+        let _serial = self.switch_lock.lock();
+        let names = self.list()?;
+        let active = self.active();
+        let usage = self.usage();
+        let spared = [active.name(), active.previous.as_deref()];
+        let old = &names[..names.len().saturating_sub(keep)];
+        let mut lines = Vec::new();
+        for name in old {
+            if spared.contains(&Some(name.as_str())) {
+                lines.push(format!("keep {name} (active or previous)"));
+            } else if usage.get(name.as_str()).is_some_and(Use::in_use) {
+                lines.push(format!("keep {name} (still in use)"));
+            } else if !apply {
+                lines.push(format!("would delete {name}"));
+            } else {
+                let path = self.releases.path().join(name);
+                std::fs::remove_dir_all(&path).map_err(|e| {
+                    let done = lines.iter().filter(|l| l.starts_with("deleted")).count();
+                    format!(
+                        "cannot delete {}: {e} ({done} deleted before)",
+                        path.display()
+                    )
+                })?;
+                log::info!("pruned release {name}");
+                lines.push(format!("deleted {name}"));
+            }
+        }
+        if lines.is_empty() {
+            lines.push(format!(
+                "nothing to prune: {} releases, keeping {keep}",
+                names.len()
+            ));
+        } else if !apply {
+            lines.push("dry run: pass --yes to delete".into());
+        }
+        Ok(lines.join("\n") + "\n")
     }
 
     /// Switches back to the previous release.
     ///
     /// # Errors
     /// No previous release, or the switch fails.
-    pub fn rollback(&self, who: &str) -> Result<String, String> {
+    pub fn rollback(&self, who: &str) -> Result<Switched, String> {
         let previous = self
             .active()
             .previous
@@ -811,19 +981,31 @@ impl Core {
                 None
             }
         });
-        let handles = self.handles.count_by_release();
-        let inodes = self.inodes.count_by_release();
-        let mut usage: Vec<ReleaseUsage> = handles
-            .keys()
-            .chain(inodes.keys())
+        let now_used = self.usage();
+        let present: HashSet<String> = self.list().unwrap_or_default().into_iter().collect();
+        let last_used = self.last_used.lock().clone();
+        let mut usage: Vec<ReleaseUsage> = present
+            .iter()
+            .chain(now_used.keys())
             .cloned()
-            .chain(active.name().map(str::to_string))
             .collect::<HashSet<_>>()
             .into_iter()
-            .map(|name| ReleaseUsage {
-                open_handles: handles.get(&name).copied().unwrap_or(0),
-                live_inodes: inodes.get(&name).copied().unwrap_or(0),
-                name,
+            .map(|name| {
+                let u = now_used.get(&name).cloned().unwrap_or_default();
+                ReleaseUsage {
+                    active: u.active,
+                    in_use: u.in_use(),
+                    unused_since: (!u.in_use())
+                        .then(|| last_used.get(&name).copied())
+                        .flatten(),
+                    present: present.contains(&name),
+                    name,
+                    open_handles: u.open_handles,
+                    open_files: u.open_files,
+                    dirs: u.dirs,
+                    maps: u.maps,
+                    live_inodes: u.live_inodes,
+                }
             })
             .collect();
         usage.sort_by(|a, b| crate::release::natural_cmp(&a.name, &b.name));

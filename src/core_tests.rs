@@ -137,7 +137,7 @@ fn switch_changes_what_new_lookups_see_and_invalidates_root_names() {
         Lookup::Negative(ttl) if ttl > Duration::ZERO
     ));
     assert_eq!(
-        f.core.activate("2", "test").unwrap(),
+        f.core.activate("2", "test").unwrap().message,
         "switched from 1 to 2"
     );
     let mut calls = f.recorder.calls.lock().clone();
@@ -243,7 +243,10 @@ fn restart_resumes_persisted_release_and_previous() {
         "state wins over --initial"
     );
     assert_eq!(again.active().previous.as_deref(), Some("1"));
-    assert_eq!(again.rollback("test").unwrap(), "switched from 2 to 1");
+    assert_eq!(
+        again.rollback("test").unwrap().message,
+        "switched from 2 to 1"
+    );
 }
 
 #[test]
@@ -383,10 +386,10 @@ fn forget_releases_everything() {
     f.core.forget(deep - 3, 1);
     assert_eq!(f.core.live_inodes(), 0);
     let usage = f.core.status().usage;
-    assert!(
-        usage.iter().all(|u| u.name != "1"),
-        "release 1 is no longer in use"
-    );
+    let one = usage.iter().find(|u| u.name == "1").unwrap();
+    assert!(!one.in_use, "release 1 is no longer in use");
+    assert!(one.unused_since.is_some());
+    assert!(f.core.wait_unused("1", Duration::ZERO));
 }
 
 #[test]
@@ -472,4 +475,69 @@ fn without_open_tracking_reads_go_by_inode_and_keep_their_release() {
     assert_eq!(core.read(new, 0, 0, 100).unwrap(), b"release 2");
     assert_eq!(core.read(new, 0, 8, 100).unwrap(), b"2", "offsets honoured");
     assert!(core.read(new, 12345, 0, 10).is_err(), "unknown handle");
+}
+
+#[test]
+fn prune_spares_active_previous_and_in_use_releases() {
+    let f = fixture(Some("1"));
+    for rel in ["3", "4", "5"] {
+        write(&f.tmp, rel, "index.php", rel);
+    }
+    f.core.activate("2", "test").unwrap();
+    let held = walk(&f.core, "index.php").ino.0; // release 2 in use by the kernel
+    f.core.activate("5", "test").unwrap();
+    // Releases: 1 2 3 4 5; active 5, previous 2 (in use too), keep the newest 1.
+    let dry = f.core.prune(1, false).unwrap();
+    assert_eq!(
+        dry,
+        "would delete 1\nkeep 2 (active or previous)\nwould delete 3\nwould delete 4\n\
+         dry run: pass --yes to delete\n"
+    );
+    assert_eq!(f.core.list().unwrap().len(), 5, "a dry run deletes nothing");
+    let done = f.core.prune(1, true).unwrap();
+    assert_eq!(
+        done,
+        "deleted 1\nkeep 2 (active or previous)\ndeleted 3\ndeleted 4\n"
+    );
+    assert_eq!(f.core.list().unwrap(), vec!["2", "5"]);
+    f.core.forget(held, 1);
+    assert_eq!(
+        f.core.prune(5, true).unwrap(),
+        "nothing to prune: 2 releases, keeping 5\n"
+    );
+}
+
+#[test]
+fn in_use_old_release_is_kept_by_prune_and_drains_when_released() {
+    let f = fixture(Some("1"));
+    write(&f.tmp, "3", "index.php", "3");
+    let ino = walk(&f.core, "a/b/c/deep.txt").ino.0;
+    let fh = f.core.open(ino, libc::O_RDONLY).unwrap();
+    f.core.activate("2", "test").unwrap();
+    f.core.activate("3", "test").unwrap();
+    // Release 1 is neither active nor previous, but a handle still reads from it.
+    assert!(
+        f.core
+            .prune(1, true)
+            .unwrap()
+            .contains("keep 1 (still in use)")
+    );
+    assert!(!f.core.wait_unused("1", Duration::from_millis(50)));
+    let st = f.core.status();
+    let one = st.usage.iter().find(|u| u.name == "1").unwrap();
+    assert!(one.in_use && one.open_handles == 1 && one.unused_since.is_none());
+    let core = Arc::new(f.core);
+    let waiter = {
+        let core = core.clone();
+        std::thread::spawn(move || core.wait_unused("1", Duration::from_secs(10)))
+    };
+    core.release(fh);
+    assert!(waiter.join().unwrap(), "drains once the handle is closed");
+    let st = core.status();
+    let one = st.usage.iter().find(|u| u.name == "1").unwrap();
+    assert!(!one.in_use && one.unused_since.is_some());
+    assert!(
+        one.live_inodes >= 4,
+        "cached inodes alone do not make it in use"
+    );
 }

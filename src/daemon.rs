@@ -11,6 +11,7 @@ use fuser::{Config, MountOption, Notifier, SessionACL};
 
 use crate::control::{client, server};
 use crate::core::{Core, CoreConfig, Invalidator};
+use crate::hooks::Hooks;
 use crate::{paths, sys};
 
 /// Everything the daemon is started with, already validated by the command line parser.
@@ -25,6 +26,8 @@ pub struct DaemonArgs {
     pub threads: usize,
     pub cache_timeout: Duration,
     pub track_opens: bool,
+    pub on_activate: Vec<String>,
+    pub hook_timeout: Duration,
     pub stop_timeout: Duration,
 }
 
@@ -269,7 +272,13 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
     core.set_invalidator(Box::new(NotifierInvalidator(notifier)));
-    server::spawn(listener, core.clone(), access)
+    let hooks = Arc::new(Hooks::new(
+        args.on_activate.clone(),
+        args.hook_timeout,
+        mount_point.clone(),
+        core.config().releases.clone(),
+    ));
+    server::spawn(listener, core.clone(), hooks, access)
         .map_err(|e| format!("cannot start the control server: {e}"))?;
     log::info!(
         "serving {} at {} (control socket {}, {} threads)",

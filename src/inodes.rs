@@ -199,12 +199,11 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn release(dir: &std::path::Path, generation: u64) -> Arc<Release> {
-        Arc::new(Release {
-            name: format!("r{generation}"),
+        Arc::new(Release::new(
+            &format!("r{generation}"),
             generation,
-            root: sys::open_dir_path(dir, true).unwrap(),
-            activated_at: std::time::SystemTime::now(),
-        })
+            sys::open_dir_path(dir, true).unwrap(),
+        ))
     }
 
     #[test]

@@ -58,6 +58,17 @@ struct Cli {
     #[arg(long)]
     track_opens: bool,
 
+    /// Command to run (with /bin/sh -c) after each switch, with SWITCHFS_OLD_RELEASE,
+    /// SWITCHFS_NEW_RELEASE, SWITCHFS_MOUNT and SWITCHFS_RELEASES set; repeatable, run in
+    /// order. Its output is logged; a failure is reported by `switchctl activate` (exit 3)
+    /// without undoing the switch. E.g. an OPcache reset for validate_timestamps=0 sites.
+    #[arg(long, value_name = "CMD")]
+    on_activate: Vec<String>,
+
+    /// Seconds an --on-activate command may run before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    hook_timeout: u32,
+
     /// Seconds to wait at shutdown for files still open under the mount.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
     stop_timeout: u32,
@@ -98,6 +109,8 @@ fn main() -> ExitCode {
         threads: usize::from(cli.threads),
         cache_timeout: Duration::from_secs(u64::from(cli.cache_timeout)),
         track_opens: cli.track_opens,
+        on_activate: cli.on_activate,
+        hook_timeout: Duration::from_secs(u64::from(cli.hook_timeout)),
         stop_timeout: Duration::from_secs(u64::from(cli.stop_timeout)),
     };
     match daemon::run(args) {

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::Hasher;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -62,7 +62,7 @@ impl Identity {
 }
 
 /// Where a version's content can be reread: its release and its path in it.
-type Source = (Arc<Release>, PathBuf);
+type Source = (Arc<OwnedFd>, PathBuf);
 
 #[derive(Debug)]
 struct Version {
@@ -126,7 +126,7 @@ impl MtimeRegistry {
                     identity,
                     real,
                     None,
-                    Some((release.clone(), path.into())),
+                    Some((release.root.clone(), path.into())),
                 );
                 Decision::Known(real)
             } else {
@@ -217,7 +217,7 @@ impl MtimeRegistry {
             identity,
             reported,
             new_hash,
-            Some((release.clone(), path.into())),
+            Some((release.root.clone(), path.into())),
         );
         reported
     }
@@ -280,11 +280,11 @@ fn hash_content(file: &mut std::fs::File) -> io::Result<u64> {
 }
 
 /// Rereads `path` inside `release` one component at a time, never following symlinks.
-fn hash_in_release(release: &Release, path: &Path) -> io::Result<u64> {
+fn hash_in_release(root: &OwnedFd, path: &Path) -> io::Result<u64> {
     let mut current = None;
     for part in path.iter() {
         let dir = match &current {
-            None => release.root.as_fd(),
+            None => root.as_fd(),
             Some(fd) => std::os::fd::AsFd::as_fd(fd),
         };
         current = Some(sys::open_path_beneath(dir, OsStr::new(part))?);
@@ -298,15 +298,13 @@ fn hash_in_release(release: &Release, path: &Path) -> io::Result<u64> {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
-    use std::os::fd::OwnedFd;
 
     fn release(dir: &Path, generation: u64) -> Arc<Release> {
-        Arc::new(Release {
-            name: format!("{generation}"),
+        Arc::new(Release::new(
+            &format!("{generation}"),
             generation,
-            root: sys::open_dir_path(dir, true).unwrap(),
-            activated_at: SystemTime::now(),
-        })
+            sys::open_dir_path(dir, true).unwrap(),
+        ))
     }
 
     fn file(dir: &Path, name: &str, content: &str, mtime: i64) -> (OwnedFd, libc::stat) {

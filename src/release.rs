@@ -8,6 +8,7 @@ use std::cmp::Ordering;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::names::validate_release_name;
@@ -20,8 +21,21 @@ pub struct Release {
     /// Unique per activation; keys the inode table so no inode is shared between two
     /// activations, even of the same directory.
     pub generation: u64,
-    pub root: OwnedFd,
+    /// Shared so the mtime registry can reread old content without keeping the release
+    /// itself alive.
+    pub root: Arc<OwnedFd>,
     pub activated_at: SystemTime,
+}
+
+impl Release {
+    pub fn new(name: &str, generation: u64, root: OwnedFd) -> Release {
+        Release {
+            name: name.to_string(),
+            generation,
+            root: Arc::new(root),
+            activated_at: SystemTime::now(),
+        }
+    }
 }
 
 /// The directory holding one subdirectory per release.

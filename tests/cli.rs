@@ -72,7 +72,14 @@ fn status_and_list_for_people_and_machines() {
     // With --track-opens, open files are counted per release.
     let held = fs::File::open(fx.m("index.php")).unwrap();
     let text = stdout(&fx.ctl(&["status"]));
-    assert!(text.contains("2: 1 open handles"), "{text}");
+    assert!(
+        text.contains("* 2: active: 1 open files, 0 working dirs, 0 maps, 1 open handles"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    10: unused since the daemon started"),
+        "{text}"
+    );
     drop(held);
     // --mount finds the socket through the mount itself.
     let out = Command::new(SWITCHCTL)
@@ -338,18 +345,116 @@ fn status_shows_what_still_holds_an_old_release() {
     fx.two_releases();
     let _d = fx.start(&["--initial", "1"]);
     let held = fs::File::open(fx.m("app/a/b/c/deep.php")).unwrap();
+    let mut shell = Command::new("sleep")
+        .arg("30")
+        .current_dir(fx.m("app/a"))
+        .spawn()
+        .unwrap();
     fx.activate("2");
     let text = stdout(&fx.ctl(&["status"]));
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("1: "))
-        .unwrap_or_else(|| panic!("release 1 still in use: {text}"));
-    let held_inodes: usize = line
-        .split(", ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    assert!(held_inodes >= 1, "{line}");
+    assert!(
+        text.contains("    1: in use: 1 open files, 1 working dirs, 0 maps, 0 open handles"),
+        "{text}"
+    );
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(json.contains("\"name\":\"1\",\"active\":false,\"present\":true,\"in_use\":true,\"open_files\":1,\"working_dirs\":1"), "{json}");
     drop(held);
+    let _ = shell.kill();
+    let _ = shell.wait();
+    let text = stdout(&fx.ctl(&["status"]));
+    assert!(text.contains("    1: unused since 20"), "{text}");
+}
+
+#[test]
+fn on_activate_hooks_run_after_each_switch_and_report_failures() {
+    let fx = Fixture::new("hooks");
+    fx.two_releases();
+    let log = fx.root.join("hook.log");
+    let record = format!(
+        "echo \"$SWITCHFS_OLD_RELEASE>$SWITCHFS_NEW_RELEASE\" >> {}; echo hook-output",
+        log.display()
+    );
+    let mut d = fx.start(&["--initial", "1", "--on-activate", &record]);
+    fx.activate("2");
+    fx.ctl(&["rollback"]);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "1>2\n2>1\n");
+    assert!(
+        d.log_text().contains("hook-output"),
+        "hook output is logged"
+    );
+    d.stop_with(libc::SIGTERM);
+
+    let _d = fx.start(&["--on-activate", "exit 7", "--hook-timeout", "5"]);
+    let out = fx.ctl(&["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "switched, but the hook failed");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("switched from 1 to 2, but on-activate hook"),
+        "{err}"
+    );
+    assert!(err.contains("exit status: 7"), "{err}");
+    assert_eq!(active(&fx), "2", "a failing hook does not undo the switch");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
+}
+
+#[test]
+fn prune_deletes_only_old_unused_releases_and_only_when_asked() {
+    let fx = Fixture::new("prune");
+    fx.two_releases();
+    for rel in ["3", "4"] {
+        fx.write(rel, "index.php", rel);
+    }
+    let _d = fx.start(&["--initial", "1"]);
+    fx.activate("4");
+    let out = fx.ctl(&["prune", "--keep", "1"]);
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out),
+        "keep 1 (active or previous)\nwould delete 2\nwould delete 3\n\
+         dry run: pass --yes to delete\n"
+    );
+    assert!(fx.releases().join("2").exists());
+    let out = fx.ctl(&["prune", "--keep", "1", "--yes"]);
+    assert_eq!(
+        stdout(&out),
+        "keep 1 (active or previous)\ndeleted 2\ndeleted 3\n"
+    );
+    assert!(!fx.releases().join("2").exists() && !fx.releases().join("3").exists());
+    assert_eq!(stdout(&fx.ctl(&["list"])), "  1 (previous)\n* 4 (active)\n");
+    let err = one_line_error(&fx.ctl(&["prune", "--keep", "0"]));
+    assert!(err.contains("--keep"), "{err}");
+}
+
+#[test]
+fn wait_drain_waits_for_the_previous_release_to_be_unused() {
+    let fx = Fixture::new("drain");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    let held = fs::File::open(fx.m("app/a/b/c/deep.php")).unwrap();
+    let out = fx.ctl(&["activate", "2", "--wait-drain=1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(one_line_error(&out).contains("release 1 is still in use after 1 s"));
+    assert_eq!(active(&fx), "2");
+    let text = stdout(&fx.ctl(&["status"]));
+    assert!(text.contains("  1: in use"), "{text}");
+    drop(held);
+    let out = fx.ctl(&["rollback"]);
+    assert!(out.status.success());
+    let out = fx.ctl(&["activate", "2", "--wait-drain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout(&out),
+        "switched from 1 to 2; release 1 is no longer in use\n"
+    );
+    let text = stdout(&fx.ctl(&["status"]));
+    assert!(text.contains("  1: unused since 20"), "{text}");
 }

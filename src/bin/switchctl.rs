@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchfs::control::client;
-use switchfs::control::protocol::Request;
+use switchfs::control::protocol::{Failure, Request};
 use switchfs::names::validate_release_name;
 
 /// Control a running switchfs. Without --mount or --control, talks to the one switchfs
@@ -38,12 +38,34 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve release NAME. Returns once every new lookup under the mount sees it.
+    /// Exit 0 when switched, 1 when nothing changed (with the reason), 3 when switched
+    /// but an --on-activate hook failed or the previous release did not drain in time.
     Activate {
         #[arg(value_name = "NAME", value_parser = release_name)]
         name: String,
+        /// Then wait until the previous release is no longer used (no open file, working
+        /// directory or cached inode), at most SECS seconds [default: 60].
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60",
+              value_parser = clap::value_parser!(u32).range(0..=86_400))]
+        wait_drain: Option<u32>,
     },
     /// Serve the previous release again.
-    Rollback,
+    Rollback {
+        /// As for activate.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60",
+              value_parser = clap::value_parser!(u32).range(0..=86_400))]
+        wait_drain: Option<u32>,
+    },
+    /// Delete the oldest releases beyond the newest KEEP, never the active or previous one
+    /// nor one still in use. A dry run unless --yes.
+    Prune {
+        /// How many of the newest releases to keep.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: u32,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show the active release, since when, the previous one and what uses each release.
     Status {
         /// Machine-readable output.
@@ -62,19 +84,33 @@ fn release_name(s: &str) -> Result<String, String> {
     validate_release_name(s).map(|()| s.to_string())
 }
 
-fn run(cli: Cli) -> Result<String, String> {
+fn run(cli: Cli) -> Result<String, Failure> {
     let socket = match (&cli.control, &cli.mount) {
-        (Some(socket), _) => socket.clone(),
-        (None, Some(mount)) => client::socket_for_mount(mount)?,
-        (None, None) => client::discover()?,
+        (Some(socket), _) => Ok(socket.clone()),
+        (None, Some(mount)) => client::socket_for_mount(mount),
+        (None, None) => client::discover(),
+    }
+    .map_err(Failure::Error)?;
+    // A drain wait may legitimately take longer than the usual answer timeout.
+    let drain = match &cli.command {
+        Command::Activate { wait_drain, .. } | Command::Rollback { wait_drain } => *wait_drain,
+        _ => None,
     };
+    let timeout = cli.timeout.max(u64::from(drain.unwrap_or(0)) + 30);
     let request = match cli.command {
-        Command::Activate { name } => Request::Activate(name),
-        Command::Rollback => Request::Rollback,
+        Command::Activate { name, wait_drain } => Request::Activate {
+            name,
+            drain: wait_drain,
+        },
+        Command::Rollback { wait_drain } => Request::Rollback { drain: wait_drain },
+        Command::Prune { keep, yes } => Request::Prune {
+            keep: keep as usize,
+            apply: yes,
+        },
         Command::Status { json } => Request::Status { json },
         Command::List { json } => Request::List { json },
     };
-    client::request(&socket, &request, Duration::from_secs(cli.timeout))
+    client::request(&socket, &request, Duration::from_secs(timeout))
 }
 
 fn main() -> ExitCode {
@@ -84,9 +120,13 @@ fn main() -> ExitCode {
             print!("{body}");
             ExitCode::SUCCESS
         }
-        Err(msg) => {
+        Err(Failure::Error(msg)) => {
             eprintln!("switchctl: {msg}");
             ExitCode::FAILURE
+        }
+        Err(Failure::Partial(msg)) => {
+            eprintln!("switchctl: {msg}");
+            ExitCode::from(3)
         }
     }
 }

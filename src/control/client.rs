@@ -6,15 +6,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::control::protocol::{self, Request};
+use crate::control::protocol::{self, Failure, Request};
 use crate::core::CONTROL_XATTR;
 
 /// Sends `req` to the daemon at `socket` and returns the response body.
 ///
 /// # Errors
-/// A one-line message: the socket cannot be reached, the daemon refused, or it answered
-/// with an error (its message).
-pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<String, String> {
+/// The socket cannot be reached, the daemon refused, or it answered with an error or a
+/// partial success (its message).
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<String, Failure> {
     let shown = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
@@ -23,18 +23,18 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<String
             }
             _ => "",
         };
-        format!("cannot reach switchfs at {shown}: {e}{hint}")
+        Failure::Error(format!("cannot reach switchfs at {shown}: {e}{hint}"))
     })?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let line = format!("{}\n", req.to_line());
     stream
         .write_all(line.as_bytes())
-        .map_err(|e| format!("cannot send to switchfs at {shown}: {e}"))?;
+        .map_err(|e| Failure::Error(format!("cannot send to switchfs at {shown}: {e}")))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .map_err(|e| format!("no answer from switchfs at {shown}: {e}"))?;
+        .map_err(|e| Failure::Error(format!("no answer from switchfs at {shown}: {e}")))?;
     protocol::parse_response(&raw)
 }
 

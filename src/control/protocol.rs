@@ -1,7 +1,10 @@
 //! The control protocol: one request line, one response, then the server closes.
 //!
-//! Requests: `activate NAME`, `rollback`, `status [json]`, `list [json]`, `ping`.
-//! Responses: `ok` and a newline, then the body; or one line `error: MESSAGE`.
+//! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`, `status [json]`,
+//! `list [json]`, `prune KEEP [yes]`, `ping`.
+//! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
+//! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
+//! previous release did not drain in time).
 
 use crate::names::validate_release_name;
 
@@ -10,24 +13,62 @@ pub const MAX_REQUEST: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Activate(String),
-    Rollback,
-    Status { json: bool },
-    List { json: bool },
+    /// Switch; with `drain`, then wait up to that many seconds for the previous release
+    /// to become unused.
+    Activate {
+        name: String,
+        drain: Option<u32>,
+    },
+    Rollback {
+        drain: Option<u32>,
+    },
+    Status {
+        json: bool,
+    },
+    List {
+        json: bool,
+    },
+    /// Delete releases older than the newest `keep`; only report unless `apply`.
+    Prune {
+        keep: usize,
+        apply: bool,
+    },
     Ping,
 }
+
+/// Longest `drain=` wait accepted, in seconds.
+pub const MAX_DRAIN_SECS: u32 = 86_400;
 
 impl Request {
     /// The wire form, without the newline.
     pub fn to_line(&self) -> String {
         match self {
-            Request::Activate(name) => format!("activate {name}"),
-            Request::Rollback => "rollback".into(),
+            Request::Activate { name, drain } => format!("activate {name}{}", drain_arg(*drain)),
+            Request::Rollback { drain } => format!("rollback{}", drain_arg(*drain)),
+            Request::Prune { keep, apply } => {
+                format!("prune {keep}{}", if *apply { " yes" } else { "" })
+            }
             Request::Status { json } => format!("status{}", if *json { " json" } else { "" }),
             Request::List { json } => format!("list{}", if *json { " json" } else { "" }),
             Request::Ping => "ping".into(),
         }
     }
+}
+
+fn drain_arg(drain: Option<u32>) -> String {
+    drain.map(|s| format!(" drain={s}")).unwrap_or_default()
+}
+
+fn parse_drain(arg: Option<&str>) -> Result<Option<u32>, String> {
+    let Some(arg) = arg else {
+        return Ok(None);
+    };
+    let secs = arg
+        .strip_prefix("drain=")
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|s| *s <= MAX_DRAIN_SECS)
+        .ok_or_else(|| format!("expected drain=SECS (0 to {MAX_DRAIN_SECS}), got {arg:?}"))?;
+    Ok(Some(secs))
 }
 
 /// Parses one request line (without its newline).
@@ -48,11 +89,34 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     };
     match verb {
         "activate" => {
-            let name = arg.ok_or("activate needs a release name")?;
+            let arg = arg.ok_or("activate needs a release name")?;
+            let (name, rest) = match arg.split_once(' ') {
+                Some((name, rest)) => (name, Some(rest)),
+                None => (arg, None),
+            };
             validate_release_name(name)?;
-            Ok(Request::Activate(name.to_string()))
+            Ok(Request::Activate {
+                name: name.to_string(),
+                drain: parse_drain(rest)?,
+            })
         }
-        "rollback" if arg.is_none() => Ok(Request::Rollback),
+        "rollback" => Ok(Request::Rollback {
+            drain: parse_drain(arg)?,
+        }),
+        "prune" => {
+            let arg = arg.ok_or("prune needs the number of releases to keep")?;
+            let (keep, apply) = match arg.split_once(' ') {
+                Some((keep, "yes")) => (keep, true),
+                Some((_, other)) => return Err(format!("unexpected argument {other:?} to prune")),
+                None => (arg, false),
+            };
+            let keep = keep
+                .parse::<usize>()
+                .ok()
+                .filter(|k| *k >= 1)
+                .ok_or_else(|| format!("prune keeps at least 1 release, got {keep:?}"))?;
+            Ok(Request::Prune { keep, apply })
+        }
         "status" => Ok(Request::Status {
             json: json_flag(arg)?,
         }),
@@ -62,7 +126,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "ping" if arg.is_none() => Ok(Request::Ping),
         "" => Err("empty request".into()),
         _ => Err(format!(
-            "unknown request {:?} (expected activate, rollback, status, list or ping)",
+            "unknown request {:?} (expected activate, rollback, status, list, prune or ping)",
             truncate(line, 60)
         )),
     }
@@ -90,25 +154,52 @@ pub fn error_response(msg: &str) -> String {
     format!("error: {}\n", msg.replace(['\n', '\r'], " "))
 }
 
-/// Splits a response into the body (`Ok`) or the error message (`Err`).
+/// A response for a switch that happened but whose aftermath failed.
+pub fn partial_response(msg: &str) -> String {
+    format!("partial: {}\n", msg.replace(['\n', '\r'], " "))
+}
+
+/// Why a request did not fully succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing was done.
+    Error(String),
+    /// The switch happened; something after it failed.
+    Partial(String),
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Error(m) | Failure::Partial(m) => m,
+        }
+    }
+}
+
+/// Splits a response into the body (`Ok`) or what went wrong.
 ///
 /// # Errors
-/// The server's error message, or a description of a malformed response.
-pub fn parse_response(raw: &[u8]) -> Result<String, String> {
+/// The server's message, or a description of a malformed response.
+pub fn parse_response(raw: &[u8]) -> Result<String, Failure> {
     let text = String::from_utf8_lossy(raw);
     if let Some(body) = text.strip_prefix("ok\n") {
         return Ok(body.to_string());
     }
     if let Some(msg) = text.strip_prefix("error: ") {
-        return Err(msg.trim_end().to_string());
+        return Err(Failure::Error(msg.trim_end().to_string()));
+    }
+    if let Some(msg) = text.strip_prefix("partial: ") {
+        return Err(Failure::Partial(msg.trim_end().to_string()));
     }
     if text.is_empty() {
-        return Err("the daemon closed the connection without answering".into());
+        return Err(Failure::Error(
+            "the daemon closed the connection without answering".into(),
+        ));
     }
-    Err(format!(
+    Err(Failure::Error(format!(
         "malformed response from the daemon: {:?}",
         truncate(&text, 80)
-    ))
+    )))
 }
 
 #[cfg(test)]
@@ -118,8 +209,23 @@ mod tests {
     #[test]
     fn parses_every_request() {
         for req in [
-            Request::Activate("12".into()),
-            Request::Rollback,
+            Request::Activate {
+                name: "12".into(),
+                drain: None,
+            },
+            Request::Activate {
+                name: "12".into(),
+                drain: Some(30),
+            },
+            Request::Rollback { drain: None },
+            Request::Prune {
+                keep: 3,
+                apply: false,
+            },
+            Request::Prune {
+                keep: 5,
+                apply: true,
+            },
             Request::Status { json: false },
             Request::Status { json: true },
             Request::List { json: true },
@@ -140,6 +246,13 @@ mod tests {
             b"activate a/b",
             b"activate .",
             b"rollback now",
+            b"activate 1 drain=x",
+            b"activate 1 drain=999999999",
+            b"activate 1 2",
+            b"prune",
+            b"prune 0",
+            b"prune -1",
+            b"prune 3 no",
             b"status yaml",
             b"\xff\xfe",
             b"DROP TABLE",
@@ -156,7 +269,11 @@ mod tests {
         );
         assert_eq!(
             parse_response(error_response("bad\nthing").as_bytes()),
-            Err("bad thing".into())
+            Err(Failure::Error("bad thing".into()))
+        );
+        assert_eq!(
+            parse_response(partial_response("hook failed").as_bytes()),
+            Err(Failure::Partial("hook failed".into()))
         );
         assert!(parse_response(b"").is_err());
         assert!(parse_response(b"HTTP/1.1 200").is_err());

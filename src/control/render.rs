@@ -78,16 +78,27 @@ pub fn status_text(st: &Status) -> String {
     if let Some(problem) = &st.active_problem {
         let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
     }
-    let _ = writeln!(out, "in use:");
-    if st.usage.is_empty() {
-        let _ = writeln!(out, "  (nothing)");
-    }
+    let _ = writeln!(out, "releases:");
     for u in &st.usage {
-        let _ = writeln!(
-            out,
-            "  {}: {} open handles, {} inodes held by the kernel",
-            u.name, u.open_handles, u.live_inodes
-        );
+        let mark = if u.active { "*" } else { " " };
+        let gone = if u.present { "" } else { " (directory gone)" };
+        let state = if u.in_use {
+            format!(
+                "{}: {} open files, {} working dirs, {} maps, {} open handles",
+                if u.active { "active" } else { "in use" },
+                u.open_files,
+                u.dirs,
+                u.maps,
+                u.open_handles
+            )
+        } else {
+            match u.unused_since {
+                Some(t) => format!("unused since {}", iso8601(t)),
+                None => "unused since the daemon started".to_string(),
+            }
+        };
+        let state = format!("{state} ({} inodes cached by the kernel)", u.live_inodes);
+        let _ = writeln!(out, "  {mark} {}{gone}: {state}", u.name);
     }
     out
 }
@@ -98,16 +109,26 @@ pub fn status_json(st: &Status) -> String {
         .iter()
         .map(|u| {
             format!(
-                "{{\"name\":{},\"open_handles\":{},\"live_inodes\":{}}}",
+                "{{\"name\":{},\"active\":{},\"present\":{},\"in_use\":{},\
+                 \"open_files\":{},\"working_dirs\":{},\"maps\":{},\"open_handles\":{},\
+                 \"cached_inodes\":{},\"unused_since\":{}}}",
                 json_str(&u.name),
+                u.active,
+                u.present,
+                u.in_use,
+                u.open_files,
+                u.dirs,
+                u.maps,
                 u.open_handles,
-                u.live_inodes
+                u.live_inodes,
+                u.unused_since
+                    .map_or_else(|| "null".to_string(), |t| json_str(&iso8601(t)))
             )
         })
         .collect();
     format!(
         "{{\"active\":{},\"since\":{},\"since_unix\":{},\"previous\":{},\"releases_dir\":{},\
-         \"mount_point\":{},\"problem\":{},\"usage\":[{}]}}\n",
+         \"mount_point\":{},\"problem\":{},\"releases\":[{}]}}\n",
         json_opt(st.active.as_deref()),
         json_str(&iso8601(st.since)),
         unix_secs(st.since),

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
 use crate::control::render;
-use crate::core::Core;
+use crate::core::{Core, Switched};
+use crate::hooks::Hooks;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CLIENTS: usize = 64;
@@ -91,7 +92,12 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, String> {
 }
 
 /// Serves control requests on `listener` until the process exits.
-pub fn spawn(listener: UnixListener, core: Arc<Core>, access: Access) -> io::Result<()> {
+pub fn spawn(
+    listener: UnixListener,
+    core: Arc<Core>,
+    hooks: Arc<Hooks>,
+    access: Access,
+) -> io::Result<()> {
     let clients = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("control".into())
@@ -116,11 +122,12 @@ pub fn spawn(listener: UnixListener, core: Arc<Core>, access: Access) -> io::Res
                     continue;
                 }
                 let core = core.clone();
+                let hooks = hooks.clone();
                 let clients = clients.clone();
                 let spawned = std::thread::Builder::new()
                     .name("control-client".into())
                     .spawn(move || {
-                        serve_client(stream, &core, access);
+                        serve_client(stream, &core, &hooks, access);
                         clients.fetch_sub(1, Ordering::SeqCst);
                     });
                 if let Err(e) = spawned {
@@ -172,7 +179,7 @@ fn allowed(peer: Peer, access: Access) -> bool {
     peer.uid == 0 || peer.uid == access.owner_uid || access.group.is_some()
 }
 
-fn serve_client(mut stream: UnixStream, core: &Core, access: Access) {
+fn serve_client(mut stream: UnixStream, core: &Core, hooks: &Hooks, access: Access) {
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let response = match peer_of(&stream) {
@@ -184,7 +191,7 @@ fn serve_client(mut stream: UnixStream, core: &Core, access: Access) {
         Ok(peer) => match read_request(&mut stream) {
             // A bare connect and close: another daemon probing whether we are alive.
             Ok(None) => return,
-            Ok(Some(line)) => respond(core, &line, peer),
+            Ok(Some(line)) => respond(core, hooks, &line, peer),
             Err(msg) => {
                 log::info!(
                     "bad control request from uid={} pid={}: {msg}",
@@ -233,7 +240,43 @@ fn read_request(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-fn respond(core: &Core, line: &[u8], peer: Peer) -> String {
+/// Runs the hooks and the optional drain wait after a switch, and words the answer.
+fn after_switch(
+    core: &Core,
+    hooks: &Hooks,
+    switched: Result<Switched, String>,
+    drain: Option<u32>,
+) -> String {
+    let sw = match switched {
+        Ok(sw) => sw,
+        Err(msg) => {
+            log::warn!("switch refused: {msg}");
+            return protocol::error_response(&msg);
+        }
+    };
+    let mut message = sw.message.clone();
+    let mut problems = Vec::new();
+    if sw.changed
+        && let Err(e) = hooks.run(sw.from.as_deref(), &sw.to)
+    {
+        log::warn!("{e}");
+        problems.push(e);
+    }
+    if let (Some(secs), Some(previous), true) = (drain, sw.from.as_deref(), sw.changed) {
+        if core.wait_unused(previous, Duration::from_secs(u64::from(secs))) {
+            message.push_str(&format!("; release {previous} is no longer in use"));
+        } else {
+            problems.push(format!("release {previous} is still in use after {secs} s"));
+        }
+    }
+    if problems.is_empty() {
+        protocol::ok_response(&message)
+    } else {
+        protocol::partial_response(&format!("{message}, but {}", problems.join("; ")))
+    }
+}
+
+fn respond(core: &Core, hooks: &Hooks, line: &[u8], peer: Peer) -> String {
     let request = match protocol::parse_request(line) {
         Ok(r) => r,
         Err(msg) => {
@@ -247,8 +290,13 @@ fn respond(core: &Core, line: &[u8], peer: Peer) -> String {
     };
     let who = format!("uid={} gid={} pid={}", peer.uid, peer.gid, peer.pid);
     let result = match request {
-        Request::Activate(name) => core.activate(&name, &who),
-        Request::Rollback => core.rollback(&who),
+        Request::Activate { name, drain } => {
+            return after_switch(core, hooks, core.activate(&name, &who), drain);
+        }
+        Request::Rollback { drain } => {
+            return after_switch(core, hooks, core.rollback(&who), drain);
+        }
+        Request::Prune { keep, apply } => core.prune(keep, apply),
         Request::Status { json } => {
             let st = core.status();
             Ok(if json {
