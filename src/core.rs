@@ -350,6 +350,9 @@ impl Core {
     /// # Errors
     /// The host's error; ENOENT becomes a `Lookup::Negative` instead.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Lookup> {
+        if name.len() > crate::names::NAME_MAX {
+            return Err(os_error(libc::ENAMETOOLONG)); // as the host would answer
+        }
         if !is_plain_component(name) {
             return Err(os_error(libc::ENOENT));
         }

@@ -67,6 +67,9 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // The kernel then enforces POSIX ACLs (read through getxattr) as on the host;
+            // without it, default_permissions checks the mode bits only.
+            InitFlags::FUSE_POSIX_ACL,
         ] {
             if let Err(missing) = config.add_capabilities(flag) {
                 log::info!("kernel lacks {missing:?}; continuing without it");

@@ -126,7 +126,14 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        force_unmount(&self.mnt());
+        // Everything a test mounted under its directory, even when it failed half-way.
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.root.to_string_lossy().replace(' ', "\\040");
+        for mount in text.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if mount.starts_with(&prefix) {
+                force_unmount(Path::new(mount));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -156,10 +163,11 @@ impl Daemon {
         cmd.arg("--releases")
             .arg(fx.releases())
             .arg("--control")
-            .arg(fx.socket())
-            .arg("--state")
-            .arg(fx.state())
-            .args(extra)
+            .arg(fx.socket());
+        if !extra.contains(&"--state") {
+            cmd.arg("--state").arg(fx.state());
+        }
+        cmd.args(extra)
             .arg(mnt)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "debug")
