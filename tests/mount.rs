@@ -237,10 +237,7 @@ fn file_modes_are_enforced_for_other_users() {
     fs::write(rel.join("secret.php"), "<?php $password = 'x';").unwrap();
     fs::set_permissions(rel.join("secret.php"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(&rel, fs::Permissions::from_mode(0o755)).unwrap();
-    // The fixture's own dirs must be traversable for another user.
-    for dir in [fx.root.clone(), fx.releases(), fx.mnt()] {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    fx.open_up_for_others();
     let _d = fx.start(&["--initial", "1"]);
     if !is_root() {
         // Without root there is no allow_other: other users cannot even see the mount.
@@ -248,23 +245,17 @@ fn file_modes_are_enforced_for_other_users() {
         assert!(fs::read(fx.m("secret.php")).is_ok());
         return;
     }
-    let as_nobody = |path: &Path| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-            .arg(path)
-            .output()
-            .unwrap()
-    };
-    let denied = as_nobody(&fx.m("secret.php"));
+    let cat_as_nobody = |path: &Path| as_nobody(&["cat", path.to_str().unwrap()]);
+    let denied = cat_as_nobody(&fx.m("secret.php"));
     assert!(!denied.status.success());
     assert!(
         String::from_utf8_lossy(&denied.stderr).contains("Permission denied"),
         "{}",
         String::from_utf8_lossy(&denied.stderr)
     );
-    let native = as_nobody(&rel.join("secret.php"));
+    let native = cat_as_nobody(&rel.join("secret.php"));
     assert!(!native.status.success(), "same as the native directory");
-    let allowed = as_nobody(&fx.m("index.php"));
+    let allowed = cat_as_nobody(&fx.m("index.php"));
     assert!(
         allowed.status.success(),
         "{}",

@@ -13,20 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn as_nobody(args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn open_up(fx: &Fixture) {
-    for dir in [fx.root.clone(), fx.releases(), fx.mnt()] {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
-
 #[test]
 fn acls_and_modes_are_enforced_exactly_as_on_the_native_directory() {
     assert!(
@@ -50,7 +36,7 @@ fn acls_and_modes_are_enforced_exactly_as_on_the_native_directory() {
     };
     acl("u:nobody:r", "granted.php");
     acl("u:nobody:---", "denied.php");
-    open_up(&fx);
+    fx.open_up_for_others();
     let _d = fx.start(&["--initial", "1"]);
     for (file, expect_ok) in [
         ("granted.php", true),
@@ -89,7 +75,7 @@ fn the_control_socket_refuses_other_users() {
     );
     let fx = Fixture::new("sockperm");
     fx.two_releases();
-    open_up(&fx);
+    fx.open_up_for_others();
     let d = fx.start(&["--initial", "1"]);
     let out = as_nobody(&[
         SWITCHCTL,

@@ -118,6 +118,15 @@ impl Fixture {
         );
     }
 
+    /// Makes the fixture's directories traversable for other users (tests that run a
+    /// command as `nobody`).
+    pub fn open_up_for_others(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.root.clone(), self.releases(), self.mnt()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.m(rel))
             .unwrap_or_else(|e| panic!("reading {rel} through the mount: {e}"))
@@ -269,6 +278,15 @@ pub fn force_unmount(path: &Path) {
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
         let _ = Command::new("fusermount3").arg("-uz").arg(path).status();
     }
+}
+
+/// Runs a command as user and group nobody (65534), without supplementary groups.
+pub fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Stderr of `out`, asserting it is exactly one line.
