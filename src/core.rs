@@ -17,9 +17,8 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,6 +29,7 @@ use parking_lot::Mutex;
 
 use crate::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
 use crate::errno::os_error;
+use crate::fds::FdBudget;
 use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
 use crate::mtimes::MtimeRegistry;
@@ -70,6 +70,8 @@ pub struct CoreConfig {
     /// Answer file opens with handles (so `status` counts open files) instead of letting
     /// the kernel open files by itself, which is faster.
     pub track_opens: bool,
+    /// How many descriptors inodes may hold at once (see `fds`).
+    pub inode_fds: usize,
 }
 
 /// What the root currently shows.
@@ -192,7 +194,7 @@ pub struct Core {
     /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
     /// notifications.
     switch_lock: Mutex<()>,
-    inodes: InodeTable,
+    pub(crate) inodes: InodeTable,
     handles: HandleTable,
     mtimes: MtimeRegistry,
     /// When each release was last seen in use (or stopped being active).
@@ -213,6 +215,7 @@ impl Core {
     /// The releases directory cannot be opened, or `initial` was asked for and cannot be
     /// served: a one-line message.
     pub fn new(config: CoreConfig, initial: Option<&str>) -> Result<Core, String> {
+        let inode_fds = config.inode_fds;
         let releases = ReleaseSet::open(&config.releases).map_err(|e| {
             format!(
                 "cannot open releases directory {}: {e}",
@@ -235,7 +238,7 @@ impl Core {
                 names: HashSet::new(),
             }),
             switch_lock: Mutex::new(()),
-            inodes: InodeTable::default(),
+            inodes: InodeTable::new(FdBudget::new(inode_fds)),
             handles: HandleTable::default(),
             mtimes: MtimeRegistry::default(),
             last_used: Mutex::new(HashMap::new()),
@@ -365,7 +368,7 @@ impl Core {
         if dir.kind != FileType::Directory {
             return Err(os_error(libc::ENOTDIR));
         }
-        match self.lookup_in(&dir.release, dir.fd.as_fd(), &dir.path, name) {
+        match self.lookup_in(&dir.release, dir.fd()?.as_fd(), &dir.path, name) {
             Ok((_, attr)) => Ok(Lookup::Entry(attr, self.config.ttl)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(Lookup::Negative(self.config.ttl))
@@ -433,7 +436,7 @@ impl Core {
 
     /// The host's stat of `inode`, with the reported mtime.
     fn stat_inode(inode: &Inode) -> io::Result<libc::stat> {
-        let mut st = sys::fstat(inode.fd.as_fd())?;
+        let mut st = sys::fstat(inode.fd()?.as_fd())?;
         if let Some(o) = inode.mtime {
             o.apply(&mut st);
         }
@@ -471,7 +474,7 @@ impl Core {
     pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
         match self.node(ino)? {
             Node::Inode(inode) if inode.kind == FileType::Symlink => {
-                sys::readlink(inode.fd.as_fd())
+                sys::readlink(inode.fd()?.as_fd())
             }
             _ => Err(os_error(libc::EINVAL)),
         }
@@ -490,7 +493,7 @@ impl Core {
             // (the kernel's default for no-open is FOPEN_KEEP_CACHE).
             return Err(os_error(libc::ENOSYS));
         }
-        let file = sys::reopen(inode.fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
+        let file = sys::reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
         Ok(self.handles.insert(Handle {
             ino,
             release: Some(inode.release.clone()),
@@ -505,32 +508,18 @@ impl Core {
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         // Without open tracking the kernel sends no handle (fh 0): read through the inode,
         // which is bound to its release like a handle would be.
-        let handle;
-        let inode;
-        let file = match self.handles.get(fh) {
-            Some(h) => {
-                handle = h;
-                match &handle.kind {
-                    HandleKind::File(file) => file,
-                    HandleKind::Dir { .. } => return Err(os_error(libc::EISDIR)),
-                }
-            }
+        let mut buf = vec![0u8; size as usize];
+        let filled = match self.handles.get(fh) {
+            Some(handle) => match &handle.kind {
+                HandleKind::File(file) => sys::pread_full(file.as_fd(), &mut buf, offset)?,
+                HandleKind::Dir { .. } => return Err(os_error(libc::EISDIR)),
+            },
             None if fh == 0 => {
-                inode = self.regular_file(ino)?;
-                inode.read_file()?
+                let fd = self.regular_file(ino)?.read_fd()?;
+                sys::pread_full(fd.as_fd(), &mut buf, offset)?
             }
             None => return Err(os_error(libc::EBADF)),
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
         buf.truncate(filled);
         Ok(buf)
     }
@@ -571,7 +560,7 @@ impl Core {
                 if inode.kind != FileType::Directory {
                     return Err(os_error(libc::ENOTDIR));
                 }
-                let raw = sys::read_dir(inode.fd.as_fd())?;
+                let raw = sys::read_dir(inode.fd()?.as_fd())?;
                 (
                     DirSource::Inode(inode.clone()),
                     Some(inode.release.clone()),
@@ -638,10 +627,10 @@ impl Core {
             return Err(os_error(libc::ENOTDIR));
         };
         let (release, dir_fd, dir_path, ttl) = match source {
-            DirSource::ReleaseRoot(rel) => (rel, rel.root.as_fd(), Path::new(""), Duration::ZERO),
+            DirSource::ReleaseRoot(rel) => (rel, rel.root.clone(), Path::new(""), Duration::ZERO),
             DirSource::Inode(inode) => (
                 &inode.release,
-                inode.fd.as_fd(),
+                inode.fd()?,
                 inode.path.as_path(),
                 self.config.ttl,
             ),
@@ -649,6 +638,7 @@ impl Core {
                 return self.add_dots(handle.ino, items, offset, Duration::ZERO, sink);
             }
         };
+        let dir_fd = dir_fd.as_fd();
         let dir_attr = match source {
             DirSource::ReleaseRoot(_) => attr_of_stat(ROOT_INO, &sys::fstat(dir_fd)?),
             _ => attr_of_stat(handle.ino, &sys::fstat(dir_fd)?),
@@ -704,7 +694,7 @@ impl Core {
                 Some(rel) => sys::statvfs(rel.root.as_fd()),
                 None => Err(os_error(libc::ENOENT)),
             },
-            Node::Inode(inode) => sys::statvfs(inode.fd.as_fd()),
+            Node::Inode(inode) => sys::statvfs(inode.fd()?.as_fd()),
         }
     }
 
@@ -718,7 +708,7 @@ impl Core {
             return xattr_value(value, size);
         }
         match self.xattr_fd(ino)? {
-            Some(fd) => sys::get_xattr(fd.fd(), name, size as usize),
+            Some(fd) => sys::get_xattr(fd.as_fd(), name, size as usize),
             None => Err(os_error(libc::ENODATA)),
         }
     }
@@ -729,18 +719,18 @@ impl Core {
     /// The host's error.
     pub fn listxattr(&self, ino: u64, size: u32) -> io::Result<sys::XattrAnswer> {
         match self.xattr_fd(ino)? {
-            Some(fd) => sys::list_xattr(fd.fd(), size as usize),
+            Some(fd) => sys::list_xattr(fd.as_fd(), size as usize),
             None => xattr_value(Vec::new(), size),
         }
     }
 
     /// The descriptor to read xattrs from; `None` for symlinks (xattrs are read through
     /// /proc/self/fd, which would follow them) and the empty root.
-    fn xattr_fd(&self, ino: u64) -> io::Result<Option<PinnedFd>> {
+    fn xattr_fd(&self, ino: u64) -> io::Result<Option<Arc<OwnedFd>>> {
         Ok(match self.node(ino)? {
-            Node::Root(active) => active.release.clone().map(PinnedFd::Release),
+            Node::Root(active) => active.release.as_ref().map(|r| r.root.clone()),
             Node::Inode(inode) if inode.kind == FileType::Symlink => None,
-            Node::Inode(inode) => Some(PinnedFd::Inode(inode)),
+            Node::Inode(inode) => Some(inode.fd()?),
         })
     }
 
@@ -1031,21 +1021,6 @@ impl Core {
     /// Open handle count (for leak checks in tests).
     pub fn open_handles(&self) -> usize {
         self.handles.len()
-    }
-}
-
-/// A descriptor kept alive by what owns it.
-enum PinnedFd {
-    Release(Arc<Release>),
-    Inode(Arc<Inode>),
-}
-
-impl PinnedFd {
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            PinnedFd::Release(r) => r.root.as_fd(),
-            PinnedFd::Inode(i) => i.fd.as_fd(),
-        }
     }
 }
 

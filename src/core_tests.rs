@@ -90,6 +90,7 @@ fn config(tmp: &TempDir) -> CoreConfig {
         control_path: tmp.path().join("ctl.sock"),
         ttl: Duration::from_secs(3600),
         track_opens: true,
+        inode_fds: 100_000,
     }
 }
 
@@ -537,4 +538,57 @@ fn in_use_old_release_is_kept_by_prune_and_drains_when_released() {
         one.live_inodes >= 4,
         "cached inodes alone do not make it in use"
     );
+}
+
+#[test]
+fn a_tight_descriptor_budget_is_respected_and_everything_still_works() {
+    let tmp = TempDir::new("core");
+    for i in 0..200 {
+        write(
+            &tmp,
+            "1",
+            &format!("d{}/f{i}.php", i % 7),
+            &format!("file {i}"),
+        );
+    }
+    write(&tmp, "2", "index.php", "two");
+    let mut cfg = config(&tmp);
+    cfg.inode_fds = 16;
+    cfg.track_opens = false;
+    let core = Core::new(cfg, Some("1")).unwrap();
+    let mut inos = Vec::new();
+    for i in 0..200 {
+        inos.push(walk(&core, &format!("d{}/f{i}.php", i % 7)).ino.0);
+        assert!(core.inodes.fds().0 <= 16, "budget exceeded at {i}");
+    }
+    assert_eq!(
+        core.live_inodes(),
+        207,
+        "inodes stay, only descriptors are closed"
+    );
+    // Evicted inodes reopen by path, and still read their own content.
+    for (i, ino) in inos.iter().enumerate() {
+        assert_eq!(
+            core.read(*ino, 0, 0, 100).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+        assert!(core.getattr(*ino).is_ok());
+    }
+    // Switching needs descriptors of its own: never starved by the inodes.
+    core.activate("2", "test").unwrap();
+    let two = walk(&core, "index.php").ino.0;
+    assert_eq!(core.read(two, 0, 0, 10).unwrap(), b"two");
+    // A file replaced under its path is never served under the old inode.
+    std::fs::remove_file(tmp.path().join("releases/1/d0/f0.php")).unwrap();
+    write(&tmp, "1", "d0/f0.php", "impostor");
+    for ino in &inos[1..40] {
+        let _ = core.read(*ino, 0, 0, 10); // push f0's descriptor out of the budget
+    }
+    match core.read(inos[0], 0, 0, 100) {
+        Ok(data) => assert_eq!(
+            data, b"file 0",
+            "still the original, via its open descriptor"
+        ),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE)),
+    }
 }

@@ -216,10 +216,17 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
     }
-    match sys::raise_nofile_limit() {
-        Ok(n) => log::debug!("open file limit: {n}"),
-        Err(e) => log::warn!("cannot raise the open file limit: {e}"),
-    }
+    let fd_limit = match sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot read or raise the open file limit ({e}); assuming 1024");
+            1024
+        }
+    };
+    let inode_fds = usize::try_from(fd_limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(crate::fds::RESERVE)
+        .max(64);
     let signals = block_signals();
     // SAFETY: geteuid cannot fail.
     let access = server::Access {
@@ -237,6 +244,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         control_path: control_path.clone(),
         ttl: args.cache_timeout,
         track_opens: args.track_opens,
+        inode_fds,
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
 
@@ -281,7 +289,8 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     server::spawn(listener, core.clone(), hooks, access)
         .map_err(|e| format!("cannot start the control server: {e}"))?;
     log::info!(
-        "serving {} at {} (control socket {}, {} threads)",
+        "serving {} at {} (control socket {}, {} threads, open file limit {fd_limit}: \
+         inodes hold at most {inode_fds} descriptors)",
         args.releases.display(),
         mount_point.display(),
         control_path.display(),

@@ -20,9 +20,12 @@ use parking_lot::RwLock;
 
 use crate::mtimes::MtimeOverride;
 use crate::release::Release;
-use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+
+use crate::fds::{FdBudget, FdSlot};
+use crate::sys;
 
 /// The FUSE inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -31,32 +34,52 @@ pub const ROOT_INO: u64 = 1;
 #[derive(Debug)]
 pub struct Inode {
     pub ino: u64,
-    pub fd: OwnedFd,
     pub release: Arc<Release>,
     pub kind: FileType,
     /// Path relative to the release root, as first looked up.
     pub path: PathBuf,
     /// The mtime to report instead of the real one (see `mtimes`).
     pub mtime: Option<MtimeOverride>,
-    /// A readable descriptor, opened on the first read that comes without a handle.
-    read_file: OnceLock<File>,
+    /// The host file's identity (`sys::identity`), to check a reopened descriptor is still
+    /// the same file.
+    host: (u64, u64, i64, u32),
+    /// Its descriptor, within the budget (see `fds`).
+    slot: Arc<FdSlot>,
 }
 
 impl Inode {
-    /// The file to read this inode's data from.
+    /// A descriptor of the host file (`O_PATH` or readable), reopened from the release root
+    /// by path if the budget had closed it.
     ///
     /// # Errors
-    /// The host refuses to open it.
-    pub fn read_file(&self) -> std::io::Result<&File> {
-        if let Some(f) = self.read_file.get() {
-            return Ok(f);
+    /// ESTALE when the path now leads to another file (or nowhere); the host's error.
+    pub fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+        if let Some((fd, _)) = self.slot.get() {
+            return Ok(fd);
         }
-        let file = crate::sys::reopen(
-            std::os::fd::AsFd::as_fd(&self.fd),
-            libc::O_RDONLY | libc::O_NONBLOCK,
-        )?;
-        // A concurrent read may have won the race; either descriptor is as good.
-        Ok(self.read_file.get_or_init(|| file))
+        Ok(self.slot.install(self.reopen_by_path()?, false))
+    }
+
+    /// A readable descriptor of this regular file.
+    ///
+    /// # Errors
+    /// As for `fd`, or the host refuses to open it for reading.
+    pub fn read_fd(&self) -> io::Result<Arc<OwnedFd>> {
+        if let Some((fd, true)) = self.slot.get() {
+            return Ok(fd);
+        }
+        let path_fd = self.fd()?;
+        let file = sys::reopen(path_fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
+        Ok(self.slot.install(file.into(), true))
+    }
+
+    fn reopen_by_path(&self) -> io::Result<OwnedFd> {
+        let fd = sys::open_path_walk(self.release.root.as_fd(), &self.path)?;
+        if sys::identity(fd.as_fd())? != self.host {
+            // Replaced or moved inside a release: never serve another file under this inode.
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        Ok(fd)
     }
 }
 
@@ -84,18 +107,29 @@ struct Maps {
 pub struct InodeTable {
     maps: RwLock<Maps>,
     next_ino: AtomicU64,
+    budget: Arc<FdBudget>,
 }
 
 impl Default for InodeTable {
     fn default() -> Self {
-        InodeTable {
-            maps: RwLock::new(Maps::default()),
-            next_ino: AtomicU64::new(ROOT_INO + 1),
-        }
+        InodeTable::new(FdBudget::new(usize::MAX / 2))
     }
 }
 
 impl InodeTable {
+    pub fn new(budget: Arc<FdBudget>) -> InodeTable {
+        InodeTable {
+            maps: RwLock::new(Maps::default()),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
+            budget,
+        }
+    }
+
+    /// Descriptors the inodes hold now, and the most they may.
+    pub fn fds(&self) -> (usize, usize) {
+        (self.budget.open(), self.budget.cap())
+    }
+
     /// The live inode `ino`, if the kernel still holds it.
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
         self.maps.read().by_ino.get(&ino).map(|s| s.inode.clone())
@@ -122,25 +156,35 @@ impl InodeTable {
             if let Some(slot) = maps.by_key.get(&key).and_then(|ino| maps.by_ino.get(ino)) {
                 // FORGET takes the write lock, so the slot cannot vanish while we count.
                 slot.nlookup.fetch_add(1, Ordering::Relaxed);
-                return slot.inode.clone();
+                return reuse(&slot.inode, fd);
             }
         }
         let mut maps = self.maps.write();
         // Re-check under the write lock: another lookup may have inserted it meanwhile.
         if let Some(slot) = maps.by_key.get(&key).and_then(|ino| maps.by_ino.get(ino)) {
             slot.nlookup.fetch_add(1, Ordering::Relaxed);
-            return slot.inode.clone();
+            return reuse(&slot.inode, fd);
         }
+        // Without an identity, fall back to one that never matches: once its descriptor is
+        // closed the inode answers ESTALE rather than risk serving another file.
+        let host = match sys::identity(fd.as_fd()) {
+            Ok(id) => id,
+            Err(e) => {
+                log::warn!("cannot identify {}: {e}", path.display());
+                (st.st_dev, st.st_ino, i64::MIN, 0)
+            }
+        };
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
         let inode = Arc::new(Inode {
             ino,
-            fd,
             release: release.clone(),
             kind: crate::attr::kind_of_mode(st.st_mode).unwrap_or(FileType::RegularFile),
             path,
             mtime,
-            read_file: OnceLock::new(),
+            host,
+            slot: FdSlot::new(&self.budget),
         });
+        inode.slot.install(fd, false);
         maps.by_key.insert(key, ino);
         maps.by_ino.insert(
             ino,
@@ -189,6 +233,14 @@ impl InodeTable {
         }
         counts
     }
+}
+
+/// A known inode found again: keep the fresh descriptor if the budget had closed its own.
+fn reuse(inode: &Arc<Inode>, fd: OwnedFd) -> Arc<Inode> {
+    if inode.slot.get().is_none() {
+        inode.slot.install(fd, false);
+    }
+    inode.clone()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod control;
 pub mod core;
 pub mod daemon;
 pub mod errno;
+pub mod fds;
 pub mod fuse_adapter;
 pub mod handles;
 pub mod hooks;

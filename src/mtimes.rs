@@ -22,7 +22,6 @@
 //! starts from its real mtime again (see README).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::hash::Hasher;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -279,17 +278,9 @@ fn hash_content(file: &mut std::fs::File) -> io::Result<u64> {
     Ok(hasher.finish())
 }
 
-/// Rereads `path` inside `release` one component at a time, never following symlinks.
+/// Rereads `path` under a release root, never following symlinks.
 fn hash_in_release(root: &OwnedFd, path: &Path) -> io::Result<u64> {
-    let mut current = None;
-    for part in path.iter() {
-        let dir = match &current {
-            None => root.as_fd(),
-            Some(fd) => std::os::fd::AsFd::as_fd(fd),
-        };
-        current = Some(sys::open_path_beneath(dir, OsStr::new(part))?);
-    }
-    let fd = current.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fd = sys::open_path_walk(root.as_fd(), path)?;
     let mut file = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
     hash_content(&mut file)
 }
@@ -327,7 +318,7 @@ mod tests {
             0
         );
         let fd = sys::open_dir_path(dir, true).unwrap();
-        let fd = sys::open_path_beneath(fd.as_fd(), OsStr::new(name)).unwrap();
+        let fd = sys::open_path_beneath(fd.as_fd(), std::ffi::OsStr::new(name)).unwrap();
         let st = sys::fstat(fd.as_fd()).unwrap();
         (fd, st)
     }

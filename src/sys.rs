@@ -56,6 +56,47 @@ pub fn open_path_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedF
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens `path` (relative, plain components only) under `root` one component at a time
+/// with `open_path_beneath`, so no symlink is followed anywhere on the way.
+pub fn open_path_walk(root: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<OwnedFd> {
+    let mut current: Option<OwnedFd> = None;
+    for part in path.iter() {
+        let dir = match &current {
+            None => root,
+            Some(fd) => std::os::fd::AsFd::as_fd(fd),
+        };
+        current = Some(open_path_beneath(dir, part)?);
+    }
+    current.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `pread` until `buf` is full or end of file; returns the bytes read.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of buf.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf[filled..].as_mut_ptr().cast(),
+                buf.len() - filled,
+                (offset + filled as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => filled += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(filled)
+}
+
 /// Opens a directory by absolute or relative path as an `O_PATH | O_DIRECTORY` descriptor.
 /// With `nofollow`, a symlink in the final component is refused (ELOOP/ENOTDIR).
 pub fn open_dir_path(path: &std::path::Path, nofollow: bool) -> io::Result<OwnedFd> {
@@ -68,6 +109,36 @@ pub fn open_dir_path(path: &std::path::Path, nofollow: bool) -> io::Result<Owned
     let fd = check(unsafe { libc::open(c_path.as_ptr(), flags) })?;
     // SAFETY: fresh descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What makes a host file the same file over time: device, inode number, and its birth
+/// time (or, where the filesystem has none, its change time). An inode number alone is not
+/// enough once our descriptor is closed: the filesystem may give it to a new file.
+pub fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64, i64, u32)> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the empty path with AT_EMPTY_PATH refers to fd itself; stx is writable.
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO | libc::STATX_BTIME | libc::STATX_CTIME,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: filled in by the successful call.
+    let stx = unsafe { stx.assume_init() };
+    let time = if stx.stx_mask & libc::STATX_BTIME != 0 {
+        stx.stx_btime
+    } else {
+        stx.stx_ctime
+    };
+    Ok((
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        stx.stx_ino,
+        time.tv_sec,
+        time.tv_nsec,
+    ))
 }
 
 /// `lstat` of what `fd` refers to (works on `O_PATH` descriptors, symlinks included).

@@ -163,3 +163,38 @@ fn a_full_disk_refuses_the_switch_and_changes_nothing() {
     drop(_d);
     force_unmount(&small);
 }
+
+#[test]
+fn a_tree_larger_than_the_descriptor_limit_is_served_and_switches_keep_working() {
+    let fx = Fixture::new("fdlimit");
+    fx.two_releases();
+    for i in 0..3000 {
+        fx.write(
+            "1",
+            &format!("vendor/p{}/f{i}.php", i % 50),
+            &format!("{i}"),
+        );
+    }
+    // 1,200 descriptors: the daemon keeps 1,024 in reserve, so inodes get 176.
+    fx.nofile.store(1200, Ordering::Relaxed);
+    let d = fx.start(&["--initial", "1"]);
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    for round in 0..2 {
+        for i in 0..3000 {
+            let path = format!("vendor/p{}/f{i}.php", i % 50);
+            assert_eq!(fx.read(&path), format!("{i}"), "round {round}: {path}");
+        }
+        assert!(fds() < 1200, "round {round}: {} descriptors open", fds());
+    }
+    for _ in 0..5 {
+        fx.activate("2");
+        fx.activate("1");
+    }
+    assert_eq!(fx.read("vendor/p7/f7.php"), "7");
+    assert!(fds() < 1200);
+    assert!(!d.log_text().contains("panicked"));
+}

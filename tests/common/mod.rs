@@ -43,6 +43,8 @@ pub fn require_fuse() {
 /// A temporary directory with `releases/`, `mnt/`, a state file and a control socket path.
 pub struct Fixture {
     pub root: PathBuf,
+    /// When not 0, daemons start with this `RLIMIT_NOFILE` (soft and hard).
+    pub nofile: std::sync::atomic::AtomicU64,
 }
 
 impl Fixture {
@@ -54,7 +56,10 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("releases")).unwrap();
         std::fs::create_dir_all(root.join("mnt")).unwrap();
-        Fixture { root }
+        Fixture {
+            root,
+            nofile: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub fn releases(&self) -> PathBuf {
@@ -183,6 +188,23 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        let n = fx.nofile.load(Ordering::Relaxed);
+        if n != 0 {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run switchfs: {e}"))?;

@@ -1,0 +1,169 @@
+//! The descriptor budget. Every live inode may hold one descriptor (an `O_PATH` one, or a
+//! readable one once the file has been read), but the kernel keeps unused inodes cached until
+//! memory is short, so on a large tree their number is unbounded while `RLIMIT_NOFILE` is not
+//! (20,000 on some hosts, and not always raisable). Past the budget, the least recently used
+//! descriptors are closed (second-chance CLOCK) and reopened on demand from the release root
+//! and the inode's path, checking that it is still the same file. Descriptors outside the
+//! budget (the release roots, the control socket, transient opens) fit in the reserve.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+/// Descriptors kept free for everything that is not an inode.
+pub const RESERVE: usize = 1024;
+
+#[derive(Debug)]
+pub struct FdBudget {
+    cap: usize,
+    open: AtomicUsize,
+    ring: Mutex<VecDeque<Weak<FdSlot>>>,
+}
+
+impl FdBudget {
+    /// A budget of `cap` descriptors (at least 16).
+    pub fn new(cap: usize) -> Arc<FdBudget> {
+        Arc::new(FdBudget {
+            cap: cap.max(16),
+            open: AtomicUsize::new(0),
+            ring: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Descriptors currently held by inodes.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Closes least recently used descriptors until one more fits.
+    fn make_room(&self) {
+        if self.open.load(Ordering::Relaxed) < self.cap {
+            return;
+        }
+        let mut ring = self.ring.lock();
+        // Each slot gets at most one second chance per pass.
+        let mut budget = ring.len() * 2 + 1;
+        while self.open.load(Ordering::Relaxed) >= self.cap && budget > 0 {
+            budget -= 1;
+            let Some(weak) = ring.pop_front() else {
+                break;
+            };
+            let Some(slot) = weak.upgrade() else {
+                continue;
+            };
+            if slot.referenced.swap(false, Ordering::Relaxed) {
+                ring.push_back(weak);
+                continue;
+            }
+            slot.evict(self);
+        }
+    }
+}
+
+/// One inode's descriptor, present or closed for now.
+#[derive(Debug)]
+pub struct FdSlot {
+    /// The descriptor and whether it is readable (not just `O_PATH`).
+    fd: Mutex<Option<(Arc<OwnedFd>, bool)>>,
+    referenced: AtomicBool,
+    budget: Arc<FdBudget>,
+}
+
+impl FdSlot {
+    pub fn new(budget: &Arc<FdBudget>) -> Arc<FdSlot> {
+        Arc::new(FdSlot {
+            fd: Mutex::new(None),
+            referenced: AtomicBool::new(false),
+            budget: budget.clone(),
+        })
+    }
+
+    /// The descriptor and whether it is readable, if it is open; marks it recently used.
+    pub fn get(&self) -> Option<(Arc<OwnedFd>, bool)> {
+        let fd = self.fd.lock().clone();
+        if fd.is_some() {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+        fd
+    }
+
+    /// Holds `fd` for this inode (replacing any other), within the budget.
+    pub fn install(self: &Arc<Self>, fd: OwnedFd, readable: bool) -> Arc<OwnedFd> {
+        self.budget.make_room();
+        let fd = Arc::new(fd);
+        let previous = self.fd.lock().replace((fd.clone(), readable));
+        // Not marked referenced: a descriptor only earns its second chance by being used
+        // again, so a one-off scan does not push out the hot set.
+        self.referenced.store(false, Ordering::Relaxed);
+        if previous.is_none() {
+            self.budget.open.fetch_add(1, Ordering::Relaxed);
+            self.budget.ring.lock().push_back(Arc::downgrade(self));
+        }
+        fd
+    }
+
+    fn evict(&self, budget: &FdBudget) {
+        // A request still using the descriptor keeps its Arc; it closes when that ends.
+        if self.fd.lock().take().is_some() {
+            budget.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for FdSlot {
+    fn drop(&mut self) {
+        if self.fd.get_mut().take().is_some() {
+            self.budget.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn stays_within_budget_and_prefers_recently_used() {
+        let budget = FdBudget::new(16);
+        let slots: Vec<_> = (0..40).map(|_| FdSlot::new(&budget)).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            slot.install(devnull(), false);
+            // Keep slot 0 hot.
+            assert!(
+                slots[0].get().is_some() || i == 0,
+                "hot slot evicted at {i}"
+            );
+            assert!(budget.open() <= 16);
+        }
+        assert!(slots[0].get().is_some());
+        let open = slots.iter().filter(|s| s.get().is_some()).count();
+        assert_eq!(open, budget.open());
+        drop(slots);
+        assert_eq!(
+            budget.open(),
+            0,
+            "dropping inodes returns their descriptors"
+        );
+    }
+
+    #[test]
+    fn replacing_a_descriptor_does_not_count_twice() {
+        let budget = FdBudget::new(16);
+        let slot = FdSlot::new(&budget);
+        slot.install(devnull(), false);
+        slot.install(devnull(), true);
+        assert_eq!(budget.open(), 1);
+        assert!(slot.get().unwrap().1, "readable now");
+    }
+}
