@@ -280,6 +280,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
     core.set_invalidator(Box::new(NotifierInvalidator(notifier)));
+    raise_readahead(&mount_point);
     let hooks = Arc::new(Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
@@ -338,6 +339,21 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         std::process::exit(0);
     }
     Ok(())
+}
+
+/// The kernel gives a FUSE mount the default 128 KiB readahead, so a cold sequential read
+/// costs one round trip to the daemon per 128 KiB. 1 MiB (FUSE's largest request) makes
+/// large static files stream at close to the disk's speed. Best effort: needs root.
+fn raise_readahead(mount_point: &Path) {
+    let Some((dev, _)) = crate::procscan::dev_ino(mount_point) else {
+        return;
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&knob, "1024") {
+        Ok(()) => log::debug!("readahead raised to 1 MiB ({knob})"),
+        Err(e) => log::debug!("cannot raise readahead ({knob}): {e}"),
+    }
 }
 
 /// Removes the control socket when the daemon stops, whichever way `run` returns.

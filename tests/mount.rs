@@ -280,3 +280,22 @@ fn empty_root_until_something_is_activated() {
     fx.activate("1");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
 }
+
+#[test]
+fn large_files_are_read_ahead_a_megabyte_at_a_time() {
+    let fx = Fixture::new("readahead");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    let dev = fs::metadata(fx.mnt()).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let value: u32 = fs::read_to_string(&knob).unwrap().trim().parse().unwrap();
+    if is_root() {
+        assert_eq!(value, 1024, "{knob}");
+    } else {
+        assert!(value > 0, "without root the kernel default stays: {value}");
+    }
+}
