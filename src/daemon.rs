@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuser::{Config, MountOption, Notifier, SessionACL};
+use fuser::{Config, MountOption, SessionACL};
 
 use crate::control::{client, server};
-use crate::core::{Core, CoreConfig, Invalidator};
+use crate::core::{Core, CoreConfig};
 use crate::hooks::Hooks;
+use crate::invalidate::KernelInvalidator;
 use crate::{paths, sys};
 
 /// Everything the daemon is started with, already validated by the command line parser.
@@ -29,17 +30,6 @@ pub struct DaemonArgs {
     pub on_activate: Vec<String>,
     pub hook_timeout: Duration,
     pub stop_timeout: Duration,
-}
-
-struct NotifierInvalidator(Notifier);
-
-impl Invalidator for NotifierInvalidator {
-    fn inval_entry(&self, parent: u64, name: &std::ffi::OsStr) -> io::Result<()> {
-        self.0.inval_entry(fuser::INodeNo(parent), name)
-    }
-    fn inval_inode(&self, ino: u64) -> io::Result<()> {
-        self.0.inval_inode(fuser::INodeNo(ino), 0, 0)
-    }
 }
 
 fn is_root() -> bool {
@@ -269,17 +259,28 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     };
     fuse_config.n_threads = Some(args.threads);
     fuse_config.clone_fd = true;
+    let expire_only = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = fuser::Session::new(
-        crate::fuse_adapter::FuseAdapter::new(core.clone()),
+        crate::fuse_adapter::FuseAdapter::new(core.clone(), expire_only.clone()),
         &mount_point,
         &fuse_config,
     )
     .map_err(|e| format!("cannot mount {}: {e}", mount_point.display()))?;
     let notifier = session.notifier();
+    let dev_fuse = std::os::fd::AsFd::as_fd(&session)
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot duplicate the FUSE device descriptor: {e}"))?;
     let background = session
         .spawn()
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
-    core.set_invalidator(Box::new(NotifierInvalidator(notifier)));
+    if expire_only.load(std::sync::atomic::Ordering::Relaxed) {
+        log::debug!("kernel supports expire-only invalidation");
+    }
+    core.set_invalidator(Box::new(KernelInvalidator::new(
+        notifier,
+        dev_fuse,
+        expire_only,
+    )));
     raise_readahead(&mount_point);
     let hooks = Arc::new(Hooks::new(
         args.on_activate.clone(),

@@ -15,6 +15,7 @@ pub mod fuse_adapter;
 pub mod handles;
 pub mod hooks;
 pub mod inodes;
+pub mod invalidate;
 pub mod mtimes;
 pub mod names;
 pub mod paths;
