@@ -103,8 +103,15 @@ impl FdSlot {
         // again, so a one-off scan does not push out the hot set.
         self.referenced.store(false, Ordering::Relaxed);
         if previous.is_none() {
-            self.budget.open.fetch_add(1, Ordering::Relaxed);
-            self.budget.ring.lock().push_back(Arc::downgrade(self));
+            let open = self.budget.open.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut ring = self.budget.ring.lock();
+            ring.push_back(Arc::downgrade(self));
+            // Under budget nothing pops the ring, and a Weak keeps its slot's memory: drop
+            // entries of forgotten inodes and of closed descriptors once it grows past twice
+            // what is open.
+            if ring.len() > 2 * open + 64 {
+                ring.retain(|w| w.upgrade().is_some_and(|s| s.fd.lock().is_some()));
+            }
         }
         fd
     }
@@ -154,6 +161,21 @@ mod tests {
             budget.open(),
             0,
             "dropping inodes returns their descriptors"
+        );
+    }
+
+    #[test]
+    fn the_ring_does_not_grow_with_inodes_that_are_gone() {
+        let budget = FdBudget::new(1000);
+        for _ in 0..10_000 {
+            let slot = FdSlot::new(&budget);
+            slot.install(devnull(), false);
+        }
+        assert_eq!(budget.open(), 0);
+        assert!(
+            budget.ring.lock().len() <= 200,
+            "{}",
+            budget.ring.lock().len()
         );
     }
 

@@ -60,8 +60,9 @@ impl Identity {
     }
 }
 
-/// Where a version's content can be reread: its release and its path in it.
-type Source = (Arc<OwnedFd>, PathBuf);
+/// Where a version's content can be reread: the root of its release (the path is the
+/// registry's key).
+type Source = Arc<OwnedFd>;
 
 #[derive(Debug)]
 struct Version {
@@ -120,13 +121,7 @@ impl MtimeRegistry {
             if let Some(v) = versions.iter().find(|v| v.identity == identity) {
                 Decision::Known(v.reported)
             } else if !versions.iter().any(|v| v.reported == real) {
-                push(
-                    versions,
-                    identity,
-                    real,
-                    None,
-                    Some((release.root.clone(), path.into())),
-                );
+                push(versions, identity, real, None, Some(release.root.clone()));
                 Decision::Known(real)
             } else {
                 let old = versions
@@ -175,7 +170,7 @@ impl MtimeRegistry {
         let old_hashes: Vec<(usize, Option<u64>)> = old
             .into_iter()
             .map(|(i, source)| {
-                let hash = source.and_then(|(rel, p)| hash_in_release(&rel, &p).ok());
+                let hash = source.and_then(|root| hash_in_release(&root, path).ok());
                 (i, hash)
             })
             .collect();
@@ -216,7 +211,7 @@ impl MtimeRegistry {
             identity,
             reported,
             new_hash,
-            Some((release.root.clone(), path.into())),
+            Some(release.root.clone()),
         );
         reported
     }
