@@ -92,7 +92,34 @@ impl Active {
 #[derive(Debug)]
 struct RootState {
     active: Arc<Active>,
-    names: HashSet<OsString>,
+    /// (parent, name) of every entry under the root or a portal handed to the kernel with a
+    /// timeout since the last switch.
+    names: HashSet<(u64, OsString)>,
+}
+
+/// Inode numbers of portals carry this bit; table inodes count up from 2 and never reach it.
+const PORTAL_BIT: u64 = 1 << 62;
+
+/// Whether `ino` shows whatever release is active (the root and the portals), so its
+/// attributes and listing change at each switch.
+pub fn follows_active(ino: u64) -> bool {
+    ino == ROOT_INO || ino & PORTAL_BIT != 0
+}
+
+/// The top-level directories of the mount, as "portals": one stable inode per name that
+/// always shows that directory of the active release.
+///
+/// Why: PHP-FPM and mod_php chdir() into the front controller's directory (`public/`) for
+/// each request. Were `public` bound to a release like every other inode, the next lookup of
+/// `public` after a switch would make the kernel unhash the old dentry, and `getcwd()` in a
+/// request still running there fails (ENOENT); PHP then caches includes under relative keys
+/// that serve the wrong release until an OPcache reset. A portal's dentry survives switches,
+/// so `getcwd()` always works; entries under it are bound to their release as usual and are
+/// expired at each switch like the root's.
+#[derive(Debug, Default)]
+struct Portals {
+    by_name: HashMap<OsString, u64>,
+    by_ino: HashMap<u64, OsString>,
 }
 
 /// The answer to a lookup: an entry, or a negative entry the kernel may cache for `ttl`.
@@ -184,13 +211,24 @@ pub struct Status {
 
 enum Node {
     Root(Arc<Active>),
+    /// A top-level directory of the active release (see `Portals`).
+    Portal(OsString, Arc<Active>),
     Inode(Arc<Inode>),
+}
+
+/// A directory of the active release reached through the root or a portal.
+struct ActiveDir {
+    release: Arc<Release>,
+    fd: Arc<OwnedFd>,
+    /// Relative to the release root ("" for the root).
+    path: PathBuf,
 }
 
 pub struct Core {
     releases: ReleaseSet,
     config: CoreConfig,
     root: Mutex<RootState>,
+    portals: parking_lot::RwLock<Portals>,
     /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
     /// notifications.
     switch_lock: Mutex<()>,
@@ -233,6 +271,7 @@ impl Core {
         let core = Core {
             releases,
             config,
+            portals: parking_lot::RwLock::new(Portals::default()),
             root: Mutex::new(RootState {
                 active: empty,
                 names: HashSet::new(),
@@ -323,7 +362,7 @@ impl Core {
         name: &str,
         fd: std::os::fd::OwnedFd,
         previous: Option<String>,
-    ) -> HashSet<OsString> {
+    ) -> HashSet<(u64, OsString)> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
         let release = Arc::new(Release::new(name, generation, fd));
@@ -342,10 +381,59 @@ impl Core {
         if ino == ROOT_INO {
             return Ok(Node::Root(self.active()));
         }
+        if ino & PORTAL_BIT != 0 {
+            let name = self.portals.read().by_ino.get(&ino).cloned();
+            return name
+                .map(|n| Node::Portal(n, self.active()))
+                .ok_or_else(|| os_error(libc::ESTALE));
+        }
         self.inodes
             .get(ino)
             .map(Node::Inode)
             .ok_or_else(|| os_error(libc::ESTALE))
+    }
+
+    /// The directory of the active release that the root or a portal shows; `None` for
+    /// the root while no release is active.
+    fn active_dir(&self, node: &Node) -> io::Result<Option<ActiveDir>> {
+        match node {
+            Node::Root(active) => Ok(active.release.as_ref().map(|rel| ActiveDir {
+                release: rel.clone(),
+                fd: rel.root.clone(),
+                path: PathBuf::new(),
+            })),
+            Node::Portal(name, active) => {
+                let rel = active
+                    .release
+                    .clone()
+                    .ok_or_else(|| os_error(libc::ENOENT))?;
+                let fd = sys::open_path_beneath(rel.root.as_fd(), name)?;
+                if sys::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    return Err(os_error(libc::ENOTDIR));
+                }
+                Ok(Some(ActiveDir {
+                    release: rel,
+                    fd: Arc::new(fd),
+                    path: PathBuf::from(name),
+                }))
+            }
+            Node::Inode(_) => Err(os_error(libc::EINVAL)),
+        }
+    }
+
+    /// The stable inode number of the portal for top-level directory `name`.
+    fn portal_ino(&self, name: &OsStr) -> u64 {
+        if let Some(ino) = self.portals.read().by_name.get(name) {
+            return *ino;
+        }
+        let mut portals = self.portals.write();
+        if let Some(ino) = portals.by_name.get(name) {
+            return *ino;
+        }
+        let ino = PORTAL_BIT | (portals.by_name.len() as u64 + 1);
+        portals.by_name.insert(name.to_os_string(), ino);
+        portals.by_ino.insert(ino, name.to_os_string());
+        ino
     }
 
     /// Looks up `name` in directory `parent`.
@@ -359,11 +447,9 @@ impl Core {
         if !is_plain_component(name) {
             return Err(os_error(libc::ENOENT));
         }
-        if parent == ROOT_INO {
-            return self.lookup_in_root(name);
-        }
-        let Node::Inode(dir) = self.node(parent)? else {
-            return Err(os_error(libc::ESTALE));
+        let dir = match self.node(parent)? {
+            Node::Inode(dir) => dir,
+            _ => return self.lookup_in_active(parent, name),
         };
         if dir.kind != FileType::Directory {
             return Err(os_error(libc::ENOTDIR));
@@ -377,30 +463,36 @@ impl Core {
         }
     }
 
-    fn lookup_in_root(&self, name: &OsStr) -> io::Result<Lookup> {
+    /// Looks up `name` under the root or a portal, in the active release, and records it
+    /// for expiry at the next switch. A switch landing meanwhile makes it answer again from
+    /// the new release.
+    fn lookup_in_active(&self, parent: u64, name: &OsStr) -> io::Result<Lookup> {
         loop {
-            let active = self.active();
-            let found = match &active.release {
-                Some(rel) => self.lookup_in(rel, rel.root.as_fd(), Path::new(""), name),
+            let node = self.node(parent)?;
+            let generation = match &node {
+                Node::Root(a) | Node::Portal(_, a) => a.generation,
+                Node::Inode(_) => return Err(os_error(libc::EINVAL)),
+            };
+            let found = match self.active_dir(&node)? {
+                Some(dir) => self.entry_in_active(parent, &dir, name),
                 None => Err(os_error(libc::ENOENT)),
             };
             let mut root = self.root.lock();
-            if root.active.generation != active.generation {
-                // A switch landed while we looked: answer from the new release instead.
+            if root.active.generation != generation {
                 drop(root);
-                if let Ok((inode, _)) = found {
+                if let Ok((Some(inode), _)) = found {
                     self.inodes.forget(inode.ino, 1);
                 }
                 continue;
             }
             return match found {
                 Ok((_, attr)) => {
-                    root.names.insert(name.to_os_string());
+                    root.names.insert((parent, name.to_os_string()));
                     Ok(Lookup::Entry(attr, self.config.ttl))
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     if root.names.len() < MAX_ROOT_NAMES {
-                        root.names.insert(name.to_os_string());
+                        root.names.insert((parent, name.to_os_string()));
                         Ok(Lookup::Negative(self.config.ttl))
                     } else {
                         Ok(Lookup::Negative(Duration::ZERO))
@@ -409,6 +501,25 @@ impl Core {
                 Err(e) => Err(e),
             };
         }
+    }
+
+    /// One entry of an active directory: a portal for a top-level directory, else an inode
+    /// bound to the release (returned so a caller can undo its count).
+    fn entry_in_active(
+        &self,
+        parent: u64,
+        dir: &ActiveDir,
+        name: &OsStr,
+    ) -> io::Result<(Option<Arc<Inode>>, FileAttr)> {
+        if parent == ROOT_INO {
+            let fd = sys::open_path_beneath(dir.fd.as_fd(), name)?;
+            let st = sys::fstat(fd.as_fd())?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                return Ok((None, attr_of_stat(self.portal_ino(name), &st)));
+            }
+        }
+        let (inode, attr) = self.lookup_in(&dir.release, dir.fd.as_fd(), &dir.path, name)?;
+        Ok((Some(inode), attr))
     }
 
     /// Resolves one component under `dir` in `release` and counts one kernel reference.
@@ -445,7 +556,10 @@ impl Core {
 
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+        // Portals live as long as the daemon: nothing to count.
+        if ino & PORTAL_BIT == 0 {
+            self.inodes.forget(ino, n);
+        }
     }
 
     /// Attributes of `ino` and how long the kernel may cache them.
@@ -456,6 +570,10 @@ impl Core {
         let attr = match self.node(ino)? {
             Node::Root(active) => self.root_attr(&active)?,
             Node::Inode(inode) => attr_of_stat(ino, &Self::stat_inode(&inode)?),
+            portal @ Node::Portal(..) => match self.active_dir(&portal)? {
+                Some(dir) => attr_of_stat(ino, &sys::fstat(dir.fd.as_fd())?),
+                None => return Err(os_error(libc::ENOENT)),
+            },
         };
         Ok((attr, self.config.ttl))
     }
@@ -548,12 +666,19 @@ impl Core {
     /// ENOTDIR for other kinds; the host's error.
     pub fn opendir(&self, ino: u64) -> io::Result<u64> {
         let (source, release, raw) = match self.node(ino)? {
-            Node::Root(active) => match &active.release {
-                Some(rel) => (
-                    DirSource::ReleaseRoot(rel.clone()),
-                    Some(rel.clone()),
-                    sys::read_dir(rel.root.as_fd())?,
-                ),
+            active @ (Node::Root(_) | Node::Portal(..)) => match self.active_dir(&active)? {
+                Some(dir) => {
+                    let raw = sys::read_dir(dir.fd.as_fd())?;
+                    (
+                        DirSource::Active {
+                            release: dir.release.clone(),
+                            fd: dir.fd,
+                            path: dir.path,
+                        },
+                        Some(dir.release),
+                        raw,
+                    )
+                }
                 None => (DirSource::Empty, None, Vec::new()),
             },
             Node::Inode(inode) => {
@@ -626,23 +751,30 @@ impl Core {
         let HandleKind::Dir { items, source } = &handle.kind else {
             return Err(os_error(libc::ENOTDIR));
         };
-        let (release, dir_fd, dir_path, ttl) = match source {
-            DirSource::ReleaseRoot(rel) => (rel, rel.root.clone(), Path::new(""), Duration::ZERO),
-            DirSource::Inode(inode) => (
-                &inode.release,
-                inode.fd()?,
-                inode.path.as_path(),
-                self.config.ttl,
-            ),
+        let dir = match source {
+            DirSource::Active { release, fd, path } => ActiveDir {
+                release: release.clone(),
+                fd: fd.clone(),
+                path: path.clone(),
+            },
+            DirSource::Inode(inode) => ActiveDir {
+                release: inode.release.clone(),
+                fd: inode.fd()?,
+                path: inode.path.clone(),
+            },
             DirSource::Empty => {
                 return self.add_dots(handle.ino, items, offset, Duration::ZERO, sink);
             }
         };
-        let dir_fd = dir_fd.as_fd();
-        let dir_attr = match source {
-            DirSource::ReleaseRoot(_) => attr_of_stat(ROOT_INO, &sys::fstat(dir_fd)?),
-            _ => attr_of_stat(handle.ino, &sys::fstat(dir_fd)?),
+        // Entries of the root and of portals follow the active release: handed out with a
+        // zero timeout, so the kernel revalidates them by a lookup that records them.
+        let is_active = matches!(source, DirSource::Active { .. });
+        let ttl = if is_active {
+            Duration::ZERO
+        } else {
+            self.config.ttl
         };
+        let dir_attr = attr_of_stat(handle.ino, &sys::fstat(dir.fd.as_fd())?);
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if item.name == "." || item.name == ".." {
@@ -651,7 +783,13 @@ impl Core {
                 }
                 continue;
             }
-            let (inode, attr) = match self.lookup_in(release, dir_fd, dir_path, &item.name) {
+            let found = if is_active {
+                self.entry_in_active(handle.ino, &dir, &item.name)
+            } else {
+                self.lookup_in(&dir.release, dir.fd.as_fd(), &dir.path, &item.name)
+                    .map(|(inode, attr)| (Some(inode), attr))
+            };
+            let (inode, attr) = match found {
                 Ok(found) => found,
                 Err(e) => {
                     log::debug!("readdirplus: skipping {:?}: {e}", item.name);
@@ -660,7 +798,9 @@ impl Core {
             };
             if sink.add(next, &item.name, &attr, ttl) {
                 // Not sent, so the kernel will not count it: undo our count.
-                self.inodes.forget(inode.ino, 1);
+                if let Some(inode) = inode {
+                    self.inodes.forget(inode.ino, 1);
+                }
                 break;
             }
         }
@@ -695,6 +835,10 @@ impl Core {
                 None => Err(os_error(libc::ENOENT)),
             },
             Node::Inode(inode) => sys::statvfs(inode.fd()?.as_fd()),
+            portal @ Node::Portal(..) => match self.active_dir(&portal)? {
+                Some(dir) => sys::statvfs(dir.fd.as_fd()),
+                None => Err(os_error(libc::ENOENT)),
+            },
         }
     }
 
@@ -731,6 +875,7 @@ impl Core {
             Node::Root(active) => active.release.as_ref().map(|r| r.root.clone()),
             Node::Inode(inode) if inode.kind == FileType::Symlink => None,
             Node::Inode(inode) => Some(inode.fd()?),
+            portal @ Node::Portal(..) => self.active_dir(&portal)?.map(|d| d.fd),
         })
     }
 
@@ -918,19 +1063,22 @@ impl Core {
     /// Tells the kernel to forget every root name it may cache from before a switch, then
     /// the root's own attributes and listing. Runs with no core lock held: a notification can
     /// wait for an in-flight lookup, which may need those locks to finish.
-    fn invalidate_root(&self, names: HashSet<OsString>) {
+    fn invalidate_root(&self, names: HashSet<(u64, OsString)>) {
         let Some(inv) = self.invalidator.get() else {
             return;
         };
-        for name in &names {
-            if let Err(e) = inv.inval_entry(ROOT_INO, name) {
+        for (parent, name) in &names {
+            if let Err(e) = inv.inval_entry(*parent, name) {
                 log::warn!("invalidating {name:?} failed: {e}");
             }
         }
-        if let Err(e) = inv.inval_inode(ROOT_INO) {
-            log::warn!("invalidating the root failed: {e}");
+        let portals: Vec<u64> = self.portals.read().by_ino.keys().copied().collect();
+        for ino in std::iter::once(ROOT_INO).chain(portals) {
+            if let Err(e) = inv.inval_inode(ino) {
+                log::warn!("invalidating the attributes of inode {ino} failed: {e}");
+            }
         }
-        log::debug!("invalidated {} root names", names.len());
+        log::debug!("invalidated {} names", names.len());
     }
 
     /// The release names present, natural order.

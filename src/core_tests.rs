@@ -28,12 +28,15 @@ impl Recorder {
 }
 
 /// The invalidations a switch sends after the walk in the switch test: every root name
-/// looked up (`only-in-2` as a negative entry), then the root itself.
-const ROOT_NAMES_LOOKED_UP: [&str; 4] = [
+/// looked up (`only-in-2` as a negative entry), `b` under the portal of the top-level
+/// directory `a` (inode 2^62 + 1), then the attributes of the root and of the portal.
+const ROOT_NAMES_LOOKED_UP: [&str; 6] = [
     "entry 1 a",
     "entry 1 index.php",
     "entry 1 only-in-2",
+    "entry 4611686018427387905 b",
     "inode 1",
+    "inode 4611686018427387905",
 ];
 
 struct SharedRecorder(Arc<Recorder>);
@@ -373,15 +376,18 @@ fn readdirplus_counts_only_what_was_sent() {
 fn forget_releases_everything() {
     let f = fixture(Some("1"));
     let attr = walk(&f.core, "a/b/c/deep.txt");
-    assert_eq!(f.core.live_inodes(), 4);
+    assert_eq!(
+        f.core.live_inodes(),
+        3,
+        "the top-level directory is a portal"
+    );
     f.core.activate("2", "test").unwrap();
     // The kernel forgets the old release's inodes once nothing uses them; inode numbers
-    // come from a counter, so a, b, c and deep.txt are the four numbers up to deep.txt's.
+    // come from a counter, so b, c and deep.txt are the three numbers up to deep.txt's.
     let deep = attr.ino.0;
     f.core.forget(deep, 1);
     f.core.forget(deep - 1, 1);
     f.core.forget(deep - 2, 1);
-    f.core.forget(deep - 3, 1);
     assert_eq!(f.core.live_inodes(), 0);
     let usage = f.core.status().usage;
     let one = usage.iter().find(|u| u.name == "1").unwrap();
@@ -535,7 +541,7 @@ fn in_use_old_release_is_kept_by_prune_and_drains_when_released() {
     let one = st.usage.iter().find(|u| u.name == "1").unwrap();
     assert!(!one.in_use && one.unused_since.is_some());
     assert!(
-        one.live_inodes >= 4,
+        one.live_inodes >= 3,
         "cached inodes alone do not make it in use"
     );
 }
@@ -563,8 +569,8 @@ fn a_tight_descriptor_budget_is_respected_and_everything_still_works() {
     }
     assert_eq!(
         core.live_inodes(),
-        207,
-        "inodes stay, only descriptors are closed"
+        200,
+        "inodes stay, only descriptors are closed (d0..d6 are portals)"
     );
     // Evicted inodes reopen by path, and still read their own content.
     for (i, ino) in inos.iter().enumerate() {
@@ -591,4 +597,42 @@ fn a_tight_descriptor_budget_is_respected_and_everything_still_works() {
         ),
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE)),
     }
+}
+
+#[test]
+fn top_level_directories_are_portals_that_follow_the_active_release() {
+    let f = fixture(Some("1"));
+    let a1 = walk(&f.core, "a");
+    let deep1 = walk(&f.core, "a/b/c/deep.txt");
+    f.core.activate("2", "test").unwrap();
+    let a2 = walk(&f.core, "a");
+    assert_eq!(
+        a1.ino, a2.ino,
+        "same inode across switches: its dentry (a cwd) survives"
+    );
+    assert!(crate::core::follows_active(a1.ino.0));
+    // Below the portal, entries are bound to their release as usual.
+    let deep2 = walk(&f.core, "a/b/c/deep.txt");
+    assert_ne!(deep1.ino, deep2.ino);
+    assert_eq!(f.core.read(deep2.ino.0, 0, 0, 100).unwrap(), b"deep 2");
+    assert_eq!(f.core.read(deep1.ino.0, 0, 0, 100).unwrap(), b"deep 1");
+    // A lookup under the portal answers from the active release, and is recorded.
+    f.recorder.calls.lock().clear();
+    assert!(matches!(
+        f.core.lookup(a2.ino.0, OsStr::new("nope")).unwrap(),
+        Lookup::Negative(_)
+    ));
+    f.core.activate("1", "test").unwrap();
+    assert!(
+        f.recorder
+            .sorted()
+            .contains(&format!("entry {} nope", a2.ino.0))
+    );
+    // Listing and attributes come from the active release; forgetting a portal is a no-op.
+    let fh = f.core.opendir(a2.ino.0).unwrap();
+    let mut names = Names::default();
+    f.core.readdir(fh, 0, &mut names).unwrap();
+    assert_eq!(names.0, vec![".", "..", "b"]);
+    f.core.forget(a2.ino.0, 5);
+    assert!(f.core.getattr(a2.ino.0).is_ok());
 }

@@ -16,9 +16,8 @@ use fuser::{
 };
 
 use crate::attr::empty_root_attr;
-use crate::core::{Core, DirPlusSink, DirSink, Lookup};
+use crate::core::{Core, DirPlusSink, DirSink, Lookup, follows_active};
 use crate::errno::errno_of;
-use crate::inodes::ROOT_INO;
 use crate::sys::XattrAnswer;
 
 /// Serves a `Core` to the kernel.
@@ -290,8 +289,8 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(ino.0) {
             // A directory of a release never changes, so the kernel may keep its listing;
-            // the root's listing changes with every switch, so it is never cached.
-            Ok(fh) if ino.0 == ROOT_INO => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // the root's and the portals' change with every switch, so they are never cached.
+            Ok(fh) if follows_active(ino.0) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Ok(fh) => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,8 +28,12 @@ pub struct DirItem {
 /// The directory a directory handle lists, kept alive for readdirplus lookups.
 #[derive(Debug)]
 pub enum DirSource {
-    /// The root of a release (the mount root as it was when opened).
-    ReleaseRoot(Arc<Release>),
+    /// The root or a top-level directory of the release that was active when opened.
+    Active {
+        release: Arc<Release>,
+        fd: Arc<OwnedFd>,
+        path: PathBuf,
+    },
     /// Any other directory.
     Inode(Arc<Inode>),
     /// The mount root while no release is active.

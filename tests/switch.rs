@@ -235,3 +235,38 @@ fn changed_files_never_keep_an_old_mtime_and_unchanged_files_do() {
     fx.activate("2");
     assert_eq!(mtime(&fx, "index.php"), index2, "and release 2's again");
 }
+
+#[test]
+fn getcwd_keeps_working_in_a_top_level_directory_across_switches() {
+    // PHP-FPM and mod_php chdir() into the front controller's directory for each request.
+    let fx = Fixture::new("cwd");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    let mut shell = Command::new("sh")
+        .args([
+            "-c",
+            "cd \"$1\" && echo ready && read go && /bin/pwd -P && cat same-size.txt",
+            "sh",
+        ])
+        .arg(fx.m("static"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    fx.activate("2");
+    // Another process looks the directory up again, as the next request would.
+    assert_eq!(fx.read("static/same-size.txt"), "content-2");
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    assert!(shell.wait().unwrap().success(), "getcwd failed: {text}");
+    assert_eq!(
+        text,
+        format!("{}\ncontent-2", fx.m("static").display()),
+        "a top-level directory follows the active release"
+    );
+}
