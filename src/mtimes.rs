@@ -27,7 +27,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -95,7 +94,6 @@ impl MtimeOverride {
 #[derive(Debug, Default)]
 pub struct MtimeRegistry {
     paths: Mutex<HashMap<PathBuf, Vec<Version>>>,
-    last_stamp: Mutex<i64>,
 }
 
 enum Decision {
@@ -195,10 +193,7 @@ impl MtimeRegistry {
         let reported = match same_content {
             Some(reported) => reported,
             None => {
-                let mut stamp = self.next_stamp();
-                while versions.iter().any(|v| v.reported == stamp) {
-                    stamp = self.next_stamp();
-                }
+                let stamp = fresh_stamp(versions, real);
                 log::debug!(
                     "{}: content differs from an earlier version with mtime {real}; reporting {stamp}",
                     path.display()
@@ -216,18 +211,6 @@ impl MtimeRegistry {
         reported
     }
 
-    /// A time never handed out before: now, or one second past the last stamp if switches
-    /// come faster than once a second.
-    fn next_stamp(&self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let mut last = self.last_stamp.lock();
-        *last = now.max(*last + 1);
-        *last
-    }
-
     /// Number of paths tracked (for tests and status).
     pub fn len(&self) -> usize {
         self.paths.lock().len()
@@ -236,6 +219,21 @@ impl MtimeRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A modification time never reported for this path: one second past the latest one (or
+/// past `real`). Per path, so a deploy changing many files stamps each of them just past its
+/// own history, usually still in the past: OPcache refuses to cache a script whose mtime is
+/// less than `file_update_protection` (2 s) old or in the future, so a global counter running
+/// ahead of the clock would make it recompile on every request for minutes.
+fn fresh_stamp(versions: &[Version], real: i64) -> i64 {
+    versions
+        .iter()
+        .map(|v| v.reported)
+        .chain(std::iter::once(real))
+        .max()
+        .unwrap_or(real)
+        .saturating_add(1)
 }
 
 fn push(
@@ -374,12 +372,35 @@ mod tests {
     }
 
     #[test]
-    fn stamps_are_unique_even_when_switching_faster_than_a_second() {
+    fn stamps_are_per_path_just_past_its_history() {
+        let tmp = TempDir::new("mtimes");
         let reg = MtimeRegistry::default();
-        let stamps: Vec<i64> = (0..50).map(|_| reg.next_stamp()).collect();
-        for pair in stamps.windows(2) {
-            assert!(pair[1] > pair[0]);
+        let mut seen = Vec::new();
+        // Ten releases of one path, all with the same real mtime and different content.
+        for n in 0..10 {
+            let dir = tmp.path().join(format!("{n}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (fd, st) = file(
+                &dir,
+                "index.php",
+                &format!("<?php echo {n};"),
+                1_700_000_000,
+            );
+            seen.push(reported(&reg, &release(&dir, n), &fd, &st));
         }
+        let expected: Vec<i64> = (0..10).map(|n| 1_700_000_000 + n).collect();
+        assert_eq!(
+            seen, expected,
+            "unique, and in the past: OPcache caches them at once"
+        );
+        // Another path starts from its own history, not from a global counter.
+        let dir = tmp.path().join("other");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (fd, st) = file(&dir, "lib.php", "x", 1_700_000_000);
+        assert_eq!(
+            reg.decide(&release(&dir, 99), Path::new("lib.php"), fd.as_fd(), &st),
+            None
+        );
     }
 
     #[test]
