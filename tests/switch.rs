@@ -5,9 +5,9 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -88,22 +88,7 @@ fn files_and_directories_opened_before_a_switch_keep_their_release() {
     let mut head = vec![0u8; 1000];
     reader.read_exact(&mut head).unwrap();
     let dir = fs::File::open(fx.m("app/a/b/c")).unwrap();
-    let mut shell = Command::new("sh")
-        .arg("-c")
-        .args([
-            "cd \"$1\" && echo ready && read go && cat deep.php && ls",
-            "sh",
-        ])
-        .arg(fx.m("app/a/b/c"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The shell has its working directory in release 1 once it says so.
-    let mut shell_out = std::io::BufReader::new(shell.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut shell_out, &mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let shell = ParkedShell::park(&fx.m("app/a/b/c"), "cat deep.php && ls");
 
     fx.activate("2");
     assert_eq!(fx.read("app/a/b/c/deep.php"), "deep 2", "new lookups see 2");
@@ -128,10 +113,7 @@ fn files_and_directories_opened_before_a_switch_keep_their_release() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "deep 1");
 
-    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut text = String::new();
-    shell_out.read_to_string(&mut text).unwrap();
-    assert!(shell.wait().unwrap().success());
+    let text = shell.resume();
     assert!(text.starts_with("deep 1"), "cwd in the old release: {text}");
     assert!(
         !text.contains("only-deep-2.php"),
@@ -242,28 +224,11 @@ fn getcwd_keeps_working_in_a_top_level_directory_across_switches() {
     let fx = Fixture::new("cwd");
     fx.two_releases();
     let _d = fx.start(&["--initial", "1"]);
-    let mut shell = Command::new("sh")
-        .args([
-            "-c",
-            "cd \"$1\" && echo ready && read go && /bin/pwd -P && cat same-size.txt",
-            "sh",
-        ])
-        .arg(fx.m("static"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let shell = ParkedShell::park(&fx.m("static"), "/bin/pwd -P && cat same-size.txt");
     fx.activate("2");
     // Another process looks the directory up again, as the next request would.
     assert_eq!(fx.read("static/same-size.txt"), "content-2");
-    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut text = String::new();
-    out.read_to_string(&mut text).unwrap();
-    assert!(shell.wait().unwrap().success(), "getcwd failed: {text}");
+    let text = shell.resume();
     assert_eq!(
         text,
         format!("{}\ncontent-2", fx.m("static").display()),

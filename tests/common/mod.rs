@@ -302,6 +302,49 @@ pub fn force_unmount(path: &Path) {
     }
 }
 
+/// A shell parked with its working directory in `dir` (it has done `cd` when `park`
+/// returns), that runs `then` once resumed: how a request or a worker sits in a directory
+/// across a switch.
+pub struct ParkedShell {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ParkedShell {
+    pub fn park(dir: &Path, then: &str) -> ParkedShell {
+        use std::io::BufRead;
+        let script = format!("cd \"$1\" && echo ready && read go && {then}");
+        let mut child = Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(
+            line,
+            "ready\n",
+            "the shell could not enter {}",
+            dir.display()
+        );
+        ParkedShell { child, out }
+    }
+
+    /// Lets the shell go on and returns its output, asserting it succeeded.
+    pub fn resume(mut self) -> String {
+        use std::io::{Read, Write};
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut text = String::new();
+        self.out.read_to_string(&mut text).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "parked shell failed: {text}");
+        text
+    }
+}
+
 /// Runs a command as user and group nobody (65534), without supplementary groups.
 pub fn as_nobody(args: &[&str]) -> Output {
     Command::new("setpriv")
