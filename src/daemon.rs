@@ -27,6 +27,7 @@ pub struct DaemonArgs {
     pub threads: usize,
     pub cache_timeout: Duration,
     pub track_opens: bool,
+    pub acl: bool,
     pub on_activate: Vec<String>,
     pub hook_timeout: Duration,
     pub stop_timeout: Duration,
@@ -261,7 +262,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     fuse_config.clone_fd = true;
     let expire_only = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = fuser::Session::new(
-        crate::fuse_adapter::FuseAdapter::new(core.clone(), expire_only.clone()),
+        crate::fuse_adapter::FuseAdapter::new(core.clone(), expire_only.clone(), args.acl),
         &mount_point,
         &fuse_config,
     )

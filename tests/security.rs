@@ -37,7 +37,7 @@ fn acls_and_modes_are_enforced_exactly_as_on_the_native_directory() {
     acl("u:nobody:r", "granted.php");
     acl("u:nobody:---", "denied.php");
     fx.open_up_for_others();
-    let _d = fx.start(&["--initial", "1"]);
+    let _d = fx.start(&["--initial", "1", "--acl"]);
     for (file, expect_ok) in [
         ("granted.php", true),
         ("denied.php", false),
