@@ -25,6 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use switchfs::control::render::json_str;
 
 fn main() {
     // `cargo bench` appends `--bench` to the arguments of a harness-less bench: ignore it.
@@ -816,22 +817,6 @@ fn jnum(x: f64) -> String {
     }
 }
 
-fn jstr(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn jarr(v: &[f64]) -> String {
     let items: Vec<String> = v.iter().map(|x| jnum(*x)).collect();
     format!("[{}]", items.join(","))
@@ -1049,7 +1034,7 @@ fn counts_json(c: &BTreeMap<String, OpCount>) -> String {
         .map(|(op, k)| {
             format!(
                 "{}:{{\"count\":{},\"replied\":{},\"in_flight_s\":{}}}",
-                jstr(op),
+                json_str(op),
                 k.n,
                 k.replied,
                 jnum(k.latency_s)
@@ -1247,9 +1232,9 @@ fn run(args: &Args) -> Res<()> {
                     );
                     trace_json.push(format!(
                         "{{\"workload\":{},\"cache\":{},\"target\":{},\"requests\":{}}}",
-                        jstr(&w.key()),
-                        jstr(if cold { "cold" } else { "warm" }),
-                        jstr(&t.name),
+                        json_str(&w.key()),
+                        json_str(if cold { "cold" } else { "warm" }),
+                        json_str(&t.name),
                         counts_json(&mine)
                     ));
                 }
@@ -1310,7 +1295,7 @@ fn run(args: &Args) -> Res<()> {
             let _ = write!(chart, " {:.4}", m / base);
             res.push(format!(
                 "{}:{{\"median_s\":{},\"min_s\":{},\"max_s\":{},\"runs_s\":{},\"ratio_to_{}\":{},\"mb_per_s\":{},\"per_op_us\":{}}}",
-                jstr(&t.name),
+                json_str(&t.name),
                 jnum(m),
                 jnum(row.runs[i].iter().cloned().fold(f64::INFINITY, f64::min)),
                 jnum(row.runs[i].iter().cloned().fold(0.0, f64::max)),
@@ -1324,9 +1309,9 @@ fn run(args: &Args) -> Res<()> {
         chart.push('\n');
         wl.push(format!(
             "{{\"workload\":{},\"label\":{},\"cache\":{},\"ops\":{},\"bytes\":{},\"results\":{{{}}}}}",
-            jstr(&row.work.key()),
-            jstr(&row.work.label(&tree)),
-            jstr(cache),
+            json_str(&row.work.key()),
+            json_str(&row.work.label(&tree)),
+            json_str(cache),
             row.ops,
             row.bytes,
             res.join(",")
@@ -1334,7 +1319,13 @@ fn run(args: &Args) -> Res<()> {
     }
     let tnames: Vec<String> = targets
         .iter()
-        .map(|t| format!("{}:{}", jstr(&t.name), jstr(&t.root.to_string_lossy())))
+        .map(|t| {
+            format!(
+                "{}:{}",
+                json_str(&t.name),
+                json_str(&t.root.to_string_lossy())
+            )
+        })
         .collect();
     let json = format!(
         "{{\"tree\":{{\"files\":{},\"small_files\":{},\"large_files\":{},\"dirs\":{},\"small_bytes\":{},\"large_bytes\":{}}},\
@@ -1346,7 +1337,7 @@ fn run(args: &Args) -> Res<()> {
         tree.small_bytes,
         tree.large_bytes,
         rounds,
-        jstr(&targets[0].name),
+        json_str(&targets[0].name),
         tnames.join(","),
         wl.join(","),
         switch_json,
@@ -1627,7 +1618,7 @@ fn memory(args: &Args) -> Res<()> {
         println!("  {name:<34} {}{extra}", st.text());
         stages.push(format!(
             "{{\"stage\":{},\"stats\":{}}}",
-            jstr(name),
+            json_str(name),
             st.json()
         ));
         Ok(())
@@ -1659,7 +1650,7 @@ fn memory(args: &Args) -> Res<()> {
             let _ = write!(extra, "  {} lstat FAILED, first: {e}", with_commas(failed));
             failures.push(format!(
                 "{{\"walk\":{w},\"failed\":{failed},\"first_error\":{}}}",
-                jstr(&e)
+                json_str(&e)
             ));
         }
         stage(&format!("after walk {w}"), &extra)?;
@@ -1702,7 +1693,7 @@ fn memory(args: &Args) -> Res<()> {
         }
         Err(e) => {
             println!("  activate {want} after drop_caches: FAILED: {e}");
-            jstr(&e)
+            json_str(&e)
         }
     };
     let mut status = String::new();
@@ -1719,17 +1710,17 @@ fn memory(args: &Args) -> Res<()> {
         tree.dirs,
         walks,
         switches,
-        jstr(&limit),
+        json_str(&limit),
         stages.join(","),
         failures.join(","),
         jnum(median(&sw)),
         switch_failures
             .iter()
-            .map(|e| jstr(e))
+            .map(|e| json_str(e))
             .collect::<Vec<_>>()
             .join(","),
         after_drop,
-        jstr(&status)
+        json_str(&status)
     );
     if let Some(p) = json_path {
         fs::write(&p, json).map_err(ctx(p.display()))?;

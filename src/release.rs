@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::names::validate_release_name;
 use crate::sys;
@@ -24,7 +23,6 @@ pub struct Release {
     /// Shared so the mtime registry can reread old content without keeping the release
     /// itself alive.
     pub root: Arc<OwnedFd>,
-    pub activated_at: SystemTime,
 }
 
 impl Release {
@@ -33,7 +31,6 @@ impl Release {
             name: name.to_string(),
             generation,
             root: Arc::new(root),
-            activated_at: SystemTime::now(),
         }
     }
 }
