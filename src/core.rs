@@ -36,7 +36,7 @@ use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
 use crate::procscan;
 use crate::release::{Release, ReleaseSet};
-use crate::state::{self, PersistedState};
+use crate::state::{PersistedState, StateFile};
 use crate::sys;
 
 /// The extended attribute of the mount root that tells `switchctl` where the control socket
@@ -232,6 +232,8 @@ pub struct Core {
     /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
     /// notifications.
     switch_lock: Mutex<()>,
+    /// Where the active release is made durable before a switch is acknowledged.
+    state: StateFile,
     pub(crate) inodes: InodeTable,
     handles: HandleTable,
     mtimes: MtimeRegistry,
@@ -270,6 +272,7 @@ impl Core {
         });
         let core = Core {
             releases,
+            state: StateFile::new(config.state_path.clone()),
             config,
             portals: parking_lot::RwLock::new(Portals::default()),
             root: Mutex::new(RootState {
@@ -292,7 +295,7 @@ impl Core {
 
     fn restore(&self, initial: Option<&str>) -> Result<(), String> {
         let state_path = &self.config.state_path;
-        let persisted = match state::load(state_path) {
+        let persisted = match self.state.load() {
             Ok(p) => p,
             Err(e) => {
                 log::error!(
@@ -316,13 +319,10 @@ impl Core {
             Some(name) => {
                 let fd = self.releases.open_release(name)?;
                 let previous = None;
-                if let Err(e) = state::save(
-                    state_path,
-                    &PersistedState {
-                        active: name.to_string(),
-                        previous: previous.clone(),
-                    },
-                ) {
+                if let Err(e) = self.state.save(&PersistedState {
+                    active: name.to_string(),
+                    previous: previous.clone(),
+                }) {
                     log::warn!(
                         "cannot persist initial release to {}: {e}",
                         state_path.display()
@@ -919,7 +919,7 @@ impl Core {
             active: name.to_string(),
             previous: previous.clone(),
         };
-        state::save(&self.config.state_path, &persisted).map_err(|e| {
+        self.state.save(&persisted).map_err(|e| {
             format!(
                 "cannot persist the switch to {}: {e}; release {} stays active",
                 self.config.state_path.display(),

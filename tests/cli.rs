@@ -297,10 +297,7 @@ fn the_active_release_survives_restarts_and_kills() {
     fx.two_releases();
     let mut d = fx.start(&["--initial", "1"]);
     fx.activate("2");
-    assert_eq!(
-        fs::read_to_string(fx.state()).unwrap(),
-        "active=2\nprevious=1\n"
-    );
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
     let status = d.stop_with(libc::SIGTERM);
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");

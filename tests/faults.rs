@@ -121,14 +121,11 @@ fn a_corrupt_state_file_is_reported_and_serving_goes_on() {
     );
     assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
     fx.activate("1");
-    assert_eq!(
-        fs::read_to_string(fx.state()).unwrap(),
-        "active=1\nprevious=2\n"
-    );
+    assert_eq!(persisted(&fx.state()), "active=1 previous=2");
 }
 
 #[test]
-fn a_full_disk_refuses_the_switch_and_changes_nothing() {
+fn a_full_disk_refuses_a_switch_it_cannot_persist_and_changes_nothing() {
     assert!(
         is_root(),
         "this test mounts a small tmpfs: run the tests as root"
@@ -145,21 +142,40 @@ fn a_full_disk_refuses_the_switch_and_changes_nothing() {
     assert!(ok.success(), "mount tmpfs");
     let state = small.join("state");
     let _d = fx.start(&["--initial", "1", "--state", state.to_str().unwrap()]);
-    // Fill the disk.
-    let mut filler = fs::File::create(small.join("filler")).unwrap();
-    let block = vec![0u8; 4096];
-    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
-    drop(filler);
-    let out = fx.ctl(&["activate", "2"]);
+    let fill = || {
+        let mut filler = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(small.join("filler"))
+            .unwrap();
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    };
+    fill();
+    // The state file exists, and a switch overwrites it in place: no new block needed, so a
+    // full disk does not stop deploys (or rollbacks) once the daemon has started.
+    fx.activate("2");
+    assert_eq!(persisted(&state), "active=2 previous=1");
+
+    // Without a state file to overwrite, the switch needs space: refused, nothing changes.
+    fs::remove_file(&state).unwrap();
+    fill();
+    let out = fx.ctl(&["activate", "1"]);
     let err = one_line_error(&out);
     assert!(
         err.contains("cannot persist") && err.contains("No space left"),
         "{err}"
     );
-    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
-    assert_eq!(fs::read_to_string(&state).unwrap(), "active=1\n");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
+    assert_eq!(persisted(&state), "no state file");
+    assert_eq!(
+        fs::read_dir(&small).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
     fs::remove_file(small.join("filler")).unwrap();
-    fx.activate("2");
+    fx.activate("1");
+    assert_eq!(persisted(&state), "active=1 previous=2");
     drop(_d);
     force_unmount(&small);
 }

@@ -372,3 +372,16 @@ pub fn one_line_error(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// The state the daemon persisted at `path`, as "active=A previous=P" (previous "-" if none).
+pub fn persisted(path: &Path) -> String {
+    match switchfs::state::load(path) {
+        Ok(Some(st)) => format!(
+            "active={} previous={}",
+            st.active,
+            st.previous.as_deref().unwrap_or("-")
+        ),
+        Ok(None) => "no state file".into(),
+        Err(e) => format!("unreadable state file: {e}"),
+    }
+}
