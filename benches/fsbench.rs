@@ -1075,6 +1075,38 @@ fn switchctl(bin: &str, sock: &str, args: &[&str]) -> Res<(f64, String)> {
     Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
+/// `activate NAME` straight over the control socket, in this process: what a switch costs
+/// without starting the `switchctl` process (the same request line switchctl sends).
+fn socket_activate(sock: &str, name: &str) -> Res<f64> {
+    use std::io::{BufRead, Write};
+    let t = Instant::now();
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(sock).map_err(ctx(format!("connect {sock}")))?;
+    stream
+        .write_all(format!("activate {name}\n").as_bytes())
+        .map_err(ctx("send activate"))?;
+    let mut line = String::new();
+    io::BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(ctx("read reply"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !line.starts_with("ok") {
+        return Err(format!("activate {name} over the socket: {}", line.trim()));
+    }
+    Ok(secs)
+}
+
+/// Starting a process that does nothing (`true`): the floor under any `switchctl` timing.
+fn spawn_floor(n: usize) -> Res<Vec<f64>> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            Command::new("true").status().map_err(ctx("run true"))?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
 fn check_version(mount: &Path, want: &str) -> Res<()> {
     let got = fs::read_to_string(mount.join("VERSION")).map_err(ctx("read VERSION"))?;
     if got.trim() != want {
@@ -1419,12 +1451,21 @@ fn switch_cost(
         noop.push(switchctl(bin, sock, &["activate", "1"])?.0);
     }
 
+    let mut noop_socket = vec![];
+    for _ in 0..n_base {
+        noop_socket.push(socket_activate(sock, "1")?);
+    }
+    let floor = spawn_floor(n_base)?;
+
     // Switches with nothing cached under the root (no walk in between).
     let mut empty = vec![];
+    let mut empty_socket = vec![];
     let mut active = 1;
     for _ in 0..n_base {
         active = 3 - active;
         empty.push(switchctl(bin, sock, &["activate", &active.to_string()])?.0);
+        active = 3 - active;
+        empty_socket.push(socket_activate(sock, &active.to_string())?);
     }
     if active != 1 {
         switchctl(bin, sock, &["activate", "1"])?;
@@ -1434,6 +1475,7 @@ fn switch_cost(
 
     // Switches with ~10,000 entries cached: walk, switch, walk (timed: first pass), ...
     let mut loaded = vec![];
+    let mut loaded_socket = vec![];
     let mut first_pass = vec![];
     let mut neg_pass = vec![];
     let mut dentries_added = 0i64;
@@ -1468,7 +1510,13 @@ fn switch_cost(
         if let Some(tr) = trace_this {
             tr.start()?;
         }
-        loaded.push(switchctl(bin, sock, &["activate", &active.to_string()])?.0);
+        // Every other switch goes over the socket in process, so both costs are measured
+        // under the same cache.
+        if i % 2 == 0 {
+            loaded.push(switchctl(bin, sock, &["activate", &active.to_string()])?.0);
+        } else {
+            loaded_socket.push(socket_activate(sock, &active.to_string())?);
+        }
         if let Some(tr) = trace_this {
             trace_switch = Some(tr.stop()?.remove(&sw.kdev).unwrap_or_default());
         }
@@ -1516,6 +1564,22 @@ fn switch_cost(
             with_commas(entries as u64)
         ),
         &loaded,
+    );
+    line("  of which starting a process (`true`, the floor)", &floor);
+    line(
+        "socket activate (in process), no-op round trip",
+        &noop_socket,
+    );
+    line(
+        "socket activate, nothing cached under the root",
+        &empty_socket,
+    );
+    line(
+        &format!(
+            "socket activate, {} entries cached under the root",
+            with_commas(entries as u64)
+        ),
+        &loaded_socket,
     );
     line(
         "native reference: symlink + rename of `current` (in process)",
@@ -1570,7 +1634,7 @@ fn switch_cost(
         )
     };
     Ok(format!(
-        "{{\"cached_entries_walked\":{},\"dentries_added_by_walk\":{},\"noop_roundtrip\":{},\"activate_empty\":{},\"activate_loaded\":{},\
+        "{{\"cached_entries_walked\":{},\"dentries_added_by_walk\":{},\"noop_roundtrip\":{},\"activate_empty\":{},\"activate_loaded\":{},\"process_spawn_floor\":{},\"socket_noop_roundtrip\":{},\"socket_activate_empty\":{},\"socket_activate_loaded\":{},\
          \"native_symlink_flip\":{},\"first_stat_pass_after_switch\":{},\"first_negative_pass_after_switch\":{},\
          \"warm_stat_pass_s\":{},\"cold_stat_pass_s\":{},\"native_warm_stat_pass_s\":{},\"requests_during_activate\":{},\"requests_first_pass\":{}}}",
         entries,
@@ -1578,6 +1642,10 @@ fn switch_cost(
         stat(&noop),
         stat(&empty),
         stat(&loaded),
+        stat(&floor),
+        stat(&noop_socket),
+        stat(&empty_socket),
+        stat(&loaded_socket),
         stat(&flips),
         stat(&first_pass),
         stat(&neg_pass),
