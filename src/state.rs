@@ -39,18 +39,24 @@ const SLOT: usize = 1024;
 /// The file cannot be read, or its content is not a state switchfs wrote (`InvalidData`,
 /// with a message saying what is wrong).
 pub fn load(path: &Path) -> io::Result<Option<PersistedState>> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    match fs::read(path) {
+        Ok(bytes) => decode(bytes).map(|(state, _)| Some(state)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A state file's content: the state, and the sequence number of its newest slot when the file
+/// is in the slot format (`None` for the one-copy format of switchfs before slots, which is
+/// rewritten in slots at the next switch).
+fn decode(bytes: Vec<u8>) -> io::Result<(PersistedState, Option<u64>)> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     if bytes.starts_with(MAGIC.as_bytes()) {
-        return newest_slot(&bytes).map(|(_, st)| Some(st)).map_err(invalid);
+        let (seq, state) = newest_slot(&bytes).map_err(invalid)?;
+        return Ok((state, Some(seq)));
     }
-    // The one-copy format of switchfs before slots; rewritten in slots at the next switch.
     let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
-    parse(&text).map(Some).map_err(invalid)
+    parse(&text).map(|state| (state, None)).map_err(invalid)
 }
 
 /// The intact slot with the highest sequence number.
@@ -161,10 +167,6 @@ impl StateFile {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads the state like [`load`] and, when the file is in the slot format, keeps it open
     /// so the next save is in place.
     ///
@@ -176,20 +178,12 @@ impl StateFile {
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&self.path) else {
             return load(&self.path); // missing, or not writable: reported at the first save
         };
-        let meta = file.metadata()?;
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut &file, &mut bytes)?;
-        if !bytes.starts_with(MAGIC.as_bytes()) {
-            return load(&self.path);
+        let (state, seq) = decode(bytes)?;
+        if let Some(seq) = seq {
+            *open = Some(Slots::new(file, seq)?);
         }
-        let (seq, state) =
-            newest_slot(&bytes).map_err(|msg| io::Error::new(io::ErrorKind::InvalidData, msg))?;
-        *open = Some(Slots {
-            file,
-            dev: meta.dev(),
-            ino: meta.ino(),
-            seq,
-        });
         Ok(Some(state))
     }
 
@@ -236,6 +230,16 @@ impl StateFile {
 }
 
 impl Slots {
+    fn new(file: File, seq: u64) -> io::Result<Slots> {
+        let meta = file.metadata()?;
+        Ok(Slots {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            seq,
+        })
+    }
+
     /// Whether the path still names the file we hold: if it was replaced or deleted, writing
     /// into our descriptor would persist nothing anyone reads.
     fn still_at(&self, path: &Path) -> bool {
@@ -271,27 +275,12 @@ fn create(path: &Path, state: &PersistedState) -> io::Result<Slots> {
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()?;
-        let meta = file.metadata()?;
-        Ok(Slots {
-            file,
-            dev: meta.dev(),
-            ino: meta.ino(),
-            seq,
-        })
+        Slots::new(file, seq)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-/// Writes the state file once, atomically and durably (for tools and tests; the daemon keeps
-/// a [`StateFile`]).
-///
-/// # Errors
-/// As [`StateFile::save`].
-pub fn save(path: &Path, state: &PersistedState) -> io::Result<()> {
-    create(path, state).map(drop)
 }
 
 #[cfg(test)]
@@ -417,7 +406,6 @@ mod tests {
     fn unwritable_location_fails_without_touching_old_state() {
         let tmp = TempDir::new("state");
         let path = tmp.path().join("missing-dir").join("state");
-        assert!(save(&path, &st("1", None)).is_err());
         assert!(StateFile::new(path).save(&st("1", None)).is_err());
     }
 }
