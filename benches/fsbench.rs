@@ -1075,25 +1075,18 @@ fn switchctl(bin: &str, sock: &str, args: &[&str]) -> Res<(f64, String)> {
     Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// `activate NAME` straight over the control socket, in this process: what a switch costs
-/// without starting the `switchctl` process (the same request line switchctl sends).
+/// `activate NAME` over the control socket in this process, through the same client code
+/// `switchctl` uses: what a switch costs without starting the `switchctl` process.
 fn socket_activate(sock: &str, name: &str) -> Res<f64> {
-    use std::io::{BufRead, Write};
+    use switchfs::control::{client, protocol::Request};
+    let req = Request::Activate {
+        name: name.to_string(),
+        drain: None,
+    };
     let t = Instant::now();
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(sock).map_err(ctx(format!("connect {sock}")))?;
-    stream
-        .write_all(format!("activate {name}\n").as_bytes())
-        .map_err(ctx("send activate"))?;
-    let mut line = String::new();
-    io::BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(ctx("read reply"))?;
-    let secs = t.elapsed().as_secs_f64();
-    if !line.starts_with("ok") {
-        return Err(format!("activate {name} over the socket: {}", line.trim()));
-    }
-    Ok(secs)
+    client::request(Path::new(sock), &req, Duration::from_secs(30))
+        .map_err(|f| format!("activate {name} over the socket: {}", f.message()))?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Starting a process that does nothing (`true`): the floor under any `switchctl` timing.
