@@ -28,10 +28,12 @@ use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
 use crate::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
+use crate::caller::Caller;
 use crate::errno::os_error;
 use crate::fds::FdBudget;
 use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
+use crate::links;
 use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
 use crate::procscan;
@@ -440,7 +442,7 @@ impl Core {
     ///
     /// # Errors
     /// The host's error; ENOENT becomes a `Lookup::Negative` instead.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Lookup> {
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Lookup> {
         if name.len() > crate::names::NAME_MAX {
             return Err(os_error(libc::ENAMETOOLONG)); // as the host would answer
         }
@@ -449,7 +451,7 @@ impl Core {
         }
         let dir = match self.node(parent)? {
             Node::Inode(dir) => dir,
-            _ => return self.lookup_in_active(parent, name),
+            _ => return self.lookup_in_active(caller, parent, name),
         };
         if dir.kind != FileType::Directory {
             return Err(os_error(libc::ENOTDIR));
@@ -465,8 +467,9 @@ impl Core {
 
     /// Looks up `name` under the root or a portal, in the active release, and records it
     /// for expiry at the next switch. A switch landing meanwhile makes it answer again from
-    /// the new release.
-    fn lookup_in_active(&self, parent: u64, name: &OsStr) -> io::Result<Lookup> {
+    /// the new release. The caller's search permission is checked against the directory
+    /// the answer comes from (see `caller`).
+    fn lookup_in_active(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Lookup> {
         loop {
             let node = self.node(parent)?;
             let generation = match &node {
@@ -474,7 +477,10 @@ impl Core {
                 Node::Inode(_) => return Err(os_error(libc::EINVAL)),
             };
             let found = match self.active_dir(&node)? {
-                Some(dir) => self.entry_in_active(parent, &dir, name),
+                Some(dir) => {
+                    check_active_dir(caller, &dir, libc::X_OK)?;
+                    self.entry_in_active(parent, &dir, name)
+                }
                 None => Err(os_error(libc::ENOENT)),
             };
             let mut root = self.root.lock();
@@ -538,6 +544,7 @@ impl Core {
         } else {
             None
         };
+        self.report_link_size(release, &path, fd.as_fd(), &mut st)?;
         let inode = self.inodes.remember(release, fd, &st, path, mtime);
         if let Some(o) = inode.mtime {
             o.apply(&mut st);
@@ -545,13 +552,46 @@ impl Core {
         Ok((inode.clone(), attr_of_stat(inode.ino, &st)))
     }
 
-    /// The host's stat of `inode`, with the reported mtime.
-    fn stat_inode(inode: &Inode) -> io::Result<libc::stat> {
-        let mut st = sys::fstat(inode.fd()?.as_fd())?;
+    /// The host's stat of `inode`, with the reported mtime and link size.
+    fn stat_inode(&self, inode: &Inode) -> io::Result<libc::stat> {
+        let fd = inode.fd()?;
+        let mut st = sys::fstat(fd.as_fd())?;
+        self.report_link_size(&inode.release, &inode.path, fd.as_fd(), &mut st)?;
         if let Some(o) = inode.mtime {
             o.apply(&mut st);
         }
         Ok(st)
+    }
+
+    /// The target `readlink` answers for the symlink at `path` of `release` (see `links`).
+    fn link_target(
+        &self,
+        release: &Release,
+        path: &Path,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<Vec<u8>> {
+        let target = sys::readlink(fd)?;
+        let release_dir = self.releases.path().join(&release.name);
+        Ok(links::target_seen_through_mount(
+            &release_dir,
+            path,
+            &target,
+        ))
+    }
+
+    /// A symlink's size is the length of its target; keep it equal to what `readlink`
+    /// answers, which differs from the host's for links that climb out of the release.
+    fn report_link_size(
+        &self,
+        release: &Release,
+        path: &Path,
+        fd: BorrowedFd<'_>,
+        st: &mut libc::stat,
+    ) -> io::Result<()> {
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            st.st_size = self.link_target(release, path, fd)?.len() as libc::off_t;
+        }
+        Ok(())
     }
 
     /// Drops `n` kernel references to `ino`.
@@ -569,7 +609,7 @@ impl Core {
     pub fn getattr(&self, ino: u64) -> io::Result<(FileAttr, Duration)> {
         let attr = match self.node(ino)? {
             Node::Root(active) => self.root_attr(&active)?,
-            Node::Inode(inode) => attr_of_stat(ino, &Self::stat_inode(&inode)?),
+            Node::Inode(inode) => attr_of_stat(ino, &self.stat_inode(&inode)?),
             portal @ Node::Portal(..) => match self.active_dir(&portal)? {
                 Some(dir) => attr_of_stat(ino, &sys::fstat(dir.fd.as_fd())?),
                 None => return Err(os_error(libc::ENOENT)),
@@ -585,14 +625,16 @@ impl Core {
         }
     }
 
-    /// The target of symlink `ino`, verbatim: the daemon never follows it.
+    /// The target of symlink `ino`: verbatim, except that a relative target climbing out of
+    /// the release is answered as the absolute path it reaches from the release's directory
+    /// (see `links`). The daemon never follows it.
     ///
     /// # Errors
     /// EINVAL when `ino` is not a symlink.
     pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
         match self.node(ino)? {
             Node::Inode(inode) if inode.kind == FileType::Symlink => {
-                sys::readlink(inode.fd()?.as_fd())
+                self.link_target(&inode.release, &inode.path, inode.fd()?.as_fd())
             }
             _ => Err(os_error(libc::EINVAL)),
         }
@@ -664,10 +706,11 @@ impl Core {
     ///
     /// # Errors
     /// ENOTDIR for other kinds; the host's error.
-    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+    pub fn opendir(&self, caller: &Caller, ino: u64) -> io::Result<u64> {
         let (source, release, raw) = match self.node(ino)? {
             active @ (Node::Root(_) | Node::Portal(..)) => match self.active_dir(&active)? {
                 Some(dir) => {
+                    check_active_dir(caller, &dir, libc::R_OK)?;
                     let raw = sys::read_dir(dir.fd.as_fd())?;
                     (
                         DirSource::Active {
@@ -846,10 +889,21 @@ impl Core {
     ///
     /// # Errors
     /// ENODATA when absent; the host's error.
-    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> io::Result<sys::XattrAnswer> {
+    pub fn getxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> io::Result<sys::XattrAnswer> {
         if ino == ROOT_INO && name == CONTROL_XATTR {
             let value = self.config.control_path.as_os_str().as_bytes().to_vec();
             return xattr_value(value, size);
+        }
+        if !caller.is_root() && is_trusted_xattr(name.as_bytes()) {
+            // The host answers ENODATA to a reader without CAP_SYS_ADMIN; the daemon reads
+            // as root, so it must refuse for them.
+            return Err(os_error(libc::ENODATA));
         }
         match self.xattr_fd(ino)? {
             Some(fd) => sys::get_xattr(fd.as_fd(), name, size as usize),
@@ -861,11 +915,30 @@ impl Core {
     ///
     /// # Errors
     /// The host's error.
-    pub fn listxattr(&self, ino: u64, size: u32) -> io::Result<sys::XattrAnswer> {
-        match self.xattr_fd(ino)? {
-            Some(fd) => sys::list_xattr(fd.as_fd(), size as usize),
-            None => xattr_value(Vec::new(), size),
+    pub fn listxattr(&self, caller: &Caller, ino: u64, size: u32) -> io::Result<sys::XattrAnswer> {
+        let Some(fd) = self.xattr_fd(ino)? else {
+            return xattr_value(Vec::new(), size);
+        };
+        if caller.is_root() {
+            return sys::list_xattr(fd.as_fd(), size as usize);
         }
+        // As on the host, `trusted.*` names are listed only to CAP_SYS_ADMIN: read the whole
+        // list (the daemon sees them as root), drop those, answer for what is left.
+        let names = match sys::list_xattr(fd.as_fd(), 0)? {
+            sys::XattrAnswer::Size(0) => Vec::new(),
+            sys::XattrAnswer::Size(n) => match sys::list_xattr(fd.as_fd(), n as usize)? {
+                sys::XattrAnswer::Data(d) => d,
+                sys::XattrAnswer::Size(_) => Vec::new(),
+            },
+            sys::XattrAnswer::Data(d) => d,
+        };
+        let visible: Vec<u8> = names
+            .split_inclusive(|b| *b == 0)
+            .filter(|n| !is_trusted_xattr(n))
+            .flatten()
+            .copied()
+            .collect();
+        xattr_value(visible, size)
     }
 
     /// The descriptor to read xattrs from; `None` for symlinks (xattrs are read through
@@ -900,7 +973,16 @@ impl Core {
     pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         let _serial = self.switch_lock.lock();
         let current = self.active();
-        if current.name() == Some(name) {
+        // Validated even when `name` is already active: its directory may have been replaced
+        // (`mv R/7 R/7.bak; mkdir R/7`) or made a symlink since it was activated.
+        let fd = self.releases.open_release(name)?;
+        let reactivated = current.name() == Some(name);
+        if reactivated
+            && current
+                .release
+                .as_ref()
+                .is_some_and(|r| same_dir(&r.root, &fd))
+        {
             return Ok(Switched {
                 message: format!("release {name} is already active"),
                 from: Some(name.to_string()),
@@ -908,9 +990,13 @@ impl Core {
                 changed: false,
             });
         }
-        let fd = self.releases.open_release(name)?;
-        let previous = current.name().map(str::to_string);
-        if let Some(prev) = &previous {
+        // Re-activating a replaced directory keeps the previous release as it was.
+        let previous = if reactivated {
+            current.previous.clone()
+        } else {
+            current.name().map(str::to_string)
+        };
+        if let Some(prev) = previous.as_ref().filter(|_| !reactivated) {
             self.last_used
                 .lock()
                 .insert(prev.clone(), SystemTime::now());
@@ -926,8 +1012,18 @@ impl Core {
                 previous.as_deref().unwrap_or("(none)")
             )
         })?;
+        self.pin_held_inodes();
         let stale = self.publish(name, fd, previous.clone());
         self.invalidate_root(stale);
+        if reactivated {
+            log::info!("re-activated {name} from its replaced directory (requested by {who})");
+            return Ok(Switched {
+                message: format!("release {name} re-activated: its directory was replaced"),
+                from: Some(name.to_string()),
+                to: name.to_string(),
+                changed: true,
+            });
+        }
         let from = previous.as_deref().unwrap_or("(none)");
         log::info!("switched from {from} to {name} (requested by {who})");
         Ok(Switched {
@@ -968,8 +1064,8 @@ impl Core {
         for (name, n) in self.inodes.count_by_release() {
             usage.entry(name).or_default().live_inodes = n;
         }
-        if let Some((dev, _)) = procscan::dev_ino(&self.config.mount_point) {
-            let refs = procscan::scan(dev);
+        if let Some(refs) = self.scan_mount() {
+            self.pin(&refs);
             let owner = |ino: &u64| -> Option<String> {
                 if *ino == ROOT_INO {
                     active.name().map(str::to_string)
@@ -998,6 +1094,37 @@ impl Core {
             }
         }
         usage
+    }
+
+    /// What processes hold under the mount right now (see `procscan`).
+    fn scan_mount(&self) -> Option<procscan::ProcRefs> {
+        let (dev, _) = procscan::dev_ino(&self.config.mount_point)?;
+        Some(procscan::scan(dev))
+    }
+
+    /// Pins the descriptor of every inode a process holds (see `FdSlot::set_pinned`), once
+    /// the descriptor budget has ever had to close one; before that nothing can be lost.
+    /// Run at each switch, before the old release can be deleted, and with every usage
+    /// scan. Never from a FUSE worker: reading /proc/PID/maps can wait on a process that
+    /// is itself waiting for a FUSE reply.
+    fn pin_held_inodes(&self) {
+        if self.inodes.evicted_any()
+            && let Some(refs) = self.scan_mount()
+        {
+            self.pin(&refs);
+        }
+    }
+
+    fn pin(&self, refs: &procscan::ProcRefs) {
+        if !self.inodes.evicted_any() {
+            return;
+        }
+        let held: HashSet<u64> = [&refs.open_files, &refs.dirs, &refs.maps]
+            .into_iter()
+            .flat_map(|m| m.keys().copied())
+            .collect();
+        let n = self.inodes.pin_only(&held);
+        log::debug!("{n} inodes held by processes are pinned");
     }
 
     /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
@@ -1172,6 +1299,10 @@ impl Core {
     }
 }
 
+fn is_trusted_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.")
+}
+
 fn xattr_value(value: Vec<u8>, size: u32) -> io::Result<sys::XattrAnswer> {
     if size == 0 {
         return Ok(sys::XattrAnswer::Size(value.len() as u32));
@@ -1180,6 +1311,23 @@ fn xattr_value(value: Vec<u8>, size: u32) -> io::Result<sys::XattrAnswer> {
         return Err(os_error(libc::ERANGE));
     }
     Ok(sys::XattrAnswer::Data(value))
+}
+
+/// Whether two descriptors are the same directory (device and inode).
+fn same_dir(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (sys::fstat(a.as_fd()), sys::fstat(b.as_fd())) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Checks `caller` may access `dir` for `mask` by the modes of the directory actually
+/// answered from, not the attributes the kernel cached for the root or portal inode.
+fn check_active_dir(caller: &Caller, dir: &ActiveDir, mask: i32) -> io::Result<()> {
+    if caller.is_root() {
+        return Ok(());
+    }
+    caller.check_dir(dir.fd.as_fd(), &sys::fstat(dir.fd.as_fd())?, mask)
 }
 
 /// Refuses an open that could modify the file: write access, truncation or creation.

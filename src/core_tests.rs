@@ -8,6 +8,7 @@ use std::time::Duration;
 use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
+use crate::caller::Caller;
 use crate::core::{CONTROL_XATTR, Core, CoreConfig, DirPlusSink, DirSink, Invalidator, Lookup};
 use crate::inodes::ROOT_INO;
 use crate::state;
@@ -98,7 +99,10 @@ fn config(tmp: &TempDir) -> CoreConfig {
 }
 
 fn entry(core: &Core, parent: u64, name: &str) -> FileAttr {
-    match core.lookup(parent, OsStr::new(name)).unwrap() {
+    match core
+        .lookup(&Caller::ROOT, parent, OsStr::new(name))
+        .unwrap()
+    {
         Lookup::Entry(attr, _) => attr,
         Lookup::Negative(_) => panic!("{name} not found"),
     }
@@ -139,10 +143,12 @@ fn empty_root_without_state_or_initial() {
     assert_eq!(attr.kind, FileType::Directory);
     assert_eq!(attr.perm, 0o555);
     assert!(matches!(
-        f.core.lookup(ROOT_INO, OsStr::new("index.php")).unwrap(),
+        f.core
+            .lookup(&Caller::ROOT, ROOT_INO, OsStr::new("index.php"))
+            .unwrap(),
         Lookup::Negative(_)
     ));
-    let fh = f.core.opendir(ROOT_INO).unwrap();
+    let fh = f.core.opendir(&Caller::ROOT, ROOT_INO).unwrap();
     let mut names = Names::default();
     f.core.readdir(fh, 0, &mut names).unwrap();
     assert_eq!(names.0, vec![".", ".."]);
@@ -154,7 +160,7 @@ fn switch_changes_what_new_lookups_see_and_invalidates_root_names() {
     let old_index = walk(&f.core, "index.php");
     walk(&f.core, "a/b/c/deep.txt");
     assert!(matches!(
-        f.core.lookup(ROOT_INO, OsStr::new("only-in-2")).unwrap(),
+        f.core.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("only-in-2")).unwrap(),
         Lookup::Negative(ttl) if ttl > Duration::ZERO
     ));
     assert_eq!(
@@ -269,13 +275,34 @@ fn corrupt_state_falls_back_to_initial() {
 fn lookups_never_leave_the_release() {
     let f = fixture(Some("1"));
     for bad in ["..", ".", "", "a/b", "../releases"] {
-        assert!(f.core.lookup(ROOT_INO, OsStr::new(bad)).is_err(), "{bad:?}");
+        assert!(
+            f.core
+                .lookup(&Caller::ROOT, ROOT_INO, OsStr::new(bad))
+                .is_err(),
+            "{bad:?}"
+        );
     }
     let link = walk(&f.core, "log");
     assert_eq!(link.kind, FileType::Symlink, "symlinks stay symlinks");
-    assert_eq!(f.core.readlink(link.ino.0).unwrap(), b"../../shared/log");
+    // It climbs out of the release, so it is answered as what it reaches from releases/1
+    // (see README, "Symlinks"): the deploy path's shared/log.
+    let shared = f
+        .core
+        .config()
+        .releases
+        .parent()
+        .unwrap()
+        .join("shared/log");
+    assert_eq!(
+        f.core.readlink(link.ino.0).unwrap(),
+        shared.as_os_str().as_encoded_bytes()
+    );
     // Looking up through a symlink as if it were a directory fails: nothing is followed.
-    assert!(f.core.lookup(link.ino.0, OsStr::new("x")).is_err());
+    assert!(
+        f.core
+            .lookup(&Caller::ROOT, link.ino.0, OsStr::new("x"))
+            .is_err()
+    );
     assert!(f.core.open(link.ino.0, libc::O_RDONLY).is_err());
 }
 
@@ -327,14 +354,14 @@ impl DirPlusSink for PlusNames {
 #[test]
 fn listings_are_snapshots_of_their_release() {
     let f = fixture(Some("1"));
-    let fh = f.core.opendir(ROOT_INO).unwrap();
+    let fh = f.core.opendir(&Caller::ROOT, ROOT_INO).unwrap();
     f.core.activate("2", "test").unwrap();
     let mut names = Names::default();
     f.core.readdir(fh, 0, &mut names).unwrap();
     names.0.sort();
     assert_eq!(names.0, vec![".", "..", "a", "index.php", "log"]);
     f.core.release(fh);
-    let fh = f.core.opendir(ROOT_INO).unwrap();
+    let fh = f.core.opendir(&Caller::ROOT, ROOT_INO).unwrap();
     let mut names = Names::default();
     f.core.readdir(fh, 0, &mut names).unwrap();
     names.0.sort();
@@ -349,7 +376,7 @@ fn readdirplus_counts_only_what_was_sent() {
         write(&f.tmp, "1", &format!("a/b/c/f{i}"), "x");
     }
     let before = f.core.live_inodes();
-    let fh = f.core.opendir(dir).unwrap();
+    let fh = f.core.opendir(&Caller::ROOT, dir).unwrap();
     // Room for the two dots and three files: the fourth file does not fit.
     let mut sink = PlusNames {
         names: Vec::new(),
@@ -363,7 +390,7 @@ fn readdirplus_counts_only_what_was_sent() {
         "dots and the unsent entry not counted"
     );
     // Root entries come with a zero timeout, so the kernel revalidates them by lookup.
-    let root = f.core.opendir(ROOT_INO).unwrap();
+    let root = f.core.opendir(&Caller::ROOT, ROOT_INO).unwrap();
     let mut sink = PlusNames {
         names: Vec::new(),
         room: 100,
@@ -402,22 +429,24 @@ fn root_answers_the_control_xattr_only_there() {
     let name = OsStr::new(CONTROL_XATTR);
     let expected = f.tmp.path().join("ctl.sock");
     assert_eq!(
-        f.core.getxattr(ROOT_INO, name, 4096).unwrap(),
+        f.core
+            .getxattr(&Caller::ROOT, ROOT_INO, name, 4096)
+            .unwrap(),
         XattrAnswer::Data(expected.as_os_str().as_encoded_bytes().to_vec())
     );
     assert!(matches!(
-        f.core.getxattr(ROOT_INO, name, 0).unwrap(),
+        f.core.getxattr(&Caller::ROOT, ROOT_INO, name, 0).unwrap(),
         XattrAnswer::Size(n) if n as usize == expected.as_os_str().len()
     ));
     assert_eq!(
         f.core
-            .getxattr(ROOT_INO, name, 2)
+            .getxattr(&Caller::ROOT, ROOT_INO, name, 2)
             .unwrap_err()
             .raw_os_error(),
         Some(libc::ERANGE)
     );
     let file = walk(&f.core, "index.php").ino.0;
-    assert!(f.core.getxattr(file, name, 4096).is_err());
+    assert!(f.core.getxattr(&Caller::ROOT, file, name, 4096).is_err());
 }
 
 #[test]
@@ -428,7 +457,7 @@ fn deleted_active_release_is_reported_and_recoverable() {
     let st = f.core.status();
     assert!(st.active_problem.unwrap().contains("deleted"));
     assert!(matches!(
-        f.core.lookup(ROOT_INO, OsStr::new("a")),
+        f.core.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")),
         Ok(Lookup::Negative(_)) | Err(_)
     ));
     f.core.activate("2", "test").unwrap();
@@ -442,7 +471,7 @@ fn negative_root_names_are_bounded() {
     let mut zero = 0;
     for i in 0..100_010 {
         let name = OsString::from(format!("missing-{i}"));
-        if let Lookup::Negative(ttl) = f.core.lookup(ROOT_INO, &name).unwrap()
+        if let Lookup::Negative(ttl) = f.core.lookup(&Caller::ROOT, ROOT_INO, &name).unwrap()
             && ttl == Duration::ZERO
         {
             zero += 1;
@@ -619,7 +648,9 @@ fn top_level_directories_are_portals_that_follow_the_active_release() {
     // A lookup under the portal answers from the active release, and is recorded.
     f.recorder.calls.lock().clear();
     assert!(matches!(
-        f.core.lookup(a2.ino.0, OsStr::new("nope")).unwrap(),
+        f.core
+            .lookup(&Caller::ROOT, a2.ino.0, OsStr::new("nope"))
+            .unwrap(),
         Lookup::Negative(_)
     ));
     f.core.activate("1", "test").unwrap();
@@ -629,7 +660,7 @@ fn top_level_directories_are_portals_that_follow_the_active_release() {
             .contains(&format!("entry {} nope", a2.ino.0))
     );
     // Listing and attributes come from the active release; forgetting a portal is a no-op.
-    let fh = f.core.opendir(a2.ino.0).unwrap();
+    let fh = f.core.opendir(&Caller::ROOT, a2.ino.0).unwrap();
     let mut names = Names::default();
     f.core.readdir(fh, 0, &mut names).unwrap();
     assert_eq!(names.0, vec![".", "..", "b"]);

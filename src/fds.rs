@@ -21,6 +21,9 @@ pub struct FdBudget {
     cap: usize,
     open: AtomicUsize,
     ring: Mutex<VecDeque<Weak<FdSlot>>>,
+    /// Set at the first eviction: until then every inode still has its descriptor and
+    /// nothing needs pinning (see `FdSlot::set_pinned`).
+    evicted: AtomicBool,
 }
 
 impl FdBudget {
@@ -30,6 +33,7 @@ impl FdBudget {
             cap: cap.max(16),
             open: AtomicUsize::new(0),
             ring: Mutex::new(VecDeque::new()),
+            evicted: AtomicBool::new(false),
         })
     }
 
@@ -40,6 +44,11 @@ impl FdBudget {
 
     pub fn cap(&self) -> usize {
         self.cap
+    }
+
+    /// Whether any descriptor was ever closed to stay within the budget.
+    pub fn has_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Closes least recently used descriptors until one more fits.
@@ -58,11 +67,14 @@ impl FdBudget {
             let Some(slot) = weak.upgrade() else {
                 continue;
             };
-            if slot.referenced.swap(false, Ordering::Relaxed) {
+            // Pinned: held open by a process, and perhaps not reopenable by path any more.
+            if slot.pinned.load(Ordering::Relaxed) || slot.referenced.swap(false, Ordering::Relaxed)
+            {
                 ring.push_back(weak);
                 continue;
             }
             slot.evict(self);
+            self.evicted.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -73,6 +85,8 @@ pub struct FdSlot {
     /// The descriptor and whether it is readable (not just `O_PATH`).
     fd: Mutex<Option<(Arc<OwnedFd>, bool)>>,
     referenced: AtomicBool,
+    /// Never evicted while set (see `set_pinned`).
+    pinned: AtomicBool,
     budget: Arc<FdBudget>,
 }
 
@@ -81,6 +95,7 @@ impl FdSlot {
         Arc::new(FdSlot {
             fd: Mutex::new(None),
             referenced: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
             budget: budget.clone(),
         })
     }
@@ -114,6 +129,14 @@ impl FdSlot {
             }
         }
         fd
+    }
+
+    /// Keeps this descriptor out of eviction while `on`. For files a process holds open (or
+    /// mapped, or as its working directory): reopening by path fails once their release is
+    /// deleted (`rm -rf` after a switch), and the kernel would then fail the process's reads
+    /// (or SIGBUS its map) although the file still exists for it, as it would on the host.
+    pub fn set_pinned(&self, on: bool) {
+        self.pinned.store(on, Ordering::Relaxed);
     }
 
     fn evict(&self, budget: &FdBudget) {

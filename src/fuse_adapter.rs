@@ -16,6 +16,7 @@ use fuser::{
 };
 
 use crate::attr::empty_root_attr;
+use crate::caller::Caller;
 use crate::core::{Core, DirPlusSink, DirSink, Lookup, follows_active};
 use crate::errno::errno_of;
 use crate::sys::XattrAnswer;
@@ -36,6 +37,14 @@ impl FuseAdapter {
             expire_only,
             acl,
         }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -97,8 +106,8 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.core.lookup(parent.0, name) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.core.lookup(&caller(req), parent.0, name) {
             Ok(Lookup::Entry(attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
             Ok(Lookup::Negative(ttl)) => {
                 // Inode 0 tells the kernel to cache a negative entry for `ttl`.
@@ -299,8 +308,8 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(&caller(req), ino.0) {
             // A directory of a release never changes, so the kernel may keep its listing;
             // the root's and the portals' change with every switch, so they are never cached.
             Ok(fh) if follows_active(ino.0) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -395,16 +404,16 @@ impl Filesystem for FuseAdapter {
         reply.error(EROFS);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.core.getxattr(ino.0, name, size) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.core.getxattr(&caller(req), ino.0, name, size) {
             Ok(XattrAnswer::Size(n)) => reply.size(n),
             Ok(XattrAnswer::Data(d)) => reply.data(&d),
             Err(e) => reply.error(log_err("getxattr", &e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.core.listxattr(ino.0, size) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(&caller(req), ino.0, size) {
             Ok(XattrAnswer::Size(n)) => reply.size(n),
             Ok(XattrAnswer::Data(d)) => reply.data(&d),
             Err(e) => reply.error(log_err("listxattr", &e)),

@@ -10,7 +10,7 @@
 //! - Every entry holds an `O_PATH` descriptor, so its host inode number cannot be reused while
 //!   the kernel may still ask about it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +108,8 @@ pub struct InodeTable {
     maps: RwLock<Maps>,
     next_ino: AtomicU64,
     budget: Arc<FdBudget>,
+    /// Inodes whose descriptors are pinned (see `pin_only`).
+    pinned: parking_lot::Mutex<HashSet<u64>>,
 }
 
 impl Default for InodeTable {
@@ -122,12 +124,46 @@ impl InodeTable {
             maps: RwLock::new(Maps::default()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             budget,
+            pinned: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
     /// Descriptors the inodes hold now, and the most they may.
     pub fn fds(&self) -> (usize, usize) {
         (self.budget.open(), self.budget.cap())
+    }
+
+    /// Whether the budget ever closed a descriptor; until it has, pinning is not needed.
+    pub fn evicted_any(&self) -> bool {
+        self.budget.has_evicted()
+    }
+
+    /// Pins the descriptors of exactly the inodes in `held` (those processes hold open,
+    /// mapped or as working directory), reopening any the budget had closed while that is
+    /// still possible, and unpins the rest. Returns how many are pinned.
+    pub fn pin_only(&self, held: &HashSet<u64>) -> usize {
+        let mut pinned = self.pinned.lock();
+        for ino in pinned.difference(held) {
+            if let Some(inode) = self.get(*ino) {
+                inode.slot.set_pinned(false);
+            }
+        }
+        pinned.clear();
+        for ino in held {
+            let Some(inode) = self.get(*ino) else {
+                continue;
+            };
+            inode.slot.set_pinned(true);
+            if let Err(e) = inode.fd() {
+                log::warn!(
+                    "a process holds {} of release {} but it cannot be reopened: {e}",
+                    inode.path.display(),
+                    inode.release.name
+                );
+            }
+            pinned.insert(*ino);
+        }
+        pinned.len()
     }
 
     /// The live inode `ino`, if the kernel still holds it.

@@ -6,6 +6,7 @@
 //! `daemon` wires them together.
 
 pub mod attr;
+pub mod caller;
 pub mod control;
 pub mod core;
 pub mod daemon;
@@ -16,6 +17,7 @@ pub mod handles;
 pub mod hooks;
 pub mod inodes;
 pub mod invalidate;
+pub mod links;
 pub mod mtimes;
 pub mod names;
 pub mod paths;

@@ -282,6 +282,21 @@ pub fn list_xattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<XattrAnswer> {
     xattr_answer(n, buf, size)
 }
 
+/// Whether the directory or file behind `fd` has a POSIX access ACL.
+pub fn has_access_acl(fd: BorrowedFd<'_>) -> bool {
+    let path = proc_fd_path(fd);
+    // SAFETY: valid C strings; a null buffer with size 0 only asks for the length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
+}
+
 /// What an xattr call answered: the length only (when asked with size 0) or the bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum XattrAnswer {
