@@ -544,3 +544,220 @@ fn an_abandoned_drain_wait_is_cancelled_and_the_switch_stays() {
         "ok\nswitched from 2 to 1; release 2 is no longer in use\n"
     );
 }
+
+/// A small deterministic generator, so a failing run can be replayed from its seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// What one fuzz client did and what came back.
+struct Exchange {
+    kind: &'static str,
+    sent: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+/// One hostile client of a random kind; `None` for one that vanished without reading.
+fn fuzz_client(rng: &mut XorShift, sock: &std::path::Path) -> Option<Exchange> {
+    const WORDS: [&str; 16] = [
+        "activate 2",
+        "activate %32",
+        "activate 1 drain=1",
+        "rollback",
+        "rollback drain=0",
+        "prune 1 yes",
+        "prune 1",
+        "status",
+        "status json",
+        "list",
+        "list json",
+        "ping",
+        "activate ",
+        " drain=",
+        "%",
+        "\r",
+    ];
+    let mut s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let (kind, sent) = match rng.below(5) {
+        0 => {
+            let n = rng.below(200) as usize;
+            let mut msg = rng.bytes(n);
+            if rng.below(2) == 0 {
+                msg.push(b'\n');
+            }
+            let _ = s.write_all(&msg);
+            ("random bytes", msg)
+        }
+        1 => {
+            let mut msg = Vec::new();
+            for _ in 0..=rng.below(3) {
+                msg.extend_from_slice(WORDS[rng.below(16) as usize].as_bytes());
+            }
+            if rng.below(4) == 0 {
+                let n = rng.below(8) as usize;
+                let junk = rng.bytes(n);
+                msg.extend_from_slice(&junk);
+            }
+            msg.push(b'\n');
+            // Sometimes more after the line, which the daemon must ignore.
+            if rng.below(3) == 0 {
+                msg.extend_from_slice(b"status\nactivate 2\n");
+            }
+            let _ = s.write_all(&msg);
+            ("valid-ish line", msg)
+        }
+        2 => {
+            let mut msg = vec![b'a'; 4096 + rng.below(256 * 1024) as usize];
+            msg.push(b'\n');
+            let _ = s.write_all(&msg);
+            ("huge line", msg[..32].to_vec())
+        }
+        3 => {
+            let msg = WORDS[rng.below(16) as usize].as_bytes().to_vec();
+            for b in &msg {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20 + rng.below(400)));
+            }
+            let _ = s.write_all(b"\n");
+            ("slow client", msg)
+        }
+        _ => {
+            let n = rng.below(6) as usize;
+            let _ = s.write_all(&b"activate 2\n"[..n]);
+            return None;
+        }
+    };
+    let mut answer = Vec::new();
+    // A read error after the answer (our own unread bytes) still leaves the answer here.
+    let _ = s.read_to_end(&mut answer);
+    Some(Exchange { kind, sent, answer })
+}
+
+// README "How it works, and the rules it keeps": bad input changes nothing; README "Usage":
+// status keeps answering. Hostile clients run as the web server's user would (nobody in the
+// status group), concurrently; root switches now and then and checks the release served.
+#[test]
+fn fuzzing_the_socket_changes_nothing_and_status_keeps_answering() {
+    require_root();
+    let seed = std::env::var("SWITCHFS_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0x5eed_c0de_2026_1130);
+    eprintln!("fuzz seed {seed} (replay with SWITCHFS_FUZZ_SEED={seed})");
+    let fx = Fixture::new("fuzz3");
+    fx.two_releases();
+    fx.open_up_for_others();
+    let s = STATUS_GID.to_string();
+    let c = CONTROL_GID.to_string();
+    let mut d = fx.start(&[
+        "--initial",
+        "1",
+        "--status-group",
+        &s,
+        "--control-group",
+        &c,
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..12u64)
+        .map(|i| {
+            let stop = stop.clone();
+            let sock = fx.socket();
+            let mut rng = XorShift::new(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            on_thread_as(NOBODY, NOBODY, vec![STATUS_GID], move || {
+                let mut seen = Vec::new();
+                let mut vanished = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    match fuzz_client(&mut rng, &sock) {
+                        Some(x) => seen.push(x),
+                        None => vanished += 1,
+                    }
+                }
+                (seen, vanished)
+            })
+        })
+        .collect();
+    let mut expected = "1";
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(20) {
+        let t = Instant::now();
+        let out = fx.ctl(&["status"]);
+        worst = worst.max(t.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = format!("active:       {expected} ");
+        assert!(stdout(&out).starts_with(&want), "{}", stdout(&out));
+        round += 1;
+        if round.is_multiple_of(12) {
+            expected = if expected == "1" { "2" } else { "1" };
+            fx.activate(expected);
+        }
+        assert_eq!(
+            fx.read("index.php"),
+            format!("<?php echo 'release {expected}';")
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut by_kind: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut vanished = 0;
+    for w in workers {
+        let (seen, gone) = w.join().unwrap();
+        vanished += gone;
+        for x in seen {
+            *by_kind.entry(x.kind).or_default() += 1;
+            let answer = String::from_utf8_lossy(&x.answer);
+            let sent = String::from_utf8_lossy(&x.sent);
+            assert!(
+                answer.starts_with("ok\n") || answer.starts_with("error: "),
+                "{} {sent:?}: {answer:?}",
+                x.kind
+            );
+            assert!(
+                !answer.contains("switched") && !answer.contains("delete"),
+                "nobody changed something: {sent:?}: {answer:?}"
+            );
+        }
+    }
+    eprintln!(
+        "fuzz: {by_kind:?}, {vanished} vanished; slowest status {worst:?}, {round} status rounds"
+    );
+    assert!(
+        by_kind.len() == 4 && vanished > 0,
+        "every kind of client ran: {by_kind:?}"
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "status took {worst:?} during the storm"
+    );
+    let alive = d
+        .child
+        .as_mut()
+        .map(|c| c.try_wait().ok().flatten().is_none());
+    assert_eq!(alive, Some(true), "the daemon died:\n{}", d.log_text());
+    assert_eq!(active(&fx), expected);
+    assert!(!d.log_text().contains("panicked"));
+}
