@@ -288,7 +288,7 @@ impl Server {
         let peer = match sys::peer_cred(stream.as_fd()) {
             Ok(p) => p,
             Err(e) => {
-                return refuse(stream, &format!("cannot identify the client: {e}"));
+                return Some(refuse(stream, &format!("cannot identify the client: {e}")));
             }
         };
         let rights = self.access.rights(&peer);
@@ -298,7 +298,10 @@ impl Server {
                 peer.uid,
                 peer.pid
             );
-            return refuse(stream, "busy: too many control clients at once; retry");
+            return Some(refuse(
+                stream,
+                "busy: too many control clients at once; retry",
+            ));
         }
         let server = self.clone();
         let uid = peer.uid;
@@ -436,17 +439,17 @@ impl Server {
 
 /// Answers a client at once without a thread, and hands it back to linger in the accept
 /// loop until it has read the answer.
-fn refuse(stream: UnixStream, msg: &str) -> Option<Lingering> {
+fn refuse(stream: UnixStream, msg: &str) -> Lingering {
     let mut stream = stream;
     // The socket buffer is empty, so a one-line answer never blocks; non-blocking keeps the
     // accept loop safe from a client that does not read anyway.
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(protocol::error_response(msg).as_bytes());
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    Some(Lingering {
+    Lingering {
         stream,
         since: Instant::now(),
-    })
+    }
 }
 
 /// Discards what a refused client sent; false once it closed or `LINGER` passed.
