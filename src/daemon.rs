@@ -23,6 +23,8 @@ pub struct DaemonArgs {
     pub initial: Option<String>,
     pub control: Option<PathBuf>,
     pub control_group: Option<u32>,
+    /// May only read status and list over the control socket.
+    pub status_group: Option<u32>,
     pub state: Option<PathBuf>,
     pub threads: usize,
     pub cache_timeout: Duration,
@@ -222,9 +224,10 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     // SAFETY: geteuid cannot fail.
     let access = server::Access {
         owner_uid: unsafe { libc::geteuid() },
-        group: args.control_group,
+        control_group: args.control_group.map(server_group),
+        status_group: args.status_group.map(server_group),
     };
-    let listener = server::bind(&control_path, access)?;
+    let listener = server::bind(&control_path, &access)?;
     let cleanup_socket = SocketFile(control_path.clone());
     let releases = std::fs::canonicalize(&args.releases)
         .map_err(|e| format!("releases directory {}: {e}", args.releases.display()))?;
@@ -365,6 +368,22 @@ impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A group for the control server's messages, named while the daemon is still one thread
+/// (`getgrgid` is not thread safe).
+fn server_group(gid: u32) -> server::Group {
+    // SAFETY: getgrgid returns null or a pointer valid until the next such call.
+    let gr = unsafe { libc::getgrgid(gid) };
+    let name = if gr.is_null() {
+        gid.to_string()
+    } else {
+        // SAFETY: non-null result; gr_name is a valid C string.
+        unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    server::Group { gid, name }
 }
 
 /// The group id of `name` (a group name or a number).

@@ -47,11 +47,48 @@ pub fn parse_args_or_exit<P: clap::Parser>(prog: &str) -> P {
             ) {
                 e.exit();
             }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("{prog}: {first} (see {prog} --help)");
+            eprintln!("{prog}: {}", usage_error_line(prog, &e));
             std::process::exit(2);
         }
     }
+}
+
+/// One line for a clap usage error. Clap's first line alone would say "the following
+/// required arguments were not provided:" and name nothing, so a missing argument is named
+/// here, with the subcommand it belongs to.
+fn usage_error_line(prog: &str, e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    // Usage reads "Usage: PROG [SUBCOMMAND] [OPTIONS] <ARG>...": the subcommand is the word
+    // after PROG when it is neither an option nor an argument placeholder.
+    let usage = match e.get(ContextKind::Usage) {
+        Some(ContextValue::StyledStr(s)) => s.to_string(),
+        _ => String::new(),
+    };
+    let sub = usage
+        .split_whitespace()
+        .skip_while(|w| !w.ends_with(prog))
+        .nth(1)
+        .filter(|w| !w.starts_with(['[', '<', '-']));
+    let help = match sub {
+        Some(sub) => format!("{prog} {sub} --help"),
+        None => format!("{prog} --help"),
+    };
+    if e.kind() == ErrorKind::MissingRequiredArgument
+        && let Some(ContextValue::Strings(missing)) = e.get(ContextKind::InvalidArg)
+    {
+        let noun = if missing.len() == 1 {
+            "argument"
+        } else {
+            "arguments"
+        };
+        let whom = sub.map(|s| format!(" for '{s}'")).unwrap_or_default();
+        return format!(
+            "missing required {noun} {}{whom} (see {help})",
+            missing.join(", ")
+        );
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see {help})")
 }

@@ -33,9 +33,15 @@ struct Cli {
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
 
-    /// Let this group use the control socket too (mode 0660 instead of 0600).
+    /// Let members of this group switch, roll back and prune over the control socket, as
+    /// root can (the deploy user's group; never the web server's).
     #[arg(long, value_name = "GROUP", value_parser = group)]
     control_group: Option<u32>,
+
+    /// Let members of this group read `switchctl status` and `list` (and nothing else), e.g.
+    /// for monitoring or the web server's user.
+    #[arg(long, value_name = "GROUP", value_parser = group)]
+    status_group: Option<u32>,
 
     /// File recording the active release, written atomically before each switch is
     /// acknowledged [default: /var/lib/switchfs/<mount>-<hash>.state as root,
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
         initial: cli.initial,
         control: cli.control,
         control_group: cli.control_group,
+        status_group: cli.status_group,
         state: cli.state,
         threads: usize::from(cli.threads),
         cache_timeout: Duration::from_secs(u64::from(cli.cache_timeout)),

@@ -330,3 +330,118 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+// ---- Control socket: who is connected, and whether they hung up (control::server) ----
+
+/// The credentials of a Unix socket's peer, as the kernel recorded them at `connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (`SO_PEERGROUPS`); empty on kernels before 4.13.
+    pub groups: Vec<u32>,
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13+; the same value on every architecture but mips/sparc/parisc,
+/// which the libc crate does not export for Linux yet).
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// Who is on the other end of the Unix stream socket `fd`.
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writing and sized for SO_PEERCRED.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups: peer_groups(fd).unwrap_or_default(),
+    })
+}
+
+fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: groups is writable for len bytes.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if ret == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: the kernel wrote the size it needs into len.
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+}
+
+/// Waits up to `timeout` for the peer of socket `fd` to close its end completely, without
+/// reading anything. Polls for no event at all: POLLHUP and POLLERR are always reported,
+/// while POLLIN/POLLRDHUP would also fire for a client that merely half-closed after its
+/// request (as `socat` does) and still waits for the answer.
+pub fn wait_hangup(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+/// Waits up to `timeout` for `fd` to become readable (a listener: a client is waiting).
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(n > 0)
+}

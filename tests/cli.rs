@@ -173,7 +173,7 @@ fn malformed_and_hostile_socket_traffic_changes_nothing() {
         .collect();
     let again = raw(&fx, b"ping\n");
     assert!(
-        again == "ok\npong\n" || again.starts_with("error: too many"),
+        again == "ok\npong\n" || again.starts_with("error: busy: too many"),
         "{again:?}"
     );
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
@@ -454,4 +454,62 @@ fn wait_drain_waits_for_the_previous_release_to_be_unused() {
     );
     let text = stdout(&fx.ctl(&["status"]));
     assert!(text.contains("  1: unused since 20"), "{text}");
+}
+
+// README "Usage": a usage error is one line that names what is missing, exit 2.
+#[test]
+fn usage_errors_name_the_missing_argument() {
+    let cases: [(&str, &[&str], &str); 5] = [
+        (
+            SWITCHCTL,
+            &["activate"],
+            "switchctl: missing required argument <NAME> for 'activate' (see switchctl activate --help)",
+        ),
+        (
+            SWITCHCTL,
+            &["--control", "/nonexistent.sock", "prune"],
+            "switchctl: missing required argument --keep <N> for 'prune' (see switchctl prune --help)",
+        ),
+        (
+            SWITCHFS,
+            &["/tmp"],
+            "switchfs: missing required argument --releases <DIR> (see switchfs --help)",
+        ),
+        (
+            SWITCHFS,
+            &["--releases", "/tmp"],
+            "switchfs: missing required argument <MOUNTPOINT> (see switchfs --help)",
+        ),
+        (
+            SWITCHCTL,
+            &["status", "--bogus"],
+            "switchctl: unexpected argument '--bogus' found (see switchctl status --help)",
+        ),
+    ];
+    for (prog, args, want) in cases {
+        let out = Command::new(prog).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(one_line_error(&out), want, "{args:?}");
+    }
+}
+
+// README "Usage", `switchctl` exit codes: activating the active release is success (0), and
+// the help says so.
+#[test]
+fn already_active_exits_zero_as_the_help_says() {
+    let help = Command::new(SWITCHCTL)
+        .args(["activate", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&help);
+    assert!(
+        help.contains("Exit 0 when switched or NAME was already active"),
+        "{help}"
+    );
+    let fx = Fixture::new("already");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    let out = fx.ctl(&["activate", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "release 1 is already active\n");
 }

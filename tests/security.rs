@@ -85,7 +85,7 @@ fn the_control_socket_refuses_other_users() {
         "2",
     ]);
     let err = one_line_error(&out);
-    assert!(err.contains("Permission denied"), "{err}");
+    assert!(err.contains("permission denied on control socket"), "{err}");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
     // The owner (root here) is logged with every change.
     fx.activate("2");

@@ -38,8 +38,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve release NAME. Returns once every new lookup under the mount sees it.
-    /// Exit 0 when switched, 1 when nothing changed (with the reason), 3 when switched
-    /// but an --on-activate hook failed or the previous release did not drain in time.
+    /// Exit 0 when switched or NAME was already active, 1 when refused (nothing changed,
+    /// with the reason), 3 when switched but an --on-activate hook failed or the previous
+    /// release did not drain in time.
     Activate {
         #[arg(value_name = "NAME", value_parser = release_name)]
         name: String,

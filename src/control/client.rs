@@ -4,37 +4,62 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control::protocol::{self, Failure, Request};
 use crate::core::CONTROL_XATTR;
 
-/// Sends `req` to the daemon at `socket` and returns the response body.
+/// How long `request` keeps retrying while the daemon answers `busy` (too many clients).
+const BUSY_RETRY: Duration = Duration::from_secs(10);
+
+/// Sends `req` to the daemon at `socket` and returns the response body. A `busy` answer
+/// (the daemon is at its client limit, e.g. under a flood of slow clients) is retried for a
+/// while: the daemon frees slots within seconds, and an operator would retry anyway.
 ///
 /// # Errors
 /// The socket cannot be reached, the daemon refused, or it answered with an error or a
 /// partial success (its message).
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<String, Failure> {
+    let give_up = Instant::now() + BUSY_RETRY.min(timeout);
+    loop {
+        match request_once(socket, req, timeout) {
+            Err(Failure::Error(msg)) if msg.starts_with("busy:") && Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn request_once(socket: &Path, req: &Request, timeout: Duration) -> Result<String, Failure> {
     let shown = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|e| {
-        let hint = match e.kind() {
+        Failure::Error(match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                " (is switchfs running?)"
+                format!("cannot reach switchfs at {shown}: {e} (is switchfs running?)")
             }
-            _ => "",
-        };
-        Failure::Error(format!("cannot reach switchfs at {shown}: {e}{hint}"))
+            std::io::ErrorKind::PermissionDenied => format!(
+                "permission denied on control socket {shown}: ask root, or start switchfs \
+                 with --control-group GROUP (switching) or --status-group GROUP (status/list)"
+            ),
+            _ => format!("cannot reach switchfs at {shown}: {e}"),
+        })
     })?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let line = format!("{}\n", req.to_line());
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| Failure::Error(format!("cannot send to switchfs at {shown}: {e}")))?;
+    // A daemon that refuses at once (busy) may have closed before the request is sent; its
+    // answer is still waiting to be read, so a failed send is reported only without one.
+    let sent = stream.write_all(line.as_bytes());
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| Failure::Error(format!("no answer from switchfs at {shown}: {e}")))?;
+    let received = stream.read_to_end(&mut raw);
+    // An error after a complete answer (the daemon closed with bytes of ours unread) does not
+    // undo the answer.
+    if !raw.is_empty() && raw.ends_with(b"\n") {
+        return protocol::parse_response(&raw);
+    }
+    sent.map_err(|e| Failure::Error(format!("cannot send to switchfs at {shown}: {e}")))?;
+    received.map_err(|e| Failure::Error(format!("no answer from switchfs at {shown}: {e}")))?;
     protocol::parse_response(&raw)
 }
 

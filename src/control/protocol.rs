@@ -5,6 +5,11 @@
 //! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
 //! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
 //! previous release did not drain in time).
+//!
+//! Release names travel percent-encoded (`%20` for a space, `%25` for `%`, control bytes as
+//! `%XX`; everything else, UTF-8 included, as is), so a name with spaces can never be read as
+//! a name plus arguments: `activate 4%20drain=0` is the directory `4 drain=0`, `activate 4
+//! drain=0` is release `4` with a drain wait. A plain name like `43` encodes to itself.
 
 use crate::names::validate_release_name;
 
@@ -43,7 +48,9 @@ impl Request {
     /// The wire form, without the newline.
     pub fn to_line(&self) -> String {
         match self {
-            Request::Activate { name, drain } => format!("activate {name}{}", drain_arg(*drain)),
+            Request::Activate { name, drain } => {
+                format!("activate {}{}", encode_name(name), drain_arg(*drain))
+            }
             Request::Rollback { drain } => format!("rollback{}", drain_arg(*drain)),
             Request::Prune { keep, apply } => {
                 format!("prune {keep}{}", if *apply { " yes" } else { "" })
@@ -52,6 +59,74 @@ impl Request {
             Request::List { json } => format!("list{}", if *json { " json" } else { "" }),
             Request::Ping => "ping".into(),
         }
+    }
+}
+
+/// The wire form of a release name: percent-encodes `%`, space and control bytes, the only
+/// bytes that could split or end a request line or be mistaken for an escape.
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for ch in name.chars() {
+        if ch == '%' || ch == ' ' || ch.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", ch as u32));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Undoes `encode_name`; strict, so a malformed escape is refused instead of guessed at.
+///
+/// # Errors
+/// A `%` not followed by two hex digits, or escapes that do not form UTF-8.
+pub fn decode_name(wire: &str) -> Result<String, String> {
+    let bytes = wire.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| {
+                format!(
+                    "bad escape in release name {:?} (write % as %25, a space as %20)",
+                    truncate(wire, 60)
+                )
+            })?;
+        out.push(hex);
+        i += 3;
+    }
+    String::from_utf8(out).map_err(|_| "release name is not UTF-8".to_string())
+}
+
+impl Request {
+    /// The command word of a request, for messages (`activate`, `status`, ...).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Activate { .. } => "activate",
+            Request::Rollback { .. } => "rollback",
+            Request::Status { .. } => "status",
+            Request::List { .. } => "list",
+            Request::Prune { .. } => "prune",
+            Request::Ping => "ping",
+        }
+    }
+
+    /// Whether the request can change what is served or delete releases, so needs root or
+    /// the control group; the rest only reads.
+    pub fn changes_things(&self) -> bool {
+        matches!(
+            self,
+            Request::Activate { .. } | Request::Rollback { .. } | Request::Prune { .. }
+        )
     }
 }
 
@@ -94,9 +169,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 Some((name, rest)) => (name, Some(rest)),
                 None => (arg, None),
             };
-            validate_release_name(name)?;
+            let name = decode_name(name)?;
+            validate_release_name(&name)?;
             Ok(Request::Activate {
-                name: name.to_string(),
+                name,
                 drain: parse_drain(rest)?,
             })
         }
@@ -230,6 +306,14 @@ mod tests {
             Request::Status { json: true },
             Request::List { json: true },
             Request::Ping,
+            Request::Activate {
+                name: "4 drain=0".into(),
+                drain: None,
+            },
+            Request::Activate {
+                name: "ünï cödé 100%".into(),
+                drain: Some(1),
+            },
         ] {
             assert_eq!(parse_request(req.to_line().as_bytes()), Ok(req));
         }
@@ -256,9 +340,38 @@ mod tests {
             b"status yaml",
             b"\xff\xfe",
             b"DROP TABLE",
+            b"activate 4%2",
+            b"activate 4%zz",
+            b"activate %ff",
+            b"activate a%0Ab",
+            b"activate a%2Fb",
+            b"activate %2E%2E",
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_with_spaces_and_escapes_are_carried_exactly() {
+        assert_eq!(encode_name("43"), "43");
+        assert_eq!(encode_name("4 drain=0"), "4%20drain=0");
+        assert_eq!(encode_name("ünï"), "ünï");
+        assert_eq!(encode_name("a%b\tc"), "a%25b%09c");
+        assert_eq!(
+            parse_request(b"activate 4 drain=0"),
+            Ok(Request::Activate {
+                name: "4".into(),
+                drain: Some(0)
+            })
+        );
+        assert_eq!(
+            parse_request(b"activate 4%20drain=0"),
+            Ok(Request::Activate {
+                name: "4 drain=0".into(),
+                drain: None
+            })
+        );
+        assert_eq!(decode_name("%c3%BC"), Ok("ü".into()));
     }
 
     #[test]

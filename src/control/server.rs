@@ -1,31 +1,129 @@
 //! The daemon's side of the control socket.
 //!
-//! The socket is created mode 0600 (0660 with a control group) before any client can connect,
-//! a live socket at the same path means another daemon and is refused, a stale one (nothing
-//! listening) is replaced. Each client gets its own thread with read and write timeouts, so a
-//! slow or silent client cannot hold up others; the number of clients at once is capped.
-
+//! The socket is created mode 0600 (wider with groups, see `set_socket_mode`) before any
+//! client can connect, a live socket at the same path means another daemon and is refused, a
+//! stale one (nothing listening) is replaced.
+//!
+//! Rights come from the peer's credentials, per request kind: root, the daemon's own user and
+//! members of `--control-group` may do everything; members of `--status-group` may only read
+//! (`status`, `list`, `ping`); anyone else gets a one-line refusal.
+//!
+//! Each client gets its own thread and the whole request line must arrive within
+//! `REQUEST_DEADLINE`, however slowly it trickles in. Clients at once are capped, per user and
+//! in total, with slots kept back for peers that may switch, so a flood of slow clients from
+//! the web server's user cannot lock the operator out. A client refused for being one too
+//! many still reads `error: busy: ...`: every answer is followed by a half-close and a short
+//! wait for the client to close first, because closing a Unix socket with unread bytes in it
+//! resets the connection and the client would lose the answer.
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
 use crate::control::render;
 use crate::core::{Core, Switched};
 use crate::hooks::Hooks;
+use crate::sys::{self, PeerCred};
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole request line must arrive within this, from `accept` on.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest a write of the answer may block (a client that does not read).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After answering, how long to wait for the client to close before closing anyway.
+const LINGER: Duration = Duration::from_secs(1);
+/// Clients served at once, in total.
 const MAX_CLIENTS: usize = 64;
+/// Of those, slots only peers that may switch can take.
+const ADMIN_RESERVE: usize = 16;
+/// Slots one user without switching rights can hold at once.
+const MAX_PER_USER: usize = 8;
+/// Refused clients kept open at once for their answer to be read.
+const MAX_LINGERING: usize = 256;
 
-/// Who may use the socket beyond root and the daemon's own user.
-#[derive(Debug, Clone, Copy)]
+/// A group given on the command line, with its name for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub gid: u32,
+    pub name: String,
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == self.gid.to_string() {
+            write!(f, "gid {}", self.gid)
+        } else {
+            write!(f, "{}, gid {}", self.name, self.gid)
+        }
+    }
+}
+
+/// Who may do what beyond root and the daemon's own user.
+#[derive(Debug, Clone)]
 pub struct Access {
     pub owner_uid: u32,
-    pub group: Option<u32>,
+    /// May switch, roll back and prune (and read).
+    pub control_group: Option<Group>,
+    /// May only read: status, list, ping.
+    pub status_group: Option<Group>,
+}
+
+/// What a peer may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rights {
+    All,
+    ReadOnly,
+    Nothing,
+}
+
+impl Access {
+    /// The rights of `peer`, from the credentials the kernel recorded at connect (its uid,
+    /// primary group and supplementary groups), never from anything the peer says.
+    pub fn rights(&self, peer: &PeerCred) -> Rights {
+        let member = |g: &Option<Group>| {
+            g.as_ref()
+                .is_some_and(|g| peer.gid == g.gid || peer.groups.contains(&g.gid))
+        };
+        if peer.uid == 0 || peer.uid == self.owner_uid || member(&self.control_group) {
+            Rights::All
+        } else if member(&self.status_group) {
+            Rights::ReadOnly
+        } else {
+            Rights::Nothing
+        }
+    }
+
+    /// Why `request` is refused to a peer with `rights`, or `None` when it is allowed.
+    fn refusal(&self, request: &Request, rights: Rights) -> Option<String> {
+        let control = match &self.control_group {
+            Some(g) => format!("--control-group ({g})"),
+            None => "--control-group (none set)".to_string(),
+        };
+        let verb = request.verb();
+        match rights {
+            Rights::All => None,
+            Rights::ReadOnly if !request.changes_things() => None,
+            Rights::ReadOnly => Some(format!(
+                "permission denied: {verb} needs root or a member of {control}"
+            )),
+            Rights::Nothing if request.changes_things() => Some(format!(
+                "permission denied: {verb} needs root or a member of {control}"
+            )),
+            Rights::Nothing => Some(format!(
+                "permission denied: {verb} needs root or a member of {control} or of \
+                 --status-group ({})",
+                self.status_group
+                    .as_ref()
+                    .map_or("none set".to_string(), |g| g.to_string())
+            )),
+        }
+    }
 }
 
 /// Creates the control socket at `path`.
@@ -36,7 +134,7 @@ pub struct Access {
 /// # Errors
 /// A one-line message: another daemon is listening, the path is something else, or the
 /// socket cannot be created.
-pub fn bind(path: &Path, access: Access) -> Result<UnixListener, String> {
+pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
     let shown = path.display();
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -74,21 +172,44 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, String> {
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| format!("cannot create control socket {shown}: {e}"))?;
-    if let Some(gid) = access.group {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| format!("control socket path {shown} contains NUL"))?;
-        // SAFETY: valid C string; uid -1 leaves the owner unchanged.
-        if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
-            let e = io::Error::last_os_error();
-            let _ = std::fs::remove_file(path);
-            return Err(format!(
-                "cannot give control socket {shown} to group {gid}: {e}"
-            ));
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| format!("cannot chmod control socket {shown}: {e}"))?;
-    }
+    set_socket_mode(path, access).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })?;
     Ok(listener)
+}
+
+/// Opens the socket file to exactly the peers that have some right, as far as a file mode
+/// can say it: nobody else (0600) without groups; the one group (0660) when one is given, or
+/// both are the same; everyone (0666) for two different groups, since a file has one group.
+/// The mode only decides who may connect: every request is authorized again by the peer's
+/// credentials (`SO_PEERCRED`/`SO_PEERGROUPS`) for its kind, see `Access::rights`. An ACL or a
+/// group-owned directory per group would depend on the filesystem under /run supporting ACLs
+/// and on the path layout the operator chose, for no extra safety.
+fn set_socket_mode(path: &Path, access: &Access) -> Result<(), String> {
+    let shown = path.display();
+    let gids: Vec<u32> = [&access.control_group, &access.status_group]
+        .into_iter()
+        .flatten()
+        .map(|g| g.gid)
+        .collect();
+    let mode = match gids.as_slice() {
+        [] => return Ok(()),
+        [gid] | [gid, _] if gids.iter().all(|g| g == gid) => {
+            let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("control socket path {shown} contains NUL"))?;
+            // SAFETY: valid C string; uid -1 leaves the owner unchanged.
+            if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, *gid) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(format!(
+                    "cannot give control socket {shown} to group {gid}: {e}"
+                ));
+            }
+            0o660
+        }
+        _ => 0o666,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot chmod control socket {shown}: {e}"))
 }
 
 /// Serves control requests on `listener` until the process exits.
@@ -98,100 +219,144 @@ pub fn spawn(
     hooks: Arc<Hooks>,
     access: Access,
 ) -> io::Result<()> {
-    let clients = Arc::new(AtomicUsize::new(0));
+    let server = Arc::new(Server {
+        core,
+        hooks,
+        access,
+        slots: Mutex::new(Slots::default()),
+    });
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("control socket accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                };
-                if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                    clients.fetch_sub(1, Ordering::SeqCst);
-                    let mut stream = stream;
-                    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-                    let _ = stream.write_all(
-                        protocol::error_response("too many control clients at once; retry")
-                            .as_bytes(),
-                    );
-                    continue;
-                }
-                let core = core.clone();
-                let hooks = hooks.clone();
-                let clients = clients.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("control-client".into())
-                    .spawn(move || {
-                        serve_client(stream, &core, &hooks, access);
-                        clients.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if let Err(e) = spawned {
-                    log::warn!("cannot start a control client thread: {e}");
-                }
-            }
-        })?;
+        .spawn(move || server.accept_loop(&listener))?;
     Ok(())
 }
 
-/// The connecting process's credentials.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
+struct Server {
+    core: Arc<Core>,
+    hooks: Arc<Hooks>,
+    access: Access,
+    slots: Mutex<Slots>,
 }
 
-fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for writing and sized for SO_PEERCRED.
-    let ret = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(stream),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
-    })
+/// Clients being served: in total and per user without switching rights.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    per_user: HashMap<u32, usize>,
 }
 
-fn allowed(peer: Peer, access: Access) -> bool {
-    // Group members other than by primary group are admitted by the socket's file mode;
-    // this check is the second lock for the common case.
-    peer.uid == 0 || peer.uid == access.owner_uid || access.group.is_some()
+/// A client refused at accept, kept open until it has read its answer and closed.
+struct Lingering {
+    stream: UnixStream,
+    since: Instant,
 }
 
-fn serve_client(mut stream: UnixStream, core: &Core, hooks: &Hooks, access: Access) {
-    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let response = match peer_of(&stream) {
-        Err(e) => protocol::error_response(&format!("cannot identify the client: {e}")),
-        Ok(peer) if !allowed(peer, access) => {
-            log::warn!("refused control client uid={} pid={}", peer.uid, peer.pid);
-            protocol::error_response("permission denied")
+impl Server {
+    fn accept_loop(self: Arc<Self>, listener: &UnixListener) {
+        let mut lingering: Vec<Lingering> = Vec::new();
+        loop {
+            // Wake up now and then while refused clients wait to be closed.
+            let wait = if lingering.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(100)
+            };
+            let ready = sys::wait_readable(listener.as_fd(), wait).unwrap_or(true);
+            lingering.retain_mut(still_lingering);
+            if !ready {
+                continue;
+            }
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    log::warn!("control socket accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if let Some(refused) = self.admit(stream) {
+                if lingering.len() >= MAX_LINGERING {
+                    lingering.remove(0);
+                }
+                lingering.push(refused);
+            }
         }
-        Ok(peer) => match read_request(&mut stream) {
+    }
+
+    /// Starts a thread for the client, or answers it at once and returns it to linger.
+    fn admit(self: &Arc<Self>, stream: UnixStream) -> Option<Lingering> {
+        let peer = match sys::peer_cred(stream.as_fd()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Some(refuse(stream, &format!("cannot identify the client: {e}")));
+            }
+        };
+        let rights = self.access.rights(&peer);
+        if !self.take_slot(&peer, rights) {
+            log::warn!(
+                "control client uid={} pid={} refused: too many clients at once",
+                peer.uid,
+                peer.pid
+            );
+            return Some(refuse(
+                stream,
+                "busy: too many control clients at once; retry",
+            ));
+        }
+        let server = self.clone();
+        let uid = peer.uid;
+        let spawned = std::thread::Builder::new()
+            .name("control-client".into())
+            .spawn(move || {
+                server.serve_client(stream, &peer, rights);
+                server.give_slot(peer.uid, rights);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a control client thread: {e}");
+            self.give_slot(uid, rights);
+        }
+        None
+    }
+
+    /// Takes a slot if `peer` may have one: switchers may use all of them, others leave
+    /// `ADMIN_RESERVE` free and hold at most `MAX_PER_USER` each.
+    fn take_slot(&self, peer: &PeerCred, rights: Rights) -> bool {
+        let mut slots = self.slots.lock();
+        if rights == Rights::All {
+            if slots.total >= MAX_CLIENTS {
+                return false;
+            }
+        } else {
+            let mine = slots.per_user.get(&peer.uid).copied().unwrap_or(0);
+            if slots.total >= MAX_CLIENTS - ADMIN_RESERVE || mine >= MAX_PER_USER {
+                return false;
+            }
+            slots.per_user.insert(peer.uid, mine + 1);
+        }
+        slots.total += 1;
+        true
+    }
+
+    fn give_slot(&self, uid: u32, rights: Rights) {
+        let mut slots = self.slots.lock();
+        slots.total = slots.total.saturating_sub(1);
+        if rights != Rights::All
+            && let Some(n) = slots.per_user.get_mut(&uid)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                slots.per_user.remove(&uid);
+            }
+        }
+    }
+
+    fn serve_client(&self, mut stream: UnixStream, peer: &PeerCred, rights: Rights) {
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let response = match read_request(&mut stream, deadline) {
             // A bare connect and close: another daemon probing whether we are alive.
             Ok(None) => return,
-            Ok(Some(line)) => respond(core, hooks, &line, peer),
+            Ok(Some(line)) => self.respond(&line, peer, rights, &stream),
             Err(msg) => {
                 log::info!(
                     "bad control request from uid={} pid={}: {msg}",
@@ -200,19 +365,144 @@ fn serve_client(mut stream: UnixStream, core: &Core, hooks: &Hooks, access: Acce
                 );
                 protocol::error_response(&msg)
             }
-        },
-    };
-    if let Err(e) = stream.write_all(response.as_bytes()) {
-        log::debug!("control client went away before the answer: {e}");
+        };
+        if let Err(e) = stream.write_all(response.as_bytes()) {
+            log::debug!("control client went away before the answer: {e}");
+            return;
+        }
+        linger(&mut stream);
+    }
+
+    fn respond(&self, line: &[u8], peer: &PeerCred, rights: Rights, client: &UnixStream) -> String {
+        let (core, hooks) = (&*self.core, &*self.hooks);
+        let request = match protocol::parse_request(line) {
+            Ok(r) => r,
+            Err(msg) => {
+                log::info!(
+                    "malformed control request from uid={} pid={}: {msg}",
+                    peer.uid,
+                    peer.pid
+                );
+                return protocol::error_response(&msg);
+            }
+        };
+        if let Some(msg) = self.access.refusal(&request, rights) {
+            log::warn!(
+                "refused {} from uid={} gid={} pid={}: {msg}",
+                request.verb(),
+                peer.uid,
+                peer.gid,
+                peer.pid
+            );
+            return protocol::error_response(&msg);
+        }
+        let who = format!("uid={} gid={} pid={}", peer.uid, peer.gid, peer.pid);
+        let result = match request {
+            Request::Activate { name, drain } => {
+                return after_switch(core, hooks, core.activate(&name, &who), drain, client);
+            }
+            Request::Rollback { drain } => {
+                return after_switch(core, hooks, core.rollback(&who), drain, client);
+            }
+            Request::Prune { keep, apply } => core.prune(keep, apply),
+            Request::Status { json } => {
+                let st = core.status();
+                Ok(if json {
+                    render::status_json(&st)
+                } else {
+                    render::status_text(&st)
+                })
+            }
+            Request::List { json } => core.list().map(|names| {
+                let active = core.active();
+                let (a, p) = (active.name(), active.previous.as_deref());
+                if json {
+                    render::list_json(&names, a, p)
+                } else {
+                    render::list_text(&names, a, p)
+                }
+            }),
+            Request::Ping => Ok("pong".into()),
+        };
+        match result {
+            Ok(body) => protocol::ok_response(&body),
+            Err(msg) => {
+                log::warn!(
+                    "control request {:?} from {who} failed: {msg}",
+                    String::from_utf8_lossy(line)
+                );
+                protocol::error_response(&msg)
+            }
+        }
     }
 }
 
-/// Reads one request line; EOF ends it too (for clients that half-close). `None` when the
-/// client closed without sending a byte.
-fn read_request(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
+/// Answers a client at once without a thread, and hands it back to linger in the accept
+/// loop until it has read the answer.
+fn refuse(stream: UnixStream, msg: &str) -> Lingering {
+    let mut stream = stream;
+    // The socket buffer is empty, so a one-line answer never blocks; non-blocking keeps the
+    // accept loop safe from a client that does not read anyway.
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(protocol::error_response(msg).as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Lingering {
+        stream,
+        since: Instant::now(),
+    }
+}
+
+/// Discards what a refused client sent; false once it closed or `LINGER` passed.
+fn still_lingering(l: &mut Lingering) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match l.stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return l.since.elapsed() < LINGER;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// After the answer: half-close, then read and discard whatever the client still sends
+/// (bytes after its request line) until it closes or `LINGER` passes. Closing with unread
+/// bytes would reset the connection and could cost the client the answer it has not read.
+fn linger(stream: &mut UnixStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads one request line, all of it before `deadline` (a client trickling one byte at a
+/// time cannot hold its slot longer); EOF ends it too (for clients that half-close). `None`
+/// when the client closed without sending a byte.
+fn read_request(stream: &mut UnixStream, deadline: Instant) -> Result<Option<Vec<u8>>, String> {
     let mut line = Vec::with_capacity(128);
     let mut buf = [0u8; 512];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| format!("cannot read the request: {e}"))?;
         let n = match stream.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -222,7 +512,7 @@ fn read_request(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err("timed out waiting for the request line".into());
+                return Err(timed_out());
             }
             Err(e) => return Err(format!("cannot read the request: {e}")),
         };
@@ -240,12 +530,49 @@ fn read_request(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
+fn timed_out() -> String {
+    format!(
+        "timed out waiting for the request line (send it within {} s)",
+        REQUEST_DEADLINE.as_secs()
+    )
+}
+
+/// How a `drain=` wait ended.
+enum Drain {
+    Drained,
+    StillUsed,
+    ClientGone,
+}
+
+/// Waits up to `secs` for `previous` to be unused, checking between /proc scans whether the
+/// client is still there: nobody would read the answer, so a client that gave up (Ctrl-C on
+/// `switchctl --wait-drain=600`) ends the wait instead of leaving the daemon scanning /proc
+/// ten times a second for the rest of it. The switch itself stays.
+fn wait_drained(core: &Core, previous: &str, secs: u32, client: &UnixStream) -> Drain {
+    let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
+    loop {
+        if core.wait_unused(previous, Duration::ZERO) {
+            return Drain::Drained;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Drain::StillUsed;
+        }
+        let pause = left.min(Duration::from_millis(100));
+        match sys::wait_hangup(client.as_fd(), pause) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return Drain::ClientGone,
+        }
+    }
+}
+
 /// Runs the hooks and the optional drain wait after a switch, and words the answer.
 fn after_switch(
     core: &Core,
     hooks: &Hooks,
     switched: Result<Switched, String>,
     drain: Option<u32>,
+    client: &UnixStream,
 ) -> String {
     let sw = match switched {
         Ok(sw) => sw,
@@ -263,67 +590,26 @@ fn after_switch(
         problems.push(e);
     }
     if let (Some(secs), Some(previous), true) = (drain, sw.from.as_deref(), sw.changed) {
-        if core.wait_unused(previous, Duration::from_secs(u64::from(secs))) {
-            message.push_str(&format!("; release {previous} is no longer in use"));
-        } else {
-            problems.push(format!("release {previous} is still in use after {secs} s"));
+        match wait_drained(core, previous, secs, client) {
+            Drain::Drained => {
+                message.push_str(&format!("; release {previous} is no longer in use"));
+            }
+            Drain::StillUsed => {
+                problems.push(format!("release {previous} is still in use after {secs} s"));
+            }
+            Drain::ClientGone => {
+                log::info!(
+                    "stopped waiting for release {previous} to drain: the client hung up \
+                     (the switch to {} stays)",
+                    sw.to
+                );
+                problems.push("the client hung up during the drain wait".into());
+            }
         }
     }
     if problems.is_empty() {
         protocol::ok_response(&message)
     } else {
         protocol::partial_response(&format!("{message}, but {}", problems.join("; ")))
-    }
-}
-
-fn respond(core: &Core, hooks: &Hooks, line: &[u8], peer: Peer) -> String {
-    let request = match protocol::parse_request(line) {
-        Ok(r) => r,
-        Err(msg) => {
-            log::info!(
-                "malformed control request from uid={} pid={}: {msg}",
-                peer.uid,
-                peer.pid
-            );
-            return protocol::error_response(&msg);
-        }
-    };
-    let who = format!("uid={} gid={} pid={}", peer.uid, peer.gid, peer.pid);
-    let result = match request {
-        Request::Activate { name, drain } => {
-            return after_switch(core, hooks, core.activate(&name, &who), drain);
-        }
-        Request::Rollback { drain } => {
-            return after_switch(core, hooks, core.rollback(&who), drain);
-        }
-        Request::Prune { keep, apply } => core.prune(keep, apply),
-        Request::Status { json } => {
-            let st = core.status();
-            Ok(if json {
-                render::status_json(&st)
-            } else {
-                render::status_text(&st)
-            })
-        }
-        Request::List { json } => core.list().map(|names| {
-            let active = core.active();
-            let (a, p) = (active.name(), active.previous.as_deref());
-            if json {
-                render::list_json(&names, a, p)
-            } else {
-                render::list_text(&names, a, p)
-            }
-        }),
-        Request::Ping => Ok("pong".into()),
-    };
-    match result {
-        Ok(body) => protocol::ok_response(&body),
-        Err(msg) => {
-            log::warn!(
-                "control request {:?} from {who} failed: {msg}",
-                String::from_utf8_lossy(line)
-            );
-            protocol::error_response(&msg)
-        }
     }
 }
