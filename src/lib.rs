@@ -16,6 +16,7 @@ pub mod handles;
 pub mod hooks;
 pub mod inodes;
 pub mod invalidate;
+pub mod mounts;
 pub mod mtimes;
 pub mod names;
 pub mod paths;
