@@ -401,7 +401,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         dev_fuse,
         expire_only,
     )));
-    raise_readahead(&mount_point);
+    raise_readahead(ours.dev);
     let hooks = Arc::new(Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
@@ -464,10 +464,8 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
 /// The kernel gives a FUSE mount the default 128 KiB readahead, so a cold sequential read
 /// costs one round trip to the daemon per 128 KiB. 1 MiB (FUSE's largest request) makes
 /// large static files stream at close to the disk's speed. Best effort: needs root.
-fn raise_readahead(mount_point: &Path) {
-    let Some((dev, _)) = crate::procscan::dev_ino(mount_point) else {
-        return;
-    };
+/// `dev` is our connection's device, not a stat of the path, which another mount could cover.
+fn raise_readahead(dev: u64) {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     match std::fs::write(&knob, "1024") {

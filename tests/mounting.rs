@@ -358,3 +358,19 @@ fn a_moved_mount_is_taken_down_where_it_went() {
     assert_nothing_mounted(&fx);
     assert!(d.log_text().contains("unmounted; bye"), "{}", d.log_text());
 }
+
+#[test]
+fn an_aborted_connection_ends_the_daemon_and_its_dead_mount_goes_with_it() {
+    let fx = Fixture::new("aborted");
+    fx.two_releases();
+    let mut d = fx.start(&["--initial", "1"]);
+    assert_eq!(fx.read("only-in-1.txt"), "gone in 2");
+    abort_fuse_connection(&fx.mnt());
+    assert!(d.stop_with(0).success(), "{}", d.log_text());
+    assert_nothing_mounted(&fx);
+    assert!(
+        d.log_text().contains("detached our mount"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -503,3 +503,27 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Aborts the FUSE connection of the mount on top at `path` (through fusectl, mounted on
+/// /sys/fs/fuse/connections if it is not yet): what an operator does to free a hung mount.
+pub fn abort_fuse_connection(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .dev();
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(conns).map(|d| d.count()).unwrap_or(0) == 0 {
+        let status = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(conns)
+            .status()
+            .expect("cannot run mount");
+        assert!(
+            status.success(),
+            "cannot mount fusectl on {}",
+            conns.display()
+        );
+    }
+    let abort = conns.join(libc::minor(dev).to_string()).join("abort");
+    std::fs::write(&abort, "1").unwrap_or_else(|e| panic!("{}: {e}", abort.display()));
+}
