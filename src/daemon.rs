@@ -386,7 +386,14 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot start the FUSE session: {e}"))?,
     );
-    let ours = mounts::identify(&mount_point, &fsname, &control_path)?;
+    let ours = match mounts::identify(&mount_point, &fsname, &control_path) {
+        Ok(ours) => ours,
+        Err(e) => {
+            // Without an identity there is no safe unmount at shutdown: do not serve.
+            mounts::detach_if_serving(&mount_point, &control_path);
+            return Err(e);
+        }
+    };
     log::debug!(
         "our mount: id {}, device {}:{}",
         ours.id,

@@ -188,6 +188,18 @@ pub fn identify(mount_point: &Path, fsname: &str, control: &Path) -> Result<OurM
     }
 }
 
+/// Detaches the mount on top at `mount_point` if its root answers the control xattr with
+/// `control` (so it is this daemon's): the cleanup when `identify` failed after mounting.
+/// Returns whether it did.
+pub fn detach_if_serving(mount_point: &Path, control: &Path) -> bool {
+    let Ok(root) = sys::open_dir_path(mount_point, true) else {
+        return false;
+    };
+    let answers = crate::control::client::query_control_xattr(&sys::fd_path(root.as_fd()))
+        .is_ok_and(|socket| socket == control);
+    answers && detach(root, mount_point).is_ok()
+}
+
 /// What `unmount` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unmounted {
