@@ -45,10 +45,15 @@ pub fn inode_budget(limit: u64, threads: usize) -> Result<usize, String> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let min = min_limit(threads);
     if limit < min {
+        let fewer = if min > min_limit(1) {
+            " or use fewer --threads"
+        } else {
+            ""
+        };
         return Err(format!(
             "the open file limit (RLIMIT_NOFILE) is {limit}, too small: switchfs with \
              {threads} threads needs at least {min}; raise the hard limit (LimitNOFILE= in the \
-             unit, ulimit -Hn) or use fewer --threads"
+             unit, ulimit -Hn){fewer}"
         ));
     }
     Ok(limit - reserve(limit, threads))
@@ -224,7 +229,12 @@ mod tests {
         assert_eq!(inode_budget(1_048_576, 4), Ok(1_048_576 - 1024));
         assert_eq!(reserve(100_000, 256), 1024.max(reserve_floor(256)));
         assert!(inode_budget(255, 4).unwrap_err().contains("at least 256"));
-        assert!(inode_budget(256, 256).is_err(), "more threads need more");
+        assert!(!inode_budget(255, 4).unwrap_err().contains("--threads"));
+        let many = inode_budget(256, 256).unwrap_err();
+        assert!(
+            many.contains("fewer --threads"),
+            "more threads need more: {many}"
+        );
         for limit in [256u64, 300, 1000, 5000, 1 << 20] {
             let budget = inode_budget(limit, 4).unwrap();
             assert!(budget >= 128 && budget + reserve_floor(4) <= limit as usize);
