@@ -40,7 +40,7 @@ fn is_root() -> bool {
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
-/// itself (on a dead mount even a stat can fail).
+/// itself (on a dead mount even a stat can fail), unless it ends in `..`.
 fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
     let shown = mount_point.display();
     let abs = std::path::absolute(mount_point).map_err(|e| format!("mount point {shown}: {e}"))?;
@@ -48,7 +48,7 @@ fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
         (Some(parent), Some(name)) => std::fs::canonicalize(parent)
             .map(|p| p.join(name))
             .map_err(|e| format!("mount point {shown}: {e}")),
-        _ => Ok(abs),
+        _ => std::fs::canonicalize(&abs).map_err(|e| format!("mount point {shown}: {e}")),
     }
 }
 

@@ -101,7 +101,8 @@ fn a_draining_daemon_never_unmounts_its_successor() {
 fn a_second_daemon_on_a_served_mount_point_is_refused_however_it_is_spelled() {
     let fx = Fixture::new("twice");
     fx.two_releases();
-    let mut first = fx.start(&["--initial", "1"]);
+    // A short stop timeout: the bind of our mount made below keeps it in use after we stop.
+    let mut first = fx.start(&["--initial", "1", "--stop-timeout", "1"]);
     let other_socket = fx.root.join("other.sock");
     let other_state = fx.root.join("other.state");
     let other = [
@@ -115,6 +116,9 @@ fn a_second_daemon_on_a_served_mount_point_is_refused_however_it_is_spelled() {
     // Another spelling of the same directory, and a bind of the live mount.
     let respelled = fx.releases().join("..").join("mnt");
     let err = refusal(&fx, &fx.releases(), &respelled, &other);
+    assert!(err.contains("already served by another switchfs"), "{err}");
+    let dotdot = fx.mnt().join("app").join("..");
+    let err = refusal(&fx, &fx.releases(), &dotdot, &other);
     assert!(err.contains("already served by another switchfs"), "{err}");
     let alias = fx.root.join("alias");
     fs::create_dir_all(&alias).unwrap();
