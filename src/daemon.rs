@@ -2,7 +2,8 @@
 //! signals. The order matters and is explained where it is not obvious.
 
 use std::ffi::CString;
-use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use crate::control::{client, server};
 use crate::core::{Core, CoreConfig};
 use crate::hooks::Hooks;
 use crate::invalidate::KernelInvalidator;
-use crate::{paths, sys};
+use crate::{mounts, paths, sys};
 
 /// Everything the daemon is started with, already validated by the command line parser.
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ fn is_root() -> bool {
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
-/// itself (on a dead mount even a stat can fail).
+/// itself (on a dead mount even a stat can fail), unless it ends in `..`.
 fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
     let shown = mount_point.display();
     let abs = std::path::absolute(mount_point).map_err(|e| format!("mount point {shown}: {e}"))?;
@@ -49,49 +50,144 @@ fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
         (Some(parent), Some(name)) => std::fs::canonicalize(parent)
             .map(|p| p.join(name))
             .map_err(|e| format!("mount point {shown}: {e}")),
-        _ => Ok(abs),
+        _ => std::fs::canonicalize(&abs).map_err(|e| format!("mount point {shown}: {e}")),
     }
 }
 
-/// Refuses to mount over a live switchfs, and detaches a mount point left dead by a killed
-/// daemon ("Transport endpoint is not connected") so a restart recovers instead of failing.
-fn prepare_mount_point(mount_point: &Path) -> Result<(), String> {
+/// Checks the mount point and returns a descriptor of it, opened from `/` without following
+/// any symlink, to mount on: what was checked is what gets mounted over. Refuses a symlink
+/// (mounting follows it and would cover its target, e.g. a release), anything that is not a
+/// directory, and a mount point where a live switchfs is already on top (compared by mount,
+/// not by spelling); detaches a mount point left dead by a killed daemon ("Transport endpoint
+/// is not connected") so a restart recovers instead of failing.
+fn prepare_mount_point(mount_point: &Path) -> Result<OwnedFd, String> {
     let shown = mount_point.display();
-    let dead = if client::switchfs_mounts()?.iter().any(|m| m == mount_point) {
-        match client::query_control_xattr(mount_point) {
+    match std::fs::symlink_metadata(mount_point) {
+        Ok(m) if m.file_type().is_symlink() => return Err(symlink_refusal(mount_point)),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!(
+                "mount point {shown} is not a directory; switchfs mounts on a directory"
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => detach_dead(mount_point)?,
+        Err(e) => return Err(format!("mount point {shown}: {e}")),
+    }
+    match mounts::switchfs_on(mount_point) {
+        Ok(None) => {}
+        Ok(Some(_)) => match client::query_control_xattr(mount_point) {
             Ok(socket) => {
                 return Err(format!(
                     "{shown} is already served by another switchfs (control socket {})",
                     socket.display()
                 ));
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => detach_dead(mount_point)?,
             Err(e) => return Err(format!("cannot check the switchfs at {shown}: {e}")),
-        }
-    } else {
-        matches!(std::fs::metadata(mount_point), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
-    };
-    if !dead {
-        return Ok(());
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => detach_dead(mount_point)?,
+        Err(e) => return Err(format!("cannot check mount point {shown}: {e}")),
     }
+    let fd = paths::open_nofollow(mount_point)
+        .map_err(|e| format!("mount point {shown} changed while being checked: {e}"))?;
+    match sys::statx_nosync(fd.as_fd()) {
+        Ok(st) if st.mode & libc::S_IFMT == libc::S_IFDIR => Ok(fd),
+        Ok(_) => Err(format!(
+            "mount point {shown} is not a directory; switchfs mounts on a directory"
+        )),
+        Err(e) => Err(format!("mount point {shown}: {e}")),
+    }
+}
+
+fn symlink_refusal(mount_point: &Path) -> String {
+    let target = std::fs::read_link(mount_point)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let parent = mount_point.parent().unwrap_or(Path::new("/")).display();
+    let name = mount_point
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "mount point {} is a symlink (to {target}); mounting would follow it and cover its \
+         target. Mount switchfs on a fixed directory instead, e.g. {parent}/.switchfs, and \
+         point the link at it once: ln -sfn .switchfs {parent}/{name}",
+        mount_point.display()
+    )
+}
+
+/// Detaches the dead FUSE mount on top of `mount_point` (its daemon was killed): only that
+/// mount, through a descriptor of its root.
+fn detach_dead(mount_point: &Path) -> Result<(), String> {
+    let shown = mount_point.display();
     log::warn!("{shown} is a dead FUSE mount (its daemon was killed); detaching it");
-    let c = CString::new(mount_point.as_os_str().as_encoded_bytes())
-        .map_err(|_| "mount point contains NUL".to_string())?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
+    let root = paths::open_nofollow(mount_point)
+        .map_err(|e| format!("cannot open dead mount {shown}: {e}"))?;
+    let (id, dev) =
+        sys::mount_id(root.as_fd()).map_err(|e| format!("cannot identify {shown}: {e}"))?;
+    let entries = mounts::read_entries()?;
+    let is_dead_fuse = entries
+        .iter()
+        .any(|e| e.id == id && e.dev == dev && e.is_fuse() && e.mount_point == mount_point);
+    if !is_dead_fuse {
+        return Err(format!(
+            "{shown} is not connected, but is not a FUSE mount switchfs could detach"
+        ));
     }
-    let e = io::Error::last_os_error();
-    // Without root the setuid helper can do it.
-    let status = std::process::Command::new("fusermount3")
-        .arg("-uz")
-        .arg(mount_point)
-        .status();
-    if matches!(status, Ok(s) if s.success()) {
-        Ok(())
-    } else {
-        Err(format!("cannot detach dead mount {shown}: {e}"))
+    mounts::detach(root, mount_point).map_err(|e| format!("cannot detach dead mount {shown}: {e}"))
+}
+
+/// Refuses layouts where the mount would cover what it serves or where it keeps its state:
+/// a mount point that is or lies inside the releases directory (a release mounted over itself
+/// deadlocks on the first switch back to it), a releases directory below the mount point, and
+/// a state file or control socket inside either. Compared by device and inode up each path.
+fn check_layout(
+    mount_point: &Path,
+    mount_dir: (u64, u64),
+    releases: &Path,
+    state: &Path,
+    control: &Path,
+) -> Result<(), String> {
+    let (mp, rel) = (mount_point.display(), releases.display());
+    let releases_dir = paths::file_id(releases)
+        .ok_or_else(|| format!("releases directory {rel}: cannot be read"))?;
+    if paths::is_within(mount_point, releases_dir) {
+        return Err(format!(
+            "mount point {mp} is inside the releases directory {rel}; mount switchfs outside \
+             it, e.g. next to it"
+        ));
     }
+    if paths::is_within(releases, mount_dir) {
+        return Err(format!(
+            "releases directory {rel} is below the mount point {mp}; the mount would hide it"
+        ));
+    }
+    for (what, path) in [("state file", state), ("control socket", control)] {
+        let Some(place) = paths::existing_ancestor(path) else {
+            continue;
+        };
+        if paths::is_within(&place, mount_dir) || paths::is_within(&place, releases_dir) {
+            return Err(format!(
+                "{what} {} is inside the mount point or the releases directory; put it \
+                 elsewhere (the defaults are under /var/lib/switchfs and /run/switchfs)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one and sizes the inode descriptor budget
+/// from it (`fds::inode_budget`); returns the limit and the budget.
+fn open_file_limit(threads: usize) -> Result<(u64, usize), String> {
+    let limit = match sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot raise the open file limit to the hard limit: {e}");
+            sys::nofile_hard_limit().map_err(|e| format!("cannot read the open file limit: {e}"))?
+        }
+    };
+    Ok((limit, crate::fds::inode_budget(limit, threads)?))
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -163,28 +259,31 @@ pub fn sd_notify(state: &str) {
     }
 }
 
-fn unmount(mount_point: &Path) {
-    let Ok(c) = CString::new(mount_point.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return;
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EBUSY) {
-        log::info!("mount is busy; detaching it so open files can finish");
-        // SAFETY: valid C string.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return;
+/// Takes down our mount (and nothing else) at shutdown, logging what happened. Returns
+/// whether the FUSE session can still end by itself (files open under our detached mount
+/// finishing), i.e. whether waiting for it makes sense.
+fn unmount(ours: &mounts::OurMount) -> bool {
+    let shown = ours.mount_point.display();
+    match mounts::unmount(ours) {
+        Ok(mounts::Unmounted::Detached(place)) => {
+            log::info!("detached our mount at {}", place.display());
+            true
         }
-    }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-uz")
-        .arg(mount_point)
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        log::error!("cannot unmount {}: {e}", mount_point.display());
+        Ok(mounts::Unmounted::Gone) => {
+            log::info!("our mount at {shown} is already gone; nothing to unmount");
+            true
+        }
+        Ok(mounts::Unmounted::Covered(top)) => {
+            log::warn!(
+                "another mount (id {top}) is stacked on ours at {shown}; leaving both alone \
+                 (ours goes dead when we exit; a restart detaches it)"
+            );
+            false
+        }
+        Err(e) => {
+            log::error!("{e}");
+            false
+        }
     }
 }
 
@@ -193,10 +292,14 @@ fn unmount(mount_point: &Path) {
 /// # Errors
 /// A one-line message for anything that prevents serving; nothing is left mounted then.
 pub fn run(args: DaemonArgs) -> Result<(), String> {
+    let (fd_limit, inode_fds) = open_file_limit(args.threads)?;
     let mount_point = absolute_mount_point(&args.mount_point)?;
-    prepare_mount_point(&mount_point)?;
-    let mount_point = std::fs::canonicalize(&mount_point)
+    let target = prepare_mount_point(&mount_point)?;
+    let mount_dir = sys::statx_nosync(target.as_fd())
+        .map(|st| (st.dev, st.ino))
         .map_err(|e| format!("mount point {}: {e}", mount_point.display()))?;
+    let releases = std::fs::canonicalize(&args.releases)
+        .map_err(|e| format!("releases directory {}: {e}", args.releases.display()))?;
     let control_path = args
         .control
         .clone()
@@ -205,21 +308,17 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         .state
         .clone()
         .unwrap_or_else(|| paths::default_state_path(&mount_point));
+    check_layout(
+        &mount_point,
+        mount_dir,
+        &releases,
+        &state_path,
+        &control_path,
+    )?;
     if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
     }
-    let fd_limit = match sys::raise_nofile_limit() {
-        Ok(n) => n,
-        Err(e) => {
-            log::warn!("cannot read or raise the open file limit ({e}); assuming 1024");
-            1024
-        }
-    };
-    let inode_fds = usize::try_from(fd_limit)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(crate::fds::RESERVE)
-        .max(64);
     let signals = block_signals();
     // SAFETY: geteuid cannot fail.
     let access = server::Access {
@@ -229,8 +328,6 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     };
     let listener = server::bind(&control_path, &access)?;
     let cleanup_socket = SocketFile(control_path.clone());
-    let releases = std::fs::canonicalize(&args.releases)
-        .map_err(|e| format!("releases directory {}: {e}", args.releases.display()))?;
     let config = CoreConfig {
         releases,
         state_path,
@@ -242,13 +339,14 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
 
+    let fsname = format!(
+        "{}{}",
+        mounts::FSNAME_PREFIX,
+        core.config().releases.to_string_lossy()
+    );
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
-        MountOption::FSName(format!(
-            "{}{}",
-            client::FSNAME_PREFIX,
-            core.config().releases.to_string_lossy()
-        )),
+        MountOption::FSName(fsname.clone()),
         MountOption::Subtype("switchfs".into()),
         MountOption::DefaultPermissions,
         MountOption::RO,
@@ -263,20 +361,48 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     };
     fuse_config.n_threads = Some(args.threads);
     fuse_config.clone_fd = true;
+    // As root the kernel mounts on the directory our descriptor holds, so a symlink swapped
+    // in since the checks cannot redirect the mount. The setuid helper (not root) cannot see
+    // our descriptors and gets the checked path.
+    let mount_target = if is_root() {
+        sys::fd_path(target.as_fd())
+    } else {
+        mount_point.clone()
+    };
     let expire_only = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = fuser::Session::new(
         crate::fuse_adapter::FuseAdapter::new(core.clone(), expire_only.clone(), args.acl),
-        &mount_point,
+        &mount_target,
         &fuse_config,
     )
     .map_err(|e| format!("cannot mount {}: {e}", mount_point.display()))?;
+    drop(target);
     let notifier = session.notifier();
     let dev_fuse = std::os::fd::AsFd::as_fd(&session)
         .try_clone_to_owned()
         .map_err(|e| format!("cannot duplicate the FUSE device descriptor: {e}"))?;
-    let background = session
-        .spawn()
-        .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
+    // Never dropped: fuser's unmount-on-drop unmounts the *path*, a second time, taking
+    // with it a bind mount below ours or a new daemon's mount that replaced ours while we
+    // drained. `unmount` takes down our mount, by identity, instead.
+    let background = ManuallyDrop::new(
+        session
+            .spawn()
+            .map_err(|e| format!("cannot start the FUSE session: {e}"))?,
+    );
+    let ours = match mounts::identify(&mount_point, &fsname, &control_path) {
+        Ok(ours) => ours,
+        Err(e) => {
+            // Without an identity there is no safe unmount at shutdown: do not serve.
+            mounts::detach_if_serving(&mount_point, &control_path);
+            return Err(e);
+        }
+    };
+    log::debug!(
+        "our mount: id {}, device {}:{}",
+        ours.id,
+        libc::major(ours.dev),
+        libc::minor(ours.dev)
+    );
     if expire_only.load(std::sync::atomic::Ordering::Relaxed) {
         log::debug!("kernel supports expire-only invalidation");
     }
@@ -285,15 +411,17 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         dev_fuse,
         expire_only,
     )));
-    raise_readahead(&mount_point);
+    raise_readahead(ours.dev);
     let hooks = Arc::new(Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
         mount_point.clone(),
         core.config().releases.clone(),
     ));
-    server::spawn(listener, core.clone(), hooks, access)
-        .map_err(|e| format!("cannot start the control server: {e}"))?;
+    if let Err(e) = server::spawn(listener, core.clone(), hooks, access) {
+        unmount(&ours);
+        return Err(format!("cannot start the control server: {e}"));
+    }
     log::info!(
         "serving {} at {} (control socket {}, {} threads, open file limit {fd_limit}: \
          inodes hold at most {inode_fds} descriptors)",
@@ -312,16 +440,19 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             );
             sd_notify("STOPPING=1");
             drop(cleanup_socket);
-            unmount(&mount_point);
+            if !unmount(&ours) {
+                return Ok(());
+            }
         }
         Stop::SessionEnded => {
             sd_notify("STOPPING=1");
             drop(cleanup_socket);
-            let result = background.join();
             log::warn!(
-                "{} was unmounted from outside; exiting ({result:?})",
+                "{} was unmounted or its connection aborted from outside; exiting",
                 mount_point.display()
             );
+            // An aborted connection leaves our mount in place, dead: take it down.
+            unmount(&ours);
             return Ok(());
         }
     }
@@ -330,18 +461,12 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if background.guard.is_finished() {
-        if let Err(e) = background.join() {
-            log::warn!("FUSE session ended with: {e}");
-        }
         log::info!("unmounted; bye");
     } else {
         log::warn!(
             "files under the detached mount are still open after {:?}; exiting anyway",
             args.stop_timeout
         );
-        // Leaving without dropping the session: its destructor would try to unmount a path
-        // that may already hold a new mount.
-        std::process::exit(0);
     }
     Ok(())
 }
@@ -349,10 +474,8 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
 /// The kernel gives a FUSE mount the default 128 KiB readahead, so a cold sequential read
 /// costs one round trip to the daemon per 128 KiB. 1 MiB (FUSE's largest request) makes
 /// large static files stream at close to the disk's speed. Best effort: needs root.
-fn raise_readahead(mount_point: &Path) {
-    let Some((dev, _)) = crate::procscan::dev_ino(mount_point) else {
-        return;
-    };
+/// `dev` is our connection's device, not a stat of the path, which another mount could cover.
+fn raise_readahead(dev: u64) {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     match std::fs::write(&knob, "1024") {

@@ -13,8 +13,51 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-/// Descriptors kept free for everything that is not an inode.
-pub const RESERVE: usize = 1024;
+/// Descriptors kept free for everything that is not an inode, whatever the limit: 64
+/// control clients (the server serves at most that many at once, one socket each), 32 for
+/// the rest that does not scale (standard streams, the listening socket, the state file and
+/// the release roots during a switch, an `--on-activate` hook's pipes, /proc scans), and
+/// per FUSE worker its cloned /dev/fuse descriptor plus up to three transient opens (a path
+/// walk holds two, a read reopens one).
+pub fn reserve_floor(threads: usize) -> usize {
+    64 + 32 + 4 * threads
+}
+
+/// Descriptors kept free for everything that is not an inode: a quarter of the limit, at
+/// most 1,024 (plenty for bursts), never below `reserve_floor`.
+pub fn reserve(limit: usize, threads: usize) -> usize {
+    let floor = reserve_floor(threads);
+    (limit / 4).clamp(floor, 1024.max(floor))
+}
+
+/// The smallest open-file limit switchfs starts with. Below it the inode budget could not
+/// hold the working set of one PHP framework request (100-150 included files and their
+/// directories) and every request would reopen files; with more threads, the reserve grows.
+pub fn min_limit(threads: usize) -> usize {
+    256.max(reserve_floor(threads) + 128)
+}
+
+/// The inode descriptor budget for an open-file limit of `limit`.
+///
+/// # Errors
+/// The limit is below `min_limit`: a one-line message saying what to raise.
+pub fn inode_budget(limit: u64, threads: usize) -> Result<usize, String> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let min = min_limit(threads);
+    if limit < min {
+        let fewer = if min > min_limit(1) {
+            " or use fewer --threads"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "the open file limit (RLIMIT_NOFILE) is {limit}, too small: switchfs with \
+             {threads} threads needs at least {min}; raise the hard limit (LimitNOFILE= in the \
+             unit, ulimit -Hn){fewer}"
+        ));
+    }
+    Ok(limit - reserve(limit, threads))
+}
 
 #[derive(Debug)]
 pub struct FdBudget {
@@ -200,6 +243,25 @@ mod tests {
             "{}",
             budget.ring.lock().len()
         );
+    }
+
+    #[test]
+    fn the_reserve_scales_with_the_limit_and_small_limits_are_refused() {
+        assert_eq!(inode_budget(256, 4), Ok(256 - reserve_floor(4)));
+        assert_eq!(inode_budget(4000, 4), Ok(3000));
+        assert_eq!(inode_budget(1_048_576, 4), Ok(1_048_576 - 1024));
+        assert_eq!(reserve(100_000, 256), 1024.max(reserve_floor(256)));
+        assert!(inode_budget(255, 4).unwrap_err().contains("at least 256"));
+        assert!(!inode_budget(255, 4).unwrap_err().contains("--threads"));
+        let many = inode_budget(256, 256).unwrap_err();
+        assert!(
+            many.contains("fewer --threads"),
+            "more threads need more: {many}"
+        );
+        for limit in [256u64, 300, 1000, 5000, 1 << 20] {
+            let budget = inode_budget(limit, 4).unwrap();
+            assert!(budget >= 128 && budget + reserve_floor(4) <= limit as usize);
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod inodes;
 pub mod invalidate;
 pub mod links;
+pub mod mounts;
 pub mod mtimes;
 pub mod names;
 pub mod paths;

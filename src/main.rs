@@ -105,12 +105,10 @@ fn group(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    // fuser warns "Unmount failed" when its own unmount-on-drop finds the mount already gone,
-    // which is our normal shutdown (we unmount first, detaching if busy); keep its errors.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,fuser::mnt=error"),
-    )
-    .init();
+    // fuser's info lines ("Mounting /proc/self/fd/N": we mount through a descriptor) say
+    // less than ours; keep its warnings and errors.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser=warn"))
+        .init();
     let cli: Cli = switchfs::parse_args_or_exit("switchfs");
     let args = DaemonArgs {
         releases: cli.releases,

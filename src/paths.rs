@@ -67,6 +67,48 @@ pub fn default_state_path(mount_point: &Path) -> PathBuf {
     dir.join(format!("{}.state", mount_key(mount_point)))
 }
 
+// Where things are relative to each other, by identity rather than spelling (the daemon's
+// mount point, releases directory and state file must not contain one another).
+
+/// Device and inode of `path` (following links), or None if it cannot be stat'ed.
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `path` is the directory `dir` (device and inode) or lies below it: each of
+/// `path`'s ancestors is compared by identity, so another spelling (a symlinked parent, a
+/// bind mount of the directory) is caught too. `path` should be absolute and canonical.
+pub fn is_within(path: &Path, dir: (u64, u64)) -> bool {
+    path.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .any(|p| file_id(p) == Some(dir))
+}
+
+/// The nearest ancestor of `path` (itself included) that exists, canonicalized: where a file
+/// that does not exist yet would end up.
+pub fn existing_ancestor(path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    abs.ancestors().find_map(|p| std::fs::canonicalize(p).ok())
+}
+
+/// Opens the absolute, canonical `path` from `/` one component at a time with
+/// `O_PATH | O_NOFOLLOW` (`sys::open_path_walk`), so a symlink swapped in anywhere on the way
+/// fails the open instead of redirecting it.
+///
+/// # Errors
+/// Any component is missing, not searchable or a symlink.
+pub fn open_nofollow(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    let root = crate::sys::open_dir_path(Path::new("/"), true)?;
+    match path.strip_prefix("/") {
+        Ok(rel) if !rel.as_os_str().is_empty() => {
+            crate::sys::open_path_walk(std::os::fd::AsFd::as_fd(&root), rel)
+        }
+        Ok(_) => Ok(root),
+        Err(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +125,30 @@ mod tests {
             mount_key(Path::new("/weird dir/a b")),
             format!("a_b-{}", &mount_key(Path::new("/weird dir/a b"))[4..])
         );
+    }
+
+    #[test]
+    fn containment_is_by_identity_not_spelling() {
+        let dir = std::env::temp_dir().join(format!("sfs-paths-{}", std::process::id()));
+        let inner = dir.join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dir.join("a"), &link).unwrap();
+        let a = file_id(&dir.join("a")).unwrap();
+        assert!(is_within(&inner, a));
+        assert!(is_within(&dir.join("a"), a));
+        assert!(!is_within(&dir, a));
+        assert!(is_within(&link.join("b"), a), "a symlinked spelling");
+        assert_eq!(
+            existing_ancestor(&inner.join("x/y.state")),
+            Some(std::fs::canonicalize(&inner).unwrap())
+        );
+        assert!(open_nofollow(&inner).is_ok());
+        assert!(
+            open_nofollow(&link.join("b")).is_err(),
+            "a symlink on the way"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -445,3 +445,73 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Re
     }
     Ok(n > 0)
 }
+
+// Mount identity and detaching one specific mount (src/mounts.rs).
+
+/// `/proc/self/fd/N` for `fd`: a path that resolves to exactly what `fd` refers to (the
+/// kernel follows this magic link to the descriptor's mount and dentry, whatever is
+/// mounted on the original path since).
+pub fn fd_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// What `statx_nosync` reports: enough to tell a mount, a file and its type apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoSyncStat {
+    pub mode: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub mnt_id: u64,
+}
+
+/// Type, device, inode and mount id of what `fd` refers to (never following a symlink).
+/// `AT_STATX_DONT_SYNC` keeps a FUSE mount from asking its daemon, which may be dead (a
+/// killed daemon's mount) or this very process before it serves.
+pub fn statx_nosync(fd: BorrowedFd<'_>) -> io::Result<NoSyncStat> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the empty path with AT_EMPTY_PATH refers to fd itself; stx is writable.
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: filled in by the successful call.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        // Kernels before 5.8: no way to name a mount without trusting a path.
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    Ok(NoSyncStat {
+        mode: u32::from(stx.stx_mode),
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mnt_id: stx.stx_mnt_id,
+    })
+}
+
+/// Mount id and `st_dev` of what `fd` refers to (see `statx_nosync`).
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    statx_nosync(fd).map(|st| (st.mnt_id, st.dev))
+}
+
+/// Lazily detaches the mount whose root `fd` refers to (`umount2(MNT_DETACH)` through
+/// `/proc/self/fd/N`, which reaches that mount even if another is stacked on the path).
+/// EINVAL: `fd` is not a mount root.
+pub fn detach_mount_of(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let path = proc_fd_path(fd);
+    // SAFETY: valid C string.
+    check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(|_| ())
+}
+
+/// The hard `RLIMIT_NOFILE`.
+pub fn nofile_hard_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::zeroed();
+    // SAFETY: lim is writable.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: filled by getrlimit.
+    Ok(unsafe { lim.assume_init() }.rlim_max)
+}

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use switchfs::control::client::switchfs_mounts;
+use switchfs::mounts::switchfs_mounts;
 
 fn bare_switchctl(args: &[&str]) -> std::process::Output {
     Command::new(SWITCHCTL).args(args).output().unwrap()

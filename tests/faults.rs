@@ -191,7 +191,7 @@ fn a_tree_larger_than_the_descriptor_limit_is_served_and_switches_keep_working()
             &format!("{i}"),
         );
     }
-    // 1,200 descriptors: the daemon keeps 1,024 in reserve, so inodes get 176.
+    // 1,200 descriptors: the daemon keeps a quarter in reserve, so inodes get 900.
     fx.nofile.store(1200, Ordering::Relaxed);
     let d = fx.start(&["--initial", "1"]);
     let fds = || {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::protocol::{self, Failure, Request};
 use crate::core::CONTROL_XATTR;
+use crate::mounts;
 
 /// How long `request` keeps retrying while the daemon answers `busy` (too many clients).
 const BUSY_RETRY: Duration = Duration::from_secs(10);
@@ -106,64 +107,13 @@ pub fn query_control_xattr(mount: &Path) -> std::io::Result<PathBuf> {
     )))
 }
 
-/// The prefix of the source (fsname) of every switchfs mount, followed by the releases dir.
-/// It is how a switchfs mount is told apart from other FUSE mounts: fuser mounts with type
-/// `fuse`, without the subtype.
-pub const FSNAME_PREFIX: &str = "switchfs:";
-
-/// Mount points of every switchfs on this host, from `/proc/self/mountinfo`.
-///
-/// # Errors
-/// mountinfo cannot be read.
-pub fn switchfs_mounts() -> Result<Vec<PathBuf>, String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// Mount points of FUSE mounts whose source starts with `FSNAME_PREFIX`.
-pub fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut fields = right.split(' ');
-            let ty = fields.next()?;
-            let source = unescape_mountinfo(fields.next()?);
-            let mount = left.split(' ').nth(4)?;
-            let is_fuse = ty == "fuse" || ty.starts_with("fuse.");
-            (is_fuse && source.starts_with(FSNAME_PREFIX))
-                .then(|| PathBuf::from(unescape_mountinfo(mount)))
-        })
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).ok();
-            if let Some(v) = digits.and_then(|d| u8::from_str_radix(d, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The control socket to use when the operator named neither a mount nor a socket: the one
 /// switchfs on this host, or an error listing the candidates.
 ///
 /// # Errors
 /// None or several switchfs mounts, or the one found is dead.
 pub fn discover() -> Result<PathBuf, String> {
-    let mounts = switchfs_mounts()?;
+    let mounts = mounts::switchfs_mounts()?;
     match mounts.as_slice() {
         [] => Err("no switchfs is mounted on this host; pass --mount or --control".into()),
         [one] => socket_for_mount(one),
@@ -175,26 +125,5 @@ pub fn discover() -> Result<PathBuf, String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_switchfs_mounts_in_mountinfo() {
-        let text = "\
-36 35 98:0 / /mnt1 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-90 25 0:52 / /var/www/cur\\040rent rw,nosuid,nodev - fuse switchfs:/srv/rel\\040eases rw,user_id=0
-91 25 0:53 / /other rw - fuse.bindfs x rw
-92 25 0:54 / /fake rw - ext4 switchfs:/x rw
-";
-        assert_eq!(
-            parse_mountinfo(text),
-            vec![PathBuf::from("/var/www/cur rent")]
-        );
-        assert_eq!(unescape_mountinfo("a\\134b"), "a\\b");
-        assert_eq!(unescape_mountinfo("trailing\\"), "trailing\\");
     }
 }

@@ -385,3 +385,145 @@ pub fn persisted(path: &Path) -> String {
         Err(e) => format!("unreadable state file: {e}"),
     }
 }
+
+// Helpers for the mount point and shutdown tests (tests/mounting.rs).
+
+/// Runs `switchfs ARGS` (nothing added but `NOTIFY_SOCKET`, and the fixture's `nofile`
+/// limit) expecting it to refuse to start, and returns its error, asserted to be one line
+/// with a non-zero exit. If it starts serving instead, it is stopped and the test fails.
+pub fn refused_start(fx: &Fixture, args: &[&std::ffi::OsStr]) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let notify_path = fx.root.join(format!("notify-r{n}"));
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let err_path = fx.root.join(format!("refused-{n}.err"));
+    let mut cmd = Command::new(SWITCHFS);
+    cmd.args(args)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let limit = fx.nofile.load(Ordering::Relaxed);
+    if limit != 0 {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 256];
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        let ready = notify
+            .recv(&mut buf)
+            .is_ok_and(|n| buf[..n].windows(7).any(|w| w == b"READY=1"));
+        if ready || Instant::now() > deadline {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+            panic!(
+                "switchfs {args:?} {} instead of refusing:\n{err}",
+                if ready { "started serving" } else { "hung" }
+            );
+        }
+    };
+    let _ = std::fs::remove_file(&notify_path);
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(!status.success(), "expected a refusal, got {status}: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected a one-line error, got: {err:?}"
+    );
+    err.trim_end().to_string()
+}
+
+/// Every mount point at or below `dir`, from /proc/self/mountinfo (as spelled there).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `mount --bind src dst` (root only).
+pub fn bind_mount(src: &Path, dst: &Path) {
+    let s = CString::new(src.as_os_str().as_encoded_bytes()).unwrap();
+    let d = CString::new(dst.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings; the other arguments may be null for MS_BIND.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            d.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mount --bind {} {}: {}",
+        src.display(),
+        dst.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits up to `secs` for `cond`; whether it became true.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Aborts the FUSE connection of the mount on top at `path` (through fusectl, mounted on
+/// /sys/fs/fuse/connections if it is not yet): what an operator does to free a hung mount.
+pub fn abort_fuse_connection(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .dev();
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(conns).map(|d| d.count()).unwrap_or(0) == 0 {
+        let status = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(conns)
+            .status()
+            .expect("cannot run mount");
+        assert!(
+            status.success(),
+            "cannot mount fusectl on {}",
+            conns.display()
+        );
+    }
+    let abort = conns.join(libc::minor(dev).to_string()).join("abort");
+    std::fs::write(&abort, "1").unwrap_or_else(|e| panic!("{}: {e}", abort.display()));
+}
