@@ -294,6 +294,8 @@ impl Core {
     }
 
     fn restore(&self, initial: Option<&str>) -> Result<(), String> {
+        // One daemon per state file: a second one would resume the other's release.
+        self.state.lock()?;
         let state_path = &self.config.state_path;
         let persisted = match self.state.load() {
             Ok(p) => p,
@@ -1001,8 +1003,9 @@ impl Core {
     }
 
     /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
-    /// previous release and any release still in use. Without `apply`, only says what it
-    /// would delete. Serialised with switches, so a release cannot be activated while it is
+    /// previous release and any release still in use (through the mount here, through its
+    /// real path in `prune`, which also does the deleting without following links). Without
+    /// `apply`, only says what it would delete. Serialised with switches, so a release cannot be activated while it is
     /// being deleted.
     ///
     /// # Errors
@@ -1014,37 +1017,16 @@ impl Core {
         let active = self.active();
         let usage = self.usage();
         let spared = [active.name(), active.previous.as_deref()];
-        let old = &names[..names.len().saturating_sub(keep)];
-        let mut lines = Vec::new();
-        for name in old {
-            if spared.contains(&Some(name.as_str())) {
-                lines.push(format!("keep {name} (active or previous)"));
-            } else if usage.get(name.as_str()).is_some_and(Use::in_use) {
-                lines.push(format!("keep {name} (still in use)"));
-            } else if !apply {
-                lines.push(format!("would delete {name}"));
+        let kept = |name: &str| {
+            if spared.contains(&Some(name)) {
+                Some("active or previous".to_string())
+            } else if usage.get(name).is_some_and(Use::in_use) {
+                Some("still in use".to_string())
             } else {
-                let path = self.releases.path().join(name);
-                std::fs::remove_dir_all(&path).map_err(|e| {
-                    let done = lines.iter().filter(|l| l.starts_with("deleted")).count();
-                    format!(
-                        "cannot delete {}: {e} ({done} deleted before)",
-                        path.display()
-                    )
-                })?;
-                log::info!("pruned release {name}");
-                lines.push(format!("deleted {name}"));
+                None
             }
-        }
-        if lines.is_empty() {
-            lines.push(format!(
-                "nothing to prune: {} releases, keeping {keep}",
-                names.len()
-            ));
-        } else if !apply {
-            lines.push("dry run: pass --yes to delete".into());
-        }
-        Ok(lines.join("\n") + "\n")
+        };
+        crate::prune::prune(&self.releases, &names, keep, apply, &kept)
     }
 
     /// Switches back to the previous release.
@@ -1104,7 +1086,7 @@ impl Core {
             };
             let renamed = self
                 .releases
-                .open_release(&rel.name)
+                .open_dir(&rel.name)
                 .ok()
                 .and_then(|fd| sys::fstat(fd.as_fd()).ok())
                 .zip(sys::fstat(rel.root.as_fd()).ok())
