@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -247,18 +247,13 @@ fn the_state_file_never_follows_a_symlink_planted_in_its_directory() {
         ]);
         assert!(out.status.success(), "plant {name}: {out:?}");
     };
-    // A symlinked lock file: the daemon refuses to start, and writes nothing through it.
-    plant("app.state.lock");
-    let err = Daemon::start(&fx, &["--initial", "1", "--state", state.to_str().unwrap()])
-        .err()
-        .expect("a symlinked lock file must be refused");
-    assert!(err.contains("app.state.lock"), "{err}");
-    assert_eq!(fs::read_to_string(&important).unwrap(), "root's data");
-    fs::remove_file(dir.join("app.state.lock")).unwrap();
     // A symlinked state file: not read, and replaced (not followed) by the first save.
     plant("app.state");
     let d = fx.start(&["--initial", "1", "--state", state.to_str().unwrap()]);
-    assert_eq!(fs::read_to_string(&important).unwrap(), "root's data");
+    assert!(
+        fs::read(&important).unwrap() == b"root's data",
+        "root's file overwritten"
+    );
     assert!(fs::symlink_metadata(&state).unwrap().is_file());
     // The state file deleted under the daemon, and the temporary name earlier versions used
     // (".<state>.tmp.<pid>") planted, so the next switch writes the file anew.
@@ -266,16 +261,34 @@ fn the_state_file_never_follows_a_symlink_planted_in_its_directory() {
     assert!(out.status.success(), "{out:?}");
     plant(&format!(".app.state.tmp.{}", d.pid()));
     fx.activate("2");
-    assert_eq!(fs::read_to_string(&important).unwrap(), "root's data");
+    assert!(
+        fs::read(&important).unwrap() == b"root's data",
+        "root's file overwritten"
+    );
     assert_eq!(persisted(&state), "active=2 previous=1");
     // And the state file replaced by a symlink while the daemon holds it open.
     fs::remove_file(&state).unwrap();
     plant("app.state");
     fx.activate("1");
-    assert_eq!(fs::read_to_string(&important).unwrap(), "root's data");
+    assert!(
+        fs::read(&important).unwrap() == b"root's data",
+        "root's file overwritten"
+    );
     assert!(fs::symlink_metadata(&state).unwrap().is_file());
     assert_eq!(persisted(&state), "active=1 previous=2");
     assert!(d.log_text().contains("writable by other users"));
+    drop(d);
+    // A symlinked lock file: the daemon refuses to start, and writes nothing through it.
+    fs::remove_file(dir.join("app.state.lock")).unwrap();
+    plant("app.state.lock");
+    let err = Daemon::start(&fx, &["--initial", "1", "--state", state.to_str().unwrap()])
+        .err()
+        .expect("a symlinked lock file must be refused");
+    assert!(err.contains("app.state.lock"), "{err}");
+    assert!(
+        fs::read(&important).unwrap() == b"root's data",
+        "root's file overwritten"
+    );
 }
 
 /// README "Bad input changes nothing": a second daemon given the same `--state` (another
