@@ -81,9 +81,9 @@ impl ReleaseSet {
         if st.st_nlink == 0 {
             return Err(format!("release {name:?} was deleted while being opened"));
         }
-        let entries =
-            sys::read_dir(fd.as_fd()).map_err(|e| format!("cannot list release {name:?}: {e}"))?;
-        if entries.is_empty() {
+        let empty = sys::dir_is_empty(fd.as_fd())
+            .map_err(|e| format!("cannot list release {name:?}: {e}"))?;
+        if empty {
             return Err(format!(
                 "release {name:?} is empty (being deleted, or not uploaded yet); refusing to serve it"
             ));

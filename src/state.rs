@@ -293,6 +293,16 @@ impl StateFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        let owner = file.metadata()?.uid();
+        if owner != sys::euid() {
+            // Whoever wrote it could choose the release served after a restart.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "owned by uid {owner}, not by us: not trusted (the next switch replaces it)"
+                ),
+            ));
+        }
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut &file, &mut bytes)?;
         let (state, seq) = decode(bytes)?;
@@ -424,8 +434,7 @@ fn open_existing(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(File, bool)> 
 /// A regular file with one link, owned by the user we run as.
 fn check_own_plain_file(file: &File) -> Result<(), String> {
     let meta = file.metadata().map_err(|e| e.to_string())?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = sys::euid();
     if !meta.is_file() || meta.nlink() != 1 || meta.uid() != me {
         return Err(format!(
             "not a plain file of ours (uid {}, {} links); refusing to use it",
@@ -606,6 +615,27 @@ mod tests {
         file.save(&st("1", None)).unwrap();
         assert!(fs::symlink_metadata(&path).unwrap().is_file(), "replaced");
         assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(load(&path).unwrap(), Some(st("1", None)));
+    }
+
+    #[test]
+    fn a_state_file_another_user_owns_is_not_trusted_and_is_replaced() {
+        assert_eq!(
+            sys::euid(),
+            0,
+            "this test hands a file to nobody: run it as root"
+        );
+        let tmp = TempDir::new("state");
+        let path = tmp.path().join("state");
+        StateFile::new(path.clone())
+            .save(&st("evil", None))
+            .unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let file = StateFile::new(path.clone());
+        let err = file.load().unwrap_err();
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        file.save(&st("1", None)).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().uid(), 0);
         assert_eq!(load(&path).unwrap(), Some(st("1", None)));
     }
 
