@@ -227,6 +227,13 @@ fn remove_entry(
     match sys::unlink_at(dir, name, true) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        // The directory we emptied was moved and a symlink or file put at its name: that
+        // name is part of the release too, so it goes (unlinked, not followed).
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => match sys::unlink_at(dir, name, false)
+        {
+            Err(e) if !gone_or_swapped(&e) => Err(err(e)),
+            _ => Ok(()),
+        },
         Err(e) => Err(err(e)),
     }
 }

@@ -255,6 +255,7 @@ impl StateFile {
             .set_len(0)
             .and_then(|()| file.write_all_at(pid.as_bytes(), 0));
         *self.lock.lock() = Some(file);
+        remove_stale_temporaries(dir.as_fd(), &name);
         Ok(())
     }
 
@@ -466,6 +467,30 @@ fn create(dir: BorrowedFd<'_>, name: &OsStr, state: &PersistedState) -> io::Resu
     result
 }
 
+/// Removes temporaries a crashed daemon left (the lock, held now, says no save is under way):
+/// only regular files of ours, named like ours. `lock_name` is `<state>.lock`.
+fn remove_stale_temporaries(dir: BorrowedFd<'_>, lock_name: &OsStr) {
+    let Some(state) = lock_name.as_encoded_bytes().strip_suffix(b".lock") else {
+        return;
+    };
+    let mut prefix = b".".to_vec();
+    prefix.extend_from_slice(state);
+    prefix.extend_from_slice(b".tmp.");
+    let Ok(entries) = sys::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        if !entry.name.as_encoded_bytes().starts_with(&prefix) {
+            continue;
+        }
+        let ours = sys::stat_at(dir, &entry.name)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_uid == sys::euid());
+        if ours && sys::unlink_at(dir, &entry.name, false).is_ok() {
+            log::info!("removed {:?}, left by an earlier run", entry.name);
+        }
+    }
+}
+
 /// A new, empty temporary file beside the state file: `O_CREAT | O_EXCL | O_NOFOLLOW` under a
 /// name with 64 random bits, so nothing planted in advance (a symlink, a file) is ever opened.
 fn create_temporary(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(File, OsString)> {
@@ -652,7 +677,12 @@ mod tests {
             "{err}"
         );
         drop(first);
+        fs::write(tmp.path().join(".state.tmp.0123456789abcdef"), "crashed").unwrap();
         StateFile::new(path).lock().unwrap();
+        assert!(
+            !tmp.path().join(".state.tmp.0123456789abcdef").exists(),
+            "a crashed run's temporary is cleaned up once locked"
+        );
     }
 
     #[test]
