@@ -1005,8 +1005,8 @@ impl Core {
     /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
     /// previous release and any release still in use (through the mount here, through its
     /// real path in `prune`, which also does the deleting without following links). Without
-    /// `apply`, only says what it would delete. Serialised with switches, so a release cannot be activated while it is
-    /// being deleted.
+    /// `apply`, only says what it would delete. Serialised with switches, so a release cannot
+    /// be activated while it is being deleted.
     ///
     /// # Errors
     /// The releases directory cannot be listed; a deletion failed (the message says which
