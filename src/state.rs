@@ -196,57 +196,24 @@ impl StateFile {
     /// One line: another daemon holds the lock (with its pid when it wrote one), or the lock
     /// file cannot be used safely (a symlink, a hard link, someone else's file).
     pub fn lock(&self) -> Result<(), String> {
-        let shown = self.path.display();
-        let dir = match self.dir() {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // No directory, so no other daemon's state there either; saves will fail
-                // and say so.
-                log::warn!("state directory of {shown} is missing ({e}); not locking");
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot open the directory of state file {shown}: {e}"
-                ));
-            }
+        let Some(dir) = self.dir_to_lock_in()? else {
+            return Ok(());
         };
         let mut name = file_name(&self.path)
-            .map_err(|e| format!("state file {shown}: {e}"))?
+            .map_err(|e| format!("state file {}: {e}", self.path.display()))?
             .to_os_string();
         name.push(".lock");
         let lock_path = self.path.with_file_name(&name);
-        let file = match sys::open_file_at(dir.as_fd(), &name, libc::O_RDWR | libc::O_CREAT) {
-            Ok(file) => file,
-            // Where we cannot write, saves fail too and say so; refusing to start would turn
-            // a read-only state directory into an outage.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
-                log::warn!(
-                    "cannot lock {}: {e}; a second daemon would not be refused",
-                    lock_path.display()
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot open lock file {}: {e}",
-                    lock_path.display()
-                ));
-            }
+        let Some(file) = open_lock_file(dir.as_fd(), &name, &lock_path)? else {
+            return Ok(());
         };
-        check_own_plain_file(&file)
-            .map_err(|e| format!("lock file {}: {e}", lock_path.display()))?;
         let locked = sys::try_lock_exclusive(file.as_fd())
             .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
         if !locked {
-            let mut text = String::new();
-            let _ = io::Read::read_to_string(&mut &file, &mut text);
-            let pid = match text.trim().parse::<u32>() {
-                Ok(pid) => format!("pid {pid}"),
-                Err(_) => "pid unknown".to_string(),
-            };
             return Err(format!(
-                "state file {shown} is in use by another switchfs ({pid}); one daemon per state file"
+                "state file {} is in use by another switchfs ({}); one daemon per state file",
+                self.path.display(),
+                holder(&file)
             ));
         }
         // Only informational, for the message above: the lock is what counts.
@@ -257,6 +224,25 @@ impl StateFile {
         *self.lock.lock() = Some(file);
         remove_stale_temporaries(dir.as_fd(), &name);
         Ok(())
+    }
+
+    /// The state directory, or `None` when it is missing: then no other daemon's state is
+    /// there either, and saves will fail and say so.
+    fn dir_to_lock_in(&self) -> Result<Option<Arc<OwnedFd>>, String> {
+        match self.dir() {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                log::warn!(
+                    "state directory of {} is missing ({e}); not locking",
+                    self.path.display()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(format!(
+                "cannot open the directory of state file {}: {e}",
+                self.path.display()
+            )),
+        }
     }
 
     /// The state directory, opened on first use and kept.
@@ -465,6 +451,35 @@ fn create(dir: BorrowedFd<'_>, name: &OsStr, state: &PersistedState) -> io::Resu
         let _ = sys::unlink_at(dir, &tmp, false);
     }
     result
+}
+
+/// Opens (creating it) the lock file `name` in `dir`, refusing a symlink, a hard link or a
+/// file someone else owns. `None` where we may not write: saves fail there too and say so, and
+/// refusing to start would turn a read-only state directory into an outage.
+fn open_lock_file(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Option<File>, String> {
+    let file = match sys::open_file_at(dir, name, libc::O_RDWR | libc::O_CREAT) {
+        Ok(file) => file,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
+            log::warn!(
+                "cannot lock {}: {e}; a second daemon would not be refused",
+                shown.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("cannot open lock file {}: {e}", shown.display())),
+    };
+    check_own_plain_file(&file).map_err(|e| format!("lock file {}: {e}", shown.display()))?;
+    Ok(Some(file))
+}
+
+/// "pid N" of the daemon holding the lock, from what it wrote into the lock file.
+fn holder(file: &File) -> String {
+    let mut text = String::new();
+    let _ = io::Read::read_to_string(&mut &*file, &mut text);
+    match text.trim().parse::<u32>() {
+        Ok(pid) => format!("pid {pid}"),
+        Err(_) => "pid unknown".to_string(),
+    }
 }
 
 /// Removes temporaries a crashed daemon left (the lock, held now, says no save is under way):
