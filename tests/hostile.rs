@@ -195,14 +195,15 @@ fn prune_refuses_to_delete_into_a_mount_inside_a_release() {
 fn prune_keeps_releases_used_through_their_real_path() {
     let fx = Fixture::new("hreal");
     fx.two_releases();
-    for rel in ["1", "2", "3", "4", "5"] {
+    for rel in ["1", "2", "3", "4", "5", "6"] {
         fx.write(rel, "index.php", rel);
         fx.write(rel, "public/app.php", rel);
     }
     let _d = fx.start(&["--initial", "1"]);
-    fx.activate("5");
+    fx.activate("6");
     let parked = ParkedShell::park(&fx.releases().join("2/public"), "true");
     let held = fs::File::open(fx.releases().join("3/public/app.php")).unwrap();
+    let mapper = MappedFile::map(&fx.releases().join("4/public/app.php"));
     let out = fx.ctl(&["prune", "--keep", "1", "--yes"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -210,16 +211,54 @@ fn prune_keeps_releases_used_through_their_real_path() {
         "keep 1 (active or previous)\n\
          keep 2 (in use: 1 working dir outside the mount)\n\
          keep 3 (in use: 1 open file outside the mount)\n\
-         deleted 4\n"
+         keep 4 (in use: 1 open file, 1 memory map outside the mount)\n\
+         deleted 5\n"
     );
     assert!(fx.releases().join("2/public").exists() && fx.releases().join("3").exists());
     parked.resume();
     drop(held);
+    drop(mapper);
     let out = fx.ctl(&["prune", "--keep", "1", "--yes"]);
     assert_eq!(
         stdout(&out),
-        "keep 1 (active or previous)\ndeleted 2\ndeleted 3\n"
+        "keep 1 (active or previous)\ndeleted 2\ndeleted 3\ndeleted 4\n"
     );
+}
+
+/// A process (python3) that maps `path` read-only until dropped. It closes its own descriptor,
+/// but Python's mmap keeps a duplicate, so the process shows one open file and one map.
+struct MappedFile(std::process::Child);
+
+impl MappedFile {
+    fn map(path: &Path) -> MappedFile {
+        use std::io::BufRead;
+        let script = "import mmap, os, sys\n\
+            fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+            m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)\n\
+            os.close(fd)\n\
+            print('ready', flush=True)\n\
+            sys.stdin.readline()\n";
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed to map a file (apt-get install python3)");
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "python3 could not map {}", path.display());
+        MappedFile(child)
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// README "The state file": with `--state` in a directory other users can write, a symlink
