@@ -234,6 +234,8 @@ pub struct Core {
     /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
     /// notifications.
     switch_lock: Mutex<()>,
+    /// Set once shutdown has begun: no switch or prune after it (see `stop_switching`).
+    stopping: std::sync::atomic::AtomicBool,
     /// Where the active release is made durable before a switch is acknowledged.
     state: StateFile,
     pub(crate) inodes: InodeTable,
@@ -282,6 +284,7 @@ impl Core {
                 names: HashSet::new(),
             }),
             switch_lock: Mutex::new(()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             inodes: InodeTable::new(FdBudget::new(inode_fds)),
             handles: HandleTable::default(),
             mtimes: MtimeRegistry::default(),
@@ -296,6 +299,8 @@ impl Core {
     }
 
     fn restore(&self, initial: Option<&str>) -> Result<(), String> {
+        // One daemon per state file: a second one would resume the other's release.
+        self.state.lock()?;
         let state_path = &self.config.state_path;
         let persisted = match self.state.load() {
             Ok(p) => p,
@@ -337,6 +342,22 @@ impl Core {
                 "no release is active: serving an empty read-only root until \
                  `switchctl activate NAME` (pass --initial to choose one at start)"
             ),
+        }
+        Ok(())
+    }
+
+    /// Ends switching for good and gives the state file up: called at shutdown once the mount
+    /// is detached, so a successor started while this daemon drains can lock and resume the
+    /// state. Waits for a switch in progress to finish.
+    pub fn stop_switching(&self) {
+        let _serial = self.switch_lock.lock();
+        self.stopping.store(true, Ordering::Relaxed);
+        self.state.unlock();
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("this switchfs is shutting down; nothing was changed".into());
         }
         Ok(())
     }
@@ -972,6 +993,7 @@ impl Core {
     /// A one-line message; the active release is then unchanged.
     pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         let _serial = self.switch_lock.lock();
+        self.refuse_if_stopping()?;
         let current = self.active();
         // Validated even when `name` is already active: its directory may have been replaced
         // (`mv R/7 R/7.bak; mkdir R/7`) or made a symlink since it was activated.
@@ -1128,50 +1150,31 @@ impl Core {
     }
 
     /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
-    /// previous release and any release still in use. Without `apply`, only says what it
-    /// would delete. Serialised with switches, so a release cannot be activated while it is
-    /// being deleted.
+    /// previous release and any release still in use (through the mount here, through its
+    /// real path in `prune`, which also does the deleting without following links). Without
+    /// `apply`, only says what it would delete. Serialised with switches, so a release cannot
+    /// be activated while it is being deleted.
     ///
     /// # Errors
     /// The releases directory cannot be listed; a deletion failed (the message says which
     /// were deleted before).
     pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
         let _serial = self.switch_lock.lock();
+        self.refuse_if_stopping()?;
         let names = self.list()?;
         let active = self.active();
         let usage = self.usage();
         let spared = [active.name(), active.previous.as_deref()];
-        let old = &names[..names.len().saturating_sub(keep)];
-        let mut lines = Vec::new();
-        for name in old {
-            if spared.contains(&Some(name.as_str())) {
-                lines.push(format!("keep {name} (active or previous)"));
-            } else if usage.get(name.as_str()).is_some_and(Use::in_use) {
-                lines.push(format!("keep {name} (still in use)"));
-            } else if !apply {
-                lines.push(format!("would delete {name}"));
+        let kept = |name: &str| {
+            if spared.contains(&Some(name)) {
+                Some("active or previous".to_string())
+            } else if usage.get(name).is_some_and(Use::in_use) {
+                Some("still in use".to_string())
             } else {
-                let path = self.releases.path().join(name);
-                std::fs::remove_dir_all(&path).map_err(|e| {
-                    let done = lines.iter().filter(|l| l.starts_with("deleted")).count();
-                    format!(
-                        "cannot delete {}: {e} ({done} deleted before)",
-                        path.display()
-                    )
-                })?;
-                log::info!("pruned release {name}");
-                lines.push(format!("deleted {name}"));
+                None
             }
-        }
-        if lines.is_empty() {
-            lines.push(format!(
-                "nothing to prune: {} releases, keeping {keep}",
-                names.len()
-            ));
-        } else if !apply {
-            lines.push("dry run: pass --yes to delete".into());
-        }
-        Ok(lines.join("\n") + "\n")
+        };
+        crate::prune::prune(&self.releases, &names, keep, apply, &kept)
     }
 
     /// Switches back to the previous release.
@@ -1231,7 +1234,7 @@ impl Core {
             };
             let renamed = self
                 .releases
-                .open_release(&rel.name)
+                .open_dir(&rel.name)
                 .ok()
                 .and_then(|fd| sys::fstat(fd.as_fd()).ok())
                 .zip(sys::fstat(rel.root.as_fd()).ok())

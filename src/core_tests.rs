@@ -229,8 +229,8 @@ fn bad_names_change_nothing() {
 #[test]
 fn unpersistable_switch_is_refused() {
     let tmp = TempDir::new("core");
-    std::fs::create_dir_all(tmp.path().join("releases/1")).unwrap();
-    std::fs::create_dir_all(tmp.path().join("releases/2")).unwrap();
+    write(&tmp, "1", "index.php", "1");
+    write(&tmp, "2", "index.php", "2");
     let mut cfg = config(&tmp);
     cfg.state_path = tmp.path().join("no-such-dir/state");
     let core = Core::new(cfg, Some("1")).unwrap();
@@ -243,6 +243,7 @@ fn unpersistable_switch_is_refused() {
 fn restart_resumes_persisted_release_and_previous() {
     let f = fixture(Some("1"));
     f.core.activate("2", "test").unwrap();
+    drop(f.core); // one daemon per state file
     let again = Core::new(config(&f.tmp), Some("1")).unwrap();
     assert_eq!(
         again.active().name(),
@@ -260,8 +261,10 @@ fn restart_resumes_persisted_release_and_previous() {
 fn corrupt_state_falls_back_to_initial() {
     let f = fixture(Some("1"));
     std::fs::write(f.tmp.path().join("state"), "active=../../etc\n").unwrap();
+    drop(f.core); // one daemon per state file
     let again = Core::new(config(&f.tmp), Some("2")).unwrap();
     assert_eq!(again.active().name(), Some("2"));
+    drop(again);
     std::fs::write(f.tmp.path().join("state"), "active=gone\n").unwrap();
     let again = Core::new(config(&f.tmp), None).unwrap();
     assert_eq!(

@@ -440,7 +440,9 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             );
             sd_notify("STOPPING=1");
             drop(cleanup_socket);
-            if !unmount(&ours) {
+            let unmounted = unmount(&ours);
+            core.stop_switching();
+            if !unmounted {
                 return Ok(());
             }
         }

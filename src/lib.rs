@@ -23,6 +23,7 @@ pub mod mtimes;
 pub mod names;
 pub mod paths;
 pub mod procscan;
+pub mod prune;
 pub mod release;
 pub mod state;
 pub mod sys;

@@ -93,6 +93,85 @@ pub fn scan(dev: u64) -> ProcRefs {
     refs
 }
 
+/// How processes reference one host file or directory (see [`scan_host`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostUse {
+    /// Working and root directories.
+    pub dirs: usize,
+    /// Open file descriptors.
+    pub open_files: usize,
+    /// Memory-mapped files.
+    pub maps: usize,
+}
+
+impl HostUse {
+    pub fn add(&mut self, other: HostUse) {
+        self.dirs += other.dirs;
+        self.open_files += other.open_files;
+        self.maps += other.maps;
+    }
+
+    pub fn any(&self) -> bool {
+        self.dirs + self.open_files + self.maps > 0
+    }
+}
+
+/// Every file and directory on host device `dev` that a process (other than us) holds, by
+/// `(st_dev, st_ino)`: what uses a release through its real path rather than the mount
+/// (`cd releases/1/public`, a file of it held open, a library of it mapped). Identities, not
+/// the paths /proc shows: a path in /proc is informational (it may be stale or ambiguous),
+/// while the device and inode are what the descriptor really holds. The caller walks the
+/// release to find which of them are in it.
+pub fn scan_host(dev: u64) -> HashMap<(u64, u64), HostUse> {
+    let mut refs: HashMap<(u64, u64), HostUse> = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return refs;
+    };
+    let me = std::process::id().to_string();
+    let mut note = |id: Option<(u64, u64)>, add: HostUse| {
+        if let Some(id) = id.filter(|(d, _)| *d == dev) {
+            refs.entry(id).or_default().add(add);
+        }
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_none_or(|s| !s.bytes().all(|b| b.is_ascii_digit()) || s == me)
+        {
+            continue; // not a process, or the daemon itself (it pins every release it serves)
+        }
+        let base = entry.path();
+        let dir = HostUse {
+            dirs: 1,
+            ..HostUse::default()
+        };
+        note(dev_ino(&base.join("cwd")), dir);
+        note(dev_ino(&base.join("root")), dir);
+        if let Ok(fds) = fs::read_dir(base.join("fd")) {
+            for fd in fds.flatten() {
+                let file = HostUse {
+                    open_files: 1,
+                    ..HostUse::default()
+                };
+                note(dev_ino(&fd.path()), file);
+            }
+        }
+        if let Ok(maps) = fs::read_to_string(base.join("maps")) {
+            for (ino, d) in parse_maps(&maps) {
+                note(
+                    Some((d, ino)),
+                    HostUse {
+                        maps: 1,
+                        ..HostUse::default()
+                    },
+                );
+            }
+        }
+    }
+    refs
+}
+
 /// `(inode, device)` of every file-backed mapping in a /proc/PID/maps text, one per file.
 fn parse_maps(text: &str) -> Vec<(u64, u64)> {
     let mut seen = Vec::new();

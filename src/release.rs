@@ -57,12 +57,54 @@ impl ReleaseSet {
         &self.path
     }
 
-    /// Opens release `name` for serving.
+    /// The pinned releases directory: prune lists and deletes through it, never through the
+    /// path, which the owner of its parent could turn into a symlink to anywhere.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Opens release `name` for serving: a real directory (see [`Self::open_dir`]) that is
+    /// still linked, not empty, and still the directory the name resolves to after those
+    /// checks. That refuses a release `rm -rf` is deleting (emptied, or removed after we
+    /// opened it) or that is being renamed or replaced, instead of serving an empty root.
+    ///
+    /// The remaining window: a deletion that empties the directory after these checks and
+    /// before the switch is published still ends with the active release deleted while served,
+    /// which `status` reports as a problem (as for any release deleted while active).
+    ///
+    /// # Errors
+    /// A one-line message naming the release and what is wrong with it.
+    pub fn open_release(&self, name: &str) -> Result<OwnedFd, String> {
+        let fd = self.open_dir(name)?;
+        let st =
+            sys::fstat(fd.as_fd()).map_err(|e| format!("cannot stat release {name:?}: {e}"))?;
+        if st.st_nlink == 0 {
+            return Err(format!("release {name:?} was deleted while being opened"));
+        }
+        let empty = sys::dir_is_empty(fd.as_fd())
+            .map_err(|e| format!("cannot list release {name:?}: {e}"))?;
+        if empty {
+            return Err(format!(
+                "release {name:?} is empty (being deleted, or not uploaded yet); refusing to serve it"
+            ));
+        }
+        let again = self.open_dir(name)?;
+        let now =
+            sys::fstat(again.as_fd()).map_err(|e| format!("cannot stat release {name:?}: {e}"))?;
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) || now.st_nlink == 0 {
+            return Err(format!(
+                "release {name:?} was renamed, replaced or deleted while being opened"
+            ));
+        }
+        Ok(fd)
+    }
+
+    /// Opens the directory of release `name`.
     ///
     /// # Errors
     /// A one-line message: invalid name, no such release, or not a directory (a symlinked
     /// release is refused: it could point anywhere, and deploy tools upload real directories).
-    pub fn open_release(&self, name: &str) -> Result<OwnedFd, String> {
+    pub fn open_dir(&self, name: &str) -> Result<OwnedFd, String> {
         validate_release_name(name)?;
         let here = self.path.display();
         let fd = sys::open_path_beneath(self.fd.as_fd(), std::ffi::OsStr::new(name)).map_err(
@@ -96,7 +138,7 @@ impl ReleaseSet {
             .filter(|e| e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN)
             .filter_map(|e| e.name.into_string().ok())
             .filter(|n| validate_release_name(n).is_ok())
-            .filter(|n| self.open_release(n).is_ok())
+            .filter(|n| self.open_dir(n).is_ok())
             .collect();
         names.sort_by(|a, b| natural_cmp(a, b));
         Ok(names)
@@ -125,6 +167,8 @@ mod tests {
         let tmp = TempDir::new("release");
         let rel = tmp.path().join("releases");
         std::fs::create_dir_all(rel.join("1")).unwrap();
+        std::fs::write(rel.join("1/index.php"), b"x").unwrap();
+        std::fs::create_dir_all(rel.join("empty")).unwrap();
         std::fs::write(rel.join("file"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc", rel.join("evil")).unwrap();
         let set = ReleaseSet::open(&rel).unwrap();
@@ -142,7 +186,12 @@ mod tests {
         assert!(set.open_release("evil").unwrap_err().contains("symlink"));
         assert!(set.open_release("..").is_err());
         assert!(set.open_release("../releases").is_err());
-        assert_eq!(set.list().unwrap(), vec!["1".to_string()]);
+        assert!(set.open_release("empty").unwrap_err().contains("is empty"));
+        assert_eq!(
+            set.list().unwrap(),
+            vec!["1", "empty"],
+            "listed, not servable"
+        );
     }
 
     #[test]

@@ -13,14 +13,18 @@
 //! deleted under us), so the path always ends up holding what we acknowledged. Each slot is
 //! text padded with NULs, so `cat` shows it.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::names::validate_release_name;
+use crate::sys;
 
 /// What survives a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,9 +150,24 @@ fn parse(text: &str) -> Result<PersistedState, String> {
 
 /// The state file of one daemon: saves are serialised and, once the file exists in the slot
 /// format, done in place.
+///
+/// Everything goes through the state directory, opened once without following a symlink as
+/// its last component: the file and its temporary are opened relative to it with
+/// `O_NOFOLLOW`, the temporary is created `O_EXCL` under an unpredictable name, and renamed
+/// relative to it. So a directory other users can write (where they could plant a symlink at
+/// any name we would use) never makes root write through a link.
 pub struct StateFile {
     path: PathBuf,
-    open: Mutex<Option<Slots>>,
+    open: Mutex<Held>,
+    /// The lock file held for the daemon's life (see [`StateFile::lock`]).
+    lock: Mutex<Option<File>>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// The state directory, opened for reading so it can be fsynced.
+    dir: Option<Arc<OwnedFd>>,
+    slots: Option<Slots>,
 }
 
 /// The state file as we hold it open, and the sequence number of its newest slot.
@@ -163,26 +182,127 @@ impl StateFile {
     pub fn new(path: PathBuf) -> StateFile {
         StateFile {
             path,
-            open: Mutex::new(None),
+            open: Mutex::new(Held::default()),
+            lock: Mutex::new(None),
         }
+    }
+
+    /// Makes this daemon the only one using this state file, for as long as it runs: an
+    /// exclusive `flock` on `<state>.lock` beside it (the state file itself is replaced by
+    /// rename now and then, so its lock would not be stable). Two daemons sharing a state file
+    /// would each resume the other's release after a restart.
+    ///
+    /// # Errors
+    /// One line: another daemon holds the lock (with its pid when it wrote one), or the lock
+    /// file cannot be used safely (a symlink, a hard link, someone else's file).
+    pub fn lock(&self) -> Result<(), String> {
+        let Some(dir) = self.dir_to_lock_in()? else {
+            return Ok(());
+        };
+        let mut name = file_name(&self.path)
+            .map_err(|e| format!("state file {}: {e}", self.path.display()))?
+            .to_os_string();
+        name.push(".lock");
+        let lock_path = self.path.with_file_name(&name);
+        let Some(file) = open_lock_file(dir.as_fd(), &name, &lock_path)? else {
+            return Ok(());
+        };
+        let locked = sys::try_lock_exclusive(file.as_fd())
+            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        if !locked {
+            return Err(format!(
+                "state file {} is in use by another switchfs ({}); one daemon per state file",
+                self.path.display(),
+                holder(&file)
+            ));
+        }
+        // Only informational, for the message above: the lock is what counts.
+        let pid = format!("{}\n", std::process::id());
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0));
+        *self.lock.lock() = Some(file);
+        remove_stale_temporaries(dir.as_fd(), &name);
+        Ok(())
+    }
+
+    /// Gives the state file up to a successor: once a stopping daemon no longer switches,
+    /// the daemon replacing it (started while this one drains open files) may take it.
+    pub fn unlock(&self) {
+        self.lock.lock().take();
+    }
+
+    /// The state directory, or `None` when it is missing: then no other daemon's state is
+    /// there either, and saves will fail and say so.
+    fn dir_to_lock_in(&self) -> Result<Option<Arc<OwnedFd>>, String> {
+        match self.dir() {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                log::warn!(
+                    "state directory of {} is missing ({e}); not locking",
+                    self.path.display()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(format!(
+                "cannot open the directory of state file {}: {e}",
+                self.path.display()
+            )),
+        }
+    }
+
+    /// The state directory, opened on first use and kept.
+    fn dir(&self) -> io::Result<Arc<OwnedFd>> {
+        let mut open = self.open.lock();
+        Self::dir_in(&mut open, &self.path)
+    }
+
+    fn dir_in(held: &mut Held, path: &Path) -> io::Result<Arc<OwnedFd>> {
+        if let Some(dir) = &held.dir {
+            return Ok(dir.clone());
+        }
+        let dir = Arc::new(open_state_dir(path)?);
+        held.dir = Some(dir.clone());
+        Ok(dir)
     }
 
     /// Reads the state like [`load`] and, when the file is in the slot format, keeps it open
     /// so the next save is in place.
     ///
     /// # Errors
-    /// As [`load`].
+    /// As [`load`]; also a state file that is a symlink or not a regular file (refused, never
+    /// followed: the next save replaces it).
     pub fn load(&self) -> io::Result<Option<PersistedState>> {
         let mut open = self.open.lock();
-        *open = None;
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&self.path) else {
-            return load(&self.path); // missing, or not writable: reported at the first save
+        open.slots = None;
+        let dir = match Self::dir_in(&mut open, &self.path) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
+        let name = file_name(&self.path)?;
+        let (file, writable) = match open_existing(dir.as_fd(), name) {
+            Ok(found) => found,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let owner = file.metadata()?.uid();
+        if owner != sys::euid() {
+            // Whoever wrote it could choose the release served after a restart.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "owned by uid {owner}, not by us: not trusted (the next switch replaces it)"
+                ),
+            ));
+        }
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut &file, &mut bytes)?;
         let (state, seq) = decode(bytes)?;
-        if let Some(seq) = seq {
-            *open = Some(Slots::new(file, seq)?);
+        // In place only into a plain file of our own: a hard link planted to another file
+        // must be replaced by rename, not written through.
+        if let Some(seq) = seq.filter(|_| writable && check_own_plain_file(&file).is_ok()) {
+            open.slots = Some(Slots::new(file, seq)?);
         }
         Ok(Some(state))
     }
@@ -194,7 +314,13 @@ impl StateFile {
     /// restart reads (the older slot or the old file is untouched).
     pub fn save(&self, state: &PersistedState) -> io::Result<()> {
         let mut open = self.open.lock();
-        if let Some(slots) = open.as_mut().filter(|s| s.still_at(&self.path)) {
+        let dir = Self::dir_in(&mut open, &self.path)?;
+        let name = file_name(&self.path)?;
+        if let Some(slots) = open
+            .slots
+            .as_mut()
+            .filter(|s| s.still_at(dir.as_fd(), name))
+        {
             let seq = slots.seq + 1;
             let slot = encode_slot(seq, state)?;
             let offset = (seq % 2) * SLOT as u64;
@@ -209,20 +335,20 @@ impl StateFile {
                 }
                 Err(e) => {
                     // The slot may be half written: start over from a fresh file next time.
-                    *open = None;
+                    open.slots = None;
                     return Err(e);
                 }
             }
         }
         // The old descriptor is closed only after the new file exists: a deleted state file
         // we still hold keeps its blocks, and a full disk must not get them back this way.
-        match create(&self.path, state) {
+        match create(dir.as_fd(), name, state) {
             Ok(fresh) => {
-                *open = Some(fresh);
+                open.slots = Some(fresh);
                 Ok(())
             }
             Err(e) => {
-                *open = None;
+                open.slots = None;
                 Err(e)
             }
         }
@@ -240,47 +366,168 @@ impl Slots {
         })
     }
 
-    /// Whether the path still names the file we hold: if it was replaced or deleted, writing
+    /// Whether the name still names the file we hold: if it was replaced or deleted, writing
     /// into our descriptor would persist nothing anyone reads.
-    fn still_at(&self, path: &Path) -> bool {
-        fs::symlink_metadata(path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+    fn still_at(&self, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+        sys::stat_at(dir, name).is_ok_and(|st| st.st_dev == self.dev && st.st_ino == self.ino)
     }
 }
 
-/// Writes a new slot file atomically and durably (temporary file, fsync, rename, fsync of the
-/// directory) and keeps it open for in-place saves. Both slots hold `state`.
-fn create(path: &Path, state: &PersistedState) -> io::Result<Slots> {
+fn file_name(path: &Path) -> io::Result<&OsStr> {
+    path.file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "state path has no file name"))
+}
+
+/// Opens the directory holding the state file, refusing a symlink as its last component, and
+/// warns when other users can write it: they cannot make us write through a link there, but
+/// they can delete or replace the state file.
+fn open_state_dir(path: &Path) -> io::Result<OwnedFd> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "state path has no file name")
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let fd = sys::open_dir_readable(dir)?;
+    let st = sys::fstat(fd.as_fd())?;
+    if st.st_mode & 0o022 != 0 {
+        log::warn!(
+            "state directory {} is writable by other users (mode {:o}): they can replace the \
+             state file; keep it in a directory only this daemon's user can write",
+            dir.display(),
+            st.st_mode & 0o7777
+        );
+    }
+    Ok(fd)
+}
+
+/// Opens the existing state file without following a symlink: read-write when we may, else
+/// read-only (reported at the first save). Returns the file and whether it is writable.
+fn open_existing(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(File, bool)> {
+    let (file, writable) = match sys::open_file_at(dir, name, libc::O_RDWR) {
+        Ok(f) => (f, true),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it is a symlink; not following it (the next switch replaces it)",
+            ));
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
+            (sys::open_file_at(dir, name, libc::O_RDONLY)?, false)
+        }
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file (the next switch replaces it)",
+        ));
+    }
+    Ok((file, writable))
+}
+
+/// A regular file with one link, owned by the user we run as.
+fn check_own_plain_file(file: &File) -> Result<(), String> {
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let me = sys::euid();
+    if !meta.is_file() || meta.nlink() != 1 || meta.uid() != me {
+        return Err(format!(
+            "not a plain file of ours (uid {}, {} links); refusing to use it",
+            meta.uid(),
+            meta.nlink()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a new slot file atomically and durably (temporary file, fsync, rename, fsync of the
+/// directory), all relative to the state directory, and keeps it open for in-place saves.
+/// Both slots hold `state`.
+fn create(dir: BorrowedFd<'_>, name: &OsStr, state: &PersistedState) -> io::Result<Slots> {
     let seq = 1;
     let mut bytes = encode_slot(seq - 1, state)?;
     bytes.extend(encode_slot(seq, state)?);
+    let (mut file, tmp) = create_temporary(dir, name)?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()?;
+        sys::rename_at(dir, &tmp, name)?;
+        sys::fsync(dir)?;
         Slots::new(file, seq)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = sys::unlink_at(dir, &tmp, false);
     }
     result
+}
+
+/// Opens (creating it) the lock file `name` in `dir`, refusing a symlink, a hard link or a
+/// file someone else owns. `None` where we may not write: saves fail there too and say so, and
+/// refusing to start would turn a read-only state directory into an outage.
+fn open_lock_file(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Option<File>, String> {
+    let file = match sys::open_file_at(dir, name, libc::O_RDWR | libc::O_CREAT) {
+        Ok(file) => file,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
+            log::warn!(
+                "cannot lock {}: {e}; a second daemon would not be refused",
+                shown.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("cannot open lock file {}: {e}", shown.display())),
+    };
+    check_own_plain_file(&file).map_err(|e| format!("lock file {}: {e}", shown.display()))?;
+    Ok(Some(file))
+}
+
+/// "pid N" of the daemon holding the lock, from what it wrote into the lock file.
+fn holder(file: &File) -> String {
+    let mut text = String::new();
+    let _ = io::Read::read_to_string(&mut &*file, &mut text);
+    match text.trim().parse::<u32>() {
+        Ok(pid) => format!("pid {pid}"),
+        Err(_) => "pid unknown".to_string(),
+    }
+}
+
+/// Removes temporaries a crashed daemon left (the lock, held now, says no save is under way):
+/// only regular files of ours, named like ours. `lock_name` is `<state>.lock`.
+fn remove_stale_temporaries(dir: BorrowedFd<'_>, lock_name: &OsStr) {
+    let Some(state) = lock_name.as_encoded_bytes().strip_suffix(b".lock") else {
+        return;
+    };
+    let mut prefix = b".".to_vec();
+    prefix.extend_from_slice(state);
+    prefix.extend_from_slice(b".tmp.");
+    let Ok(entries) = sys::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        if !entry.name.as_encoded_bytes().starts_with(&prefix) {
+            continue;
+        }
+        let ours = sys::stat_at(dir, &entry.name)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_uid == sys::euid());
+        if ours && sys::unlink_at(dir, &entry.name, false).is_ok() {
+            log::info!("removed {:?}, left by an earlier run", entry.name);
+        }
+    }
+}
+
+/// A new, empty temporary file beside the state file: `O_CREAT | O_EXCL | O_NOFOLLOW` under a
+/// name with 64 random bits, so nothing planted in advance (a symlink, a file) is ever opened.
+fn create_temporary(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(File, OsString)> {
+    let mut last = io::Error::from_raw_os_error(libc::EEXIST);
+    for _ in 0..8 {
+        let mut tmp = OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".tmp.{:016x}", sys::random_u64()?));
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        match sys::open_file_at(dir, &tmp, flags) {
+            Ok(file) => return Ok((file, tmp)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]
@@ -400,6 +647,63 @@ mod tests {
         slot.push('\0');
         fs::write(&path, slot).unwrap();
         assert_eq!(load(&path).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_symlinked_state_file_is_replaced_not_followed() {
+        let tmp = TempDir::new("state");
+        let path = tmp.path().join("state");
+        let target = tmp.path().join("important");
+        fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let file = StateFile::new(path.clone());
+        assert_eq!(file.load().unwrap_err().kind(), io::ErrorKind::InvalidData);
+        file.save(&st("1", None)).unwrap();
+        assert!(fs::symlink_metadata(&path).unwrap().is_file(), "replaced");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(load(&path).unwrap(), Some(st("1", None)));
+    }
+
+    #[test]
+    fn a_state_file_another_user_owns_is_not_trusted_and_is_replaced() {
+        assert_eq!(
+            sys::euid(),
+            0,
+            "this test hands a file to nobody: run it as root"
+        );
+        let tmp = TempDir::new("state");
+        let path = tmp.path().join("state");
+        StateFile::new(path.clone())
+            .save(&st("evil", None))
+            .unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let file = StateFile::new(path.clone());
+        let err = file.load().unwrap_err();
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        file.save(&st("1", None)).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().uid(), 0);
+        assert_eq!(load(&path).unwrap(), Some(st("1", None)));
+    }
+
+    #[test]
+    fn a_second_holder_of_the_state_file_is_refused_with_the_first_ones_pid() {
+        let tmp = TempDir::new("state");
+        let path = tmp.path().join("state");
+        let first = StateFile::new(path.clone());
+        first.lock().unwrap();
+        let err = StateFile::new(path.clone()).lock().unwrap_err();
+        let pid = format!("pid {}", std::process::id());
+        assert!(
+            err.contains("in use by another switchfs") && err.contains(&pid),
+            "{err}"
+        );
+        drop(first);
+        fs::write(tmp.path().join(".state.tmp.0123456789abcdef"), "crashed").unwrap();
+        StateFile::new(path).lock().unwrap();
+        assert!(
+            !tmp.path().join(".state.tmp.0123456789abcdef").exists(),
+            "a crashed run's temporary is cleaned up once locked"
+        );
     }
 
     #[test]

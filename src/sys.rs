@@ -515,3 +515,146 @@ pub fn nofile_hard_limit() -> io::Result<u64> {
     // SAFETY: filled by getrlimit.
     Ok(unsafe { lim.assume_init() }.rlim_max)
 }
+
+// ---- Descriptor-relative creation, deletion and locking, for prune and the state file. ----
+// Everything here acts on one name relative to a directory descriptor and never follows a
+// symlink in it, so a path another user can swap is never what root acts through.
+
+fn owned(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: callers pass a descriptor the kernel just returned to us; nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Opens directory `name` under `dir` for reading (so it can be listed and fsynced), refusing
+/// a symlink (`ELOOP`) or anything that is not a directory (`ENOTDIR`).
+pub fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    let c_name = cstring(name.as_bytes())?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid C string and directory descriptor.
+    check(unsafe { libc::openat(dir.as_raw_fd(), c_name.as_ptr(), flags) }).map(owned)
+}
+
+/// Opens the directory at `path` for reading, refusing a symlink as its last component.
+pub fn open_dir_readable(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c_path = cstring(path.as_os_str().as_bytes())?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid C string.
+    check(unsafe { libc::open(c_path.as_ptr(), flags) }).map(owned)
+}
+
+/// Opens file `name` under `dir` with `flags` (plus `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC`:
+/// a symlink is refused and a FIFO cannot block us); `O_CREAT` creates it with mode 0600.
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<File> {
+    let c_name = cstring(name.as_bytes())?;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: valid C string and directory descriptor; the mode is only read with O_CREAT.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c_name.as_ptr(), flags, 0o600) })?;
+    Ok(File::from(owned(fd)))
+}
+
+/// `lstat` of `name` under `dir`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    let c_name = cstring(name.as_bytes())?;
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: valid C string and directory descriptor; st is writable.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c_name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so the struct is filled in.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Removes the entry `name` of `dir` (`AT_REMOVEDIR` with `dir_entry`). Unlinking a name
+/// never follows it: a symlink is removed, not its target.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, dir_entry: bool) -> io::Result<()> {
+    let c_name = cstring(name.as_bytes())?;
+    let flags = if dir_entry { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid C string and directory descriptor.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c_name.as_ptr(), flags) }).map(drop)
+}
+
+/// Renames `from` to `to`, both in `dir`, replacing `to` (a symlink at `to` is replaced, not
+/// followed).
+pub fn rename_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    let (c_from, c_to) = (cstring(from.as_bytes())?, cstring(to.as_bytes())?);
+    let d = dir.as_raw_fd();
+    // SAFETY: valid C strings and directory descriptor.
+    check(unsafe { libc::renameat(d, c_from.as_ptr(), d, c_to.as_ptr()) }).map(drop)
+}
+
+/// The device and mount id of what `fd` refers to: two directories on the same device can
+/// still be different mounts (a bind mount), which only the mount id tells apart.
+pub fn device_and_mount(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the empty path with AT_EMPTY_PATH refers to fd itself; stx is writable.
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: filled in by the successful call.
+    let stx = unsafe { stx.assume_init() };
+    Ok((
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        stx.stx_mnt_id,
+    ))
+}
+
+/// Takes an exclusive `flock` on `fd` without waiting: `Ok(false)` when another open file
+/// description holds it.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: plain syscall on a descriptor we hold.
+    match check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// 64 unpredictable bits from the kernel, for names another user must not guess.
+pub fn random_u64() -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of buf.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            filled += n as usize;
+        }
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// `fsync` of a descriptor opened for reading (a directory, after a rename in it).
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we hold.
+    check(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
+}
+
+/// Whether the directory behind `fd` has no entry but `.` and `..`; reads only as far as the
+/// first entry, so a huge directory costs no more than a small one.
+pub fn dir_is_empty(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(std::fs::read_dir(path)?.next().transpose()?.is_none())
+}
+
+/// The effective user id we run as.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
