@@ -105,6 +105,7 @@ fn main() -> ExitCode {
         env_logger::Env::default().default_filter_or("info,fuser::mnt=error"),
     )
     .init();
+    switchfs::docs::generate_if_asked::<Cli>("switchfs");
     let cli: Cli = switchfs::parse_args_or_exit("switchfs");
     let args = DaemonArgs {
         releases: cli.releases,
