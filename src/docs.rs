@@ -11,8 +11,9 @@ use clap_complete::Shell;
 pub const GENERATE_DOCS: &str = "--generate-docs";
 
 /// If the command line is `BIN --generate-docs DIR`, writes `DIR/man1/BIN.1` (and one page
-/// per subcommand, `BIN-SUB.1`) and `DIR/completions/{bash,zsh,fish}/...`, then exits:
-/// 0 when written, 1 with one line on stderr otherwise. Returns for any other command line.
+/// per subcommand, `BIN-SUB.1`) and `DIR/completions/{bash,zsh,fish}/...`, then exits.
+/// Bash completions are named `BIN.bash` (install them as `BIN`). Exits 0 when written, 1
+/// with one line on stderr otherwise; returns for any other command line.
 pub fn generate_if_asked<P: clap::CommandFactory>(bin: &'static str) {
     let mut argv = std::env::args_os().skip(1);
     if argv.next().as_deref() != Some(GENERATE_DOCS.as_ref()) {
@@ -41,7 +42,6 @@ pub fn generate_if_asked<P: clap::CommandFactory>(bin: &'static str) {
 pub fn generate(mut cmd: clap::Command, dir: &Path) -> io::Result<()> {
     let man = dir.join("man1");
     std::fs::create_dir_all(&man)?;
-    cmd.build();
     clap_mangen::generate_to(cmd.clone(), &man)?;
     let bin = cmd.get_name().to_string();
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
