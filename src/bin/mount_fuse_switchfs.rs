@@ -20,7 +20,8 @@ use switchfs::mount_helper::{self, Plan};
 /// How long the daemon may take to mount before the helper gives up and stops it.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Mount a switchfs docroot from mount(8) or /etc/fstab, e.g.
+/// Mount a switchfs docroot from mount(8) or /etc/fstab.
+///
 /// `mount -t fuse.switchfs -o releases=/var/www/app/releases,initial=42 switchfs /var/www/current`
 /// or the fstab line
 /// `switchfs /var/www/current fuse.switchfs releases=/var/www/app/releases,nofail 0 0`.
