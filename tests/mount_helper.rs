@@ -324,3 +324,34 @@ fn man_pages_and_completions_come_from_the_clap_definitions() {
     assert!(read("completions/zsh/_switchfs").contains("--releases"));
     assert!(read("completions/fish/switchctl.fish").contains("prune"));
 }
+
+#[test]
+fn two_mounts_of_one_line_at_once_leave_exactly_one_serving() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-race");
+    fx.two_releases();
+    let _cleanup = Detached(fx.mnt());
+    let opts = format!("initial=1,{}", own_paths(&fx));
+    for round in 0..3 {
+        let results: Vec<Output> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| mount_t(&opts, &fx.releases().to_string_lossy(), &fx.mnt())))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let won: Vec<&Output> = results.iter().filter(|o| o.status.success()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        let lost = results.iter().find(|o| !o.status.success()).unwrap();
+        one_line_error(lost);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(&*fx.mnt().to_string_lossy()))
+            .count();
+        assert_eq!(mounts, 1, "round {round}: stacked mounts");
+        assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+        let pid = daemon_pid(&fx.mnt()).unwrap();
+        umount(&fx.mnt());
+        assert_ends(pid);
+    }
+}
