@@ -355,3 +355,46 @@ fn two_mounts_of_one_line_at_once_leave_exactly_one_serving() {
         assert_ends(pid);
     }
 }
+
+#[test]
+fn a_log_file_planted_by_another_user_is_refused() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-log");
+    fx.two_releases();
+    fx.open_up_for_others();
+    let _cleanup = Detached(fx.mnt());
+    // A sticky world-writable directory, like /tmp, where an operator put log=.
+    let public = fx.root.join("public");
+    std::fs::create_dir(&public).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = public.join("planted.log");
+    let link = public.join("link.log");
+    let out = as_nobody(&["touch", &planted.to_string_lossy()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = as_nobody(&["ln", "-s", "/etc/passwd", &link.to_string_lossy()]);
+    assert!(out.status.success(), "{out:?}");
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+
+    for (log, expected) in [
+        (&planted, "not a regular file of our own"),
+        (&link, "cannot open log"),
+    ] {
+        let opts = format!(
+            "releases={},initial=1,state={},control={},log={}",
+            fx.releases().display(),
+            fx.state().display(),
+            fx.socket().display(),
+            log.display()
+        );
+        let err = one_line_error(&mount_t(&opts, "switchfs", &fx.mnt()));
+        assert!(err.contains(expected), "log={}: {err}", log.display());
+        assert!(!is_mounted(&fx.mnt()));
+    }
+    assert_eq!(
+        std::fs::metadata(&planted).unwrap().len(),
+        0,
+        "wrote into the planted file"
+    );
+    assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
+}

@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -106,11 +106,21 @@ fn open_log(path: &Path) -> Result<(File, u64), String> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| format!("cannot open log {}: {e}", path.display()))?;
-    let start = file
+    let meta = file
         .metadata()
-        .map_err(|e| format!("log {}: {e}", path.display()))?
-        .len();
-    Ok((file, start))
+        .map_err(|e| format!("log {}: {e}", path.display()))?;
+    // A log in a directory others can write (log=/tmp/...) may be a file they planted or a
+    // hard link to something else: write only into our own, singly linked, regular file.
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != euid || meta.nlink() != 1 {
+        return Err(format!(
+            "log {} is not a regular file of our own with one link; remove it or choose \
+             another log=FILE",
+            path.display()
+        ));
+    }
+    Ok((file, meta.len()))
 }
 
 /// A datagram socket in a fresh 0700 directory for the daemon's `READY=1`, so no other user
