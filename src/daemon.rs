@@ -347,7 +347,14 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
         MountOption::FSName(fsname.clone()),
-        MountOption::Subtype("switchfs".into()),
+        // fuser passes Subtype only to fusermount3 (not root); as root it calls mount(2)
+        // itself with type "fuse", so the kernel option is what makes findmnt and mount(8)
+        // say fuse.switchfs there.
+        if is_root() {
+            MountOption::CUSTOM("subtype=switchfs".into())
+        } else {
+            MountOption::Subtype("switchfs".into())
+        },
         MountOption::DefaultPermissions,
         MountOption::RO,
         MountOption::NoDev,

@@ -109,6 +109,7 @@ fn main() -> ExitCode {
     // less than ours; keep its warnings and errors.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser=warn"))
         .init();
+    switchfs::docs::generate_if_asked::<Cli>("switchfs");
     let cli: Cli = switchfs::parse_args_or_exit("switchfs");
     let args = DaemonArgs {
         releases: cli.releases,

@@ -658,3 +658,21 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory of ours.
     unsafe { libc::geteuid() }
 }
+
+// Process start-up for the mount helper (`mount.fuse.switchfs`).
+
+/// Makes the child of `cmd` call `setsid()` before it runs, so the daemon a mount helper
+/// starts has no controlling terminal and no tie to the session of mount(8) or a login shell
+/// that ends after the mount.
+pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setsid, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -115,6 +115,7 @@ fn run(cli: Cli) -> Result<String, Failure> {
 }
 
 fn main() -> ExitCode {
+    switchfs::docs::generate_if_asked::<Cli>("switchctl");
     let cli: Cli = switchfs::parse_args_or_exit("switchctl");
     match run(cli) {
         Ok(body) => {
