@@ -294,7 +294,10 @@ fn respond(core: &Core, hooks: &Hooks, line: &[u8], peer: Peer) -> String {
             return after_switch(core, hooks, core.activate(&name, &who), drain);
         }
         Request::Rollback { drain } => {
-            return after_switch(core, hooks, core.rollback(&who), drain);
+            return after_switch(core, hooks, core.rollback(None, &who), drain);
+        }
+        Request::RollbackTo { name, drain } => {
+            return after_switch(core, hooks, core.rollback(Some(&name), &who), drain);
         }
         Request::Prune { keep, apply } => core.prune(keep, apply),
         Request::Status { json } => {
@@ -308,10 +311,11 @@ fn respond(core: &Core, hooks: &Hooks, line: &[u8], peer: Peer) -> String {
         Request::List { json } => core.list().map(|names| {
             let active = core.active();
             let (a, p) = (active.name(), active.previous.as_deref());
+            let history = core.history();
             if json {
-                render::list_json(&names, a, p)
+                render::list_json(&names, a, p, &history)
             } else {
-                render::list_text(&names, a, p)
+                render::list_text(&names, a, p, &history)
             }
         }),
         Request::Ping => Ok("pong".into()),
