@@ -1087,7 +1087,8 @@ impl Core {
     /// The history to persist with a switch to `name`: what a rollback in progress planned,
     /// else `name` appended. Called with the switch lock held.
     fn next_history(&self, name: &str) -> History {
-        match self.planned_history.lock().take() {
+        let planned = self.planned_history.lock().take();
+        match planned {
             Some(planned) if planned.entries().last().map(String::as_str) == Some(name) => planned,
             _ => self.history.lock().activated(name),
         }

@@ -96,7 +96,8 @@ impl History {
         }
         Err(match to {
             Some(to) => format!(
-                "release {to} is not in the activation history ({}); use activate",
+                "release {to} is not in the activation history ({}) or its directory is gone; \
+                 use activate",
                 self.describe()
             ),
             None => format!(
