@@ -32,6 +32,7 @@ use crate::caller::Caller;
 use crate::errno::os_error;
 use crate::fds::FdBudget;
 use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
+use crate::history::History;
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
 use crate::links;
 use crate::mtimes::MtimeRegistry;
@@ -204,6 +205,8 @@ pub struct Status {
     pub active: Option<String>,
     pub since: SystemTime,
     pub previous: Option<String>,
+    /// Activations (oldest first) and rollback marks.
+    pub history: History,
     pub releases_dir: PathBuf,
     pub mount_point: PathBuf,
     /// Set when the active release's directory was deleted or renamed away while served.
@@ -232,8 +235,14 @@ pub struct Core {
     root: Mutex<RootState>,
     portals: parking_lot::RwLock<Portals>,
     /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
-    /// notifications.
-    switch_lock: Mutex<()>,
+    /// notifications. Reentrant so that `rollback` can choose its target and switch to it
+    /// under one hold (it calls `activate`).
+    switch_lock: parking_lot::ReentrantMutex<()>,
+    /// Activations and rollback marks, as persisted with the state (see `history`).
+    history: Mutex<History>,
+    /// The history a rollback in progress wants recorded instead of a plain activation;
+    /// set and consumed under the switch lock.
+    planned_history: Mutex<Option<History>>,
     /// Set once shutdown has begun: no switch or prune after it (see `stop_switching`).
     stopping: std::sync::atomic::AtomicBool,
     /// Where the active release is made durable before a switch is acknowledged.
@@ -283,7 +292,9 @@ impl Core {
                 active: empty,
                 names: HashSet::new(),
             }),
-            switch_lock: Mutex::new(()),
+            switch_lock: parking_lot::ReentrantMutex::new(()),
+            history: Mutex::new(History::default()),
+            planned_history: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
             inodes: InodeTable::new(FdBudget::new(inode_fds)),
             handles: HandleTable::default(),
@@ -315,6 +326,7 @@ impl Core {
         if let Some(st) = persisted {
             match self.releases.open_release(&st.active) {
                 Ok(fd) => {
+                    *self.history.lock() = restored_history(&st);
                     self.publish(&st.active, fd, st.previous.clone());
                     log::info!("resumed persisted release {:?}", st.active);
                     return Ok(());
@@ -326,9 +338,12 @@ impl Core {
             Some(name) => {
                 let fd = self.releases.open_release(name)?;
                 let previous = None;
+                let history = History::default().activated(name);
+                *self.history.lock() = history.clone();
                 if let Err(e) = self.state.save(&PersistedState {
                     active: name.to_string(),
                     previous: previous.clone(),
+                    history,
                 }) {
                     log::warn!(
                         "cannot persist initial release to {}: {e}",
@@ -1026,6 +1041,7 @@ impl Core {
         let persisted = PersistedState {
             active: name.to_string(),
             previous: previous.clone(),
+            history: self.next_history(name),
         };
         self.state.save(&persisted).map_err(|e| {
             format!(
@@ -1034,6 +1050,7 @@ impl Core {
                 previous.as_deref().unwrap_or("(none)")
             )
         })?;
+        *self.history.lock() = persisted.history;
         self.pin_held_inodes();
         let stale = self.publish(name, fd, previous.clone());
         self.invalidate_root(stale);
@@ -1177,17 +1194,39 @@ impl Core {
         crate::prune::prune(&self.releases, &names, keep, apply, &kept)
     }
 
-    /// Switches back to the previous release.
+    /// Rolls back like the deploy tools: to the release activated before the active one,
+    /// one step further at each call, never to a release rolled back from since it was last
+    /// activated (see `history`). With `to`, back to that release of the history.
     ///
     /// # Errors
-    /// No previous release, or the switch fails.
-    pub fn rollback(&self, who: &str) -> Result<Switched, String> {
-        let previous = self
-            .active()
-            .previous
-            .clone()
-            .ok_or("no previous release to roll back to")?;
-        self.activate(&previous, who)
+    /// Nothing to roll back to, or the switch fails; the history is then unchanged.
+    pub fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
+        let _serial = self.switch_lock.lock();
+        let current = self.active();
+        let current = current
+            .name()
+            .ok_or("no release is active, so there is nothing to roll back from")?;
+        let exists = |name: &str| self.releases.open_release(name).is_ok();
+        let (target, after) = self.history.lock().rollback(current, to, exists)?;
+        *self.planned_history.lock() = Some(after);
+        let switched = self.activate(&target, who);
+        self.planned_history.lock().take();
+        switched
+    }
+
+    /// The history to persist with a switch to `name`: what a rollback in progress planned,
+    /// else `name` appended. Called with the switch lock held.
+    fn next_history(&self, name: &str) -> History {
+        let planned = self.planned_history.lock().take();
+        match planned {
+            Some(planned) if planned.entries().last().map(String::as_str) == Some(name) => planned,
+            _ => self.history.lock().activated(name),
+        }
+    }
+
+    /// The activation history and rollback marks, as of now.
+    pub fn history(&self) -> History {
+        self.history.lock().clone()
     }
 
     /// Tells the kernel to forget every root name it may cache from before a switch, then
@@ -1284,6 +1323,7 @@ impl Core {
             active: active.name().map(str::to_string),
             since: active.since,
             previous: active.previous.clone(),
+            history: self.history(),
             releases_dir: self.releases.path().to_path_buf(),
             mount_point: self.config.mount_point.clone(),
             active_problem,
@@ -1304,6 +1344,16 @@ impl Core {
 
 fn is_trusted_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.")
+}
+
+/// The history a restarted daemon resumes: as persisted, ending with the active release.
+fn restored_history(st: &PersistedState) -> History {
+    let history = st.history.clone();
+    if history.entries().last() == Some(&st.active) {
+        history
+    } else {
+        history.activated(&st.active)
+    }
 }
 
 fn xattr_value(value: Vec<u8>, size: u32) -> io::Result<sys::XattrAnswer> {

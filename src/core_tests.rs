@@ -252,7 +252,7 @@ fn restart_resumes_persisted_release_and_previous() {
     );
     assert_eq!(again.active().previous.as_deref(), Some("1"));
     assert_eq!(
-        again.rollback("test").unwrap().message,
+        again.rollback(None, "test").unwrap().message,
         "switched from 2 to 1"
     );
 }
@@ -669,4 +669,66 @@ fn top_level_directories_are_portals_that_follow_the_active_release() {
     assert_eq!(names.0, vec![".", "..", "b"]);
     f.core.forget(a2.ino.0, 5);
     assert!(f.core.getattr(a2.ino.0).is_ok());
+}
+
+/// README "Rollback": each rollback steps one release further back, never returns to the
+/// release it just left, and the history survives a restart.
+#[test]
+fn rollback_steps_back_through_the_history_and_survives_restarts() {
+    let f = fixture(Some("1"));
+    for rel in ["3", "4"] {
+        write(&f.tmp, rel, "index.php", &format!("release {rel}"));
+    }
+    for rel in ["2", "3", "4"] {
+        f.core.activate(rel, "test").unwrap();
+    }
+    let back = |core: &Core| core.rollback(None, "test").map(|s| s.to);
+    assert_eq!(back(&f.core).as_deref(), Ok("3"));
+    assert_eq!(back(&f.core).as_deref(), Ok("2"), "not back to 4");
+    let st = f.core.status();
+    assert_eq!(st.history.entries(), ["1", "2"]);
+    assert_eq!(st.history.rolled_back(), ["4", "3"]);
+    // A restart resumes the history and the marks (the old daemon gives the state up first,
+    // as at shutdown).
+    f.core.stop_switching();
+    let again = Core::new(config(&f.tmp), None).unwrap();
+    assert_eq!(again.active().name(), Some("2"));
+    assert_eq!(back(&again).as_deref(), Ok("1"));
+    let err = back(&again).unwrap_err();
+    assert!(err.contains("no earlier release"), "{err}");
+    assert_eq!(
+        again.active().name(),
+        Some("1"),
+        "a refused rollback changes nothing"
+    );
+    // Activating a release rolled back from lifts its mark; --to picks from the history.
+    again.activate("4", "test").unwrap();
+    again.activate("3", "test").unwrap();
+    assert_eq!(back(&again).as_deref(), Ok("4"));
+    again.activate("2", "test").unwrap();
+    let to = again.rollback(Some("1"), "test").unwrap();
+    assert_eq!((to.from.as_deref(), to.to.as_str()), (Some("2"), "1"));
+    let err = again.rollback(Some("9"), "test").unwrap_err();
+    assert!(err.contains("not in the activation history"), "{err}");
+}
+
+#[test]
+fn a_refused_rollback_keeps_the_history_and_deleted_releases_are_skipped() {
+    let f = fixture(Some("1"));
+    write(&f.tmp, "3", "index.php", "release 3");
+    f.core.activate("2", "test").unwrap();
+    f.core.activate("3", "test").unwrap();
+    // The state file cannot be written: the rollback is refused and nothing changes.
+    let before = f.core.history();
+    let state = f.tmp.path().join("state");
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let err = f.core.rollback(None, "test").unwrap_err();
+    assert!(err.contains("cannot persist"), "{err}");
+    assert_eq!(f.core.history(), before);
+    assert_eq!(f.core.active().name(), Some("3"));
+    std::fs::remove_dir(&state).unwrap();
+    // Release 2 was deleted meanwhile: the rollback goes past it.
+    std::fs::remove_dir_all(f.tmp.path().join("releases/2")).unwrap();
+    assert_eq!(f.core.rollback(None, "test").unwrap().to, "1");
 }

@@ -15,6 +15,7 @@ pub mod errno;
 pub mod fds;
 pub mod fuse_adapter;
 pub mod handles;
+pub mod history;
 pub mod hooks;
 pub mod inodes;
 pub mod invalidate;

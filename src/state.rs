@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::history::History;
 use crate::names::validate_release_name;
 use crate::sys;
 
@@ -31,6 +32,10 @@ use crate::sys;
 pub struct PersistedState {
     pub active: String,
     pub previous: Option<String>,
+    /// Activations and rollback marks (body lines `history=` and `rolled_back=`, names joined
+    /// by `/`, the one character a release name cannot hold). Files without them, written
+    /// before histories existed, read as "previous, then active".
+    pub history: History,
 }
 
 const MAGIC: &str = "switchfs-state 2";
@@ -101,10 +106,7 @@ fn decode_slot(chunk: &[u8]) -> Result<(u64, PersistedState), String> {
 }
 
 fn encode_slot(seq: u64, state: &PersistedState) -> io::Result<Vec<u8>> {
-    let mut body = format!("active={}\n", state.active);
-    if let Some(prev) = &state.previous {
-        body.push_str(&format!("previous={prev}\n"));
-    }
+    let body = encode_body(state);
     let text = format!(
         "{MAGIC} seq={seq} sum={:016x}\n{body}",
         checksum(seq, &body)
@@ -120,6 +122,38 @@ fn encode_slot(seq: u64, state: &PersistedState) -> io::Result<Vec<u8>> {
     Ok(slot)
 }
 
+/// The slot body. The oldest history entries and marks are left out when the names are too
+/// long for all of them to fit the slot (with room for the header): the history is a
+/// convenience, the active release is what must persist.
+fn encode_body(state: &PersistedState) -> String {
+    const ROOM: usize = SLOT - 64;
+    let mut head = format!("active={}\n", state.active);
+    if let Some(prev) = &state.previous {
+        head.push_str(&format!("previous={prev}\n"));
+    }
+    let (entries, marks) = (state.history.entries(), state.history.rolled_back());
+    let (mut from_entry, mut from_mark) = (0, 0);
+    loop {
+        let mut body = head.clone();
+        for (key, names) in [
+            ("history", &entries[from_entry..]),
+            ("rolled_back", &marks[from_mark..]),
+        ] {
+            if !names.is_empty() {
+                body.push_str(&format!("{key}={}\n", names.join("/")));
+            }
+        }
+        if body.len() <= ROOM || (from_entry == entries.len() && from_mark == marks.len()) {
+            return body;
+        }
+        if from_mark < marks.len() && marks.len() - from_mark >= entries.len() - from_entry {
+            from_mark += 1;
+        } else {
+            from_entry += 1;
+        }
+    }
+}
+
 /// FNV-1a over the sequence number and the body: detects a torn or stale slot (not an attack).
 fn checksum(seq: u64, body: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -133,19 +167,39 @@ fn checksum(seq: u64, body: &str) -> u64 {
 fn parse(text: &str) -> Result<PersistedState, String> {
     let mut active = None;
     let mut previous = None;
+    let mut history = None;
+    let mut rolled_back = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| format!("line {line:?} is not key=value"))?;
-        validate_release_name(value)?;
         match key {
-            "active" => active = Some(value.to_string()),
-            "previous" => previous = Some(value.to_string()),
+            "active" => active = Some(one_name(value)?),
+            "previous" => previous = Some(one_name(value)?),
+            "history" => history = Some(name_list(value)?),
+            "rolled_back" => rolled_back = name_list(value)?,
             _ => return Err(format!("unknown key {key:?}")),
         }
     }
-    let active = active.ok_or("no active= line")?;
-    Ok(PersistedState { active, previous })
+    let active: String = active.ok_or("no active= line")?;
+    let history = match history {
+        Some(entries) => History::new(entries, rolled_back),
+        None => History::from_previous(&active, previous.as_deref()),
+    };
+    Ok(PersistedState {
+        active,
+        previous,
+        history,
+    })
+}
+
+fn one_name(value: &str) -> Result<String, String> {
+    validate_release_name(value)?;
+    Ok(value.to_string())
+}
+
+fn name_list(value: &str) -> Result<Vec<String>, String> {
+    value.split('/').map(one_name).collect()
 }
 
 /// The state file of one daemon: saves are serialised and, once the file exists in the slot
@@ -539,6 +593,7 @@ mod tests {
         PersistedState {
             active: active.into(),
             previous: previous.map(Into::into),
+            history: History::from_previous(active, previous),
         }
     }
 
@@ -704,6 +759,55 @@ mod tests {
             !tmp.path().join(".state.tmp.0123456789abcdef").exists(),
             "a crashed run's temporary is cleaned up once locked"
         );
+    }
+
+    #[test]
+    fn the_history_and_rollback_marks_round_trip() {
+        let tmp = TempDir::new("state");
+        let path = tmp.path().join("state");
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let state = PersistedState {
+            active: "2".into(),
+            previous: Some("3".into()),
+            history: History::new(names(&["1", "3", "2"]), names(&["3"])),
+        };
+        let file = StateFile::new(path.clone());
+        file.save(&state).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(state.clone()));
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+        assert!(
+            text.contains("history=1/3/2\nrolled_back=3\n"),
+            "readable with cat: {text:?}"
+        );
+        // Written before histories existed: previous, then active.
+        fs::write(&path, "active=2\nprevious=1\n").unwrap();
+        let old = load(&path).unwrap().unwrap();
+        assert_eq!(old.history.entries(), names(&["1", "2"]));
+        // A name in the history is validated like any other.
+        fs::write(&path, "active=2\nhistory=1/../x\n").unwrap();
+        assert_eq!(load(&path).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_long_history_is_trimmed_oldest_first_to_fit_the_slot() {
+        let tmp = TempDir::new("state");
+        let path = tmp.path().join("state");
+        let long = |i: usize| format!("{i:0>200}");
+        let mut history = History::default();
+        for i in 0..10 {
+            history = history.activated(&long(i));
+        }
+        let state = PersistedState {
+            active: long(9),
+            previous: Some(long(8)),
+            history,
+        };
+        StateFile::new(path.clone()).save(&state).unwrap();
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(back.active, long(9));
+        let kept = back.history.entries();
+        assert!(!kept.is_empty() && kept.len() < 10, "{}", kept.len());
+        assert_eq!(kept.last(), Some(&long(9)), "the newest entries are kept");
     }
 
     #[test]

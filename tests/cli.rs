@@ -61,13 +61,19 @@ fn status_and_list_for_people_and_machines() {
     assert!(json.contains("\"previous\":\"1\""), "{json}");
     assert!(json.contains("\"problem\":null"), "{json}");
     let list = stdout(&fx.ctl(&["list"]));
-    assert_eq!(list, "  1 (previous)\n* 2 (active)\n  10\n");
+    assert_eq!(
+        list,
+        "  1 (previous) (rollback target)\n* 2 (active)\n  10\n"
+    );
     let json = stdout(&fx.ctl(&["list", "--json"]));
     assert_eq!(
         json,
-        "[{\"name\":\"1\",\"active\":false,\"previous\":true},\
-         {\"name\":\"2\",\"active\":true,\"previous\":false},\
-         {\"name\":\"10\",\"active\":false,\"previous\":false}]\n"
+        "[{\"name\":\"1\",\"active\":false,\"previous\":true,\"history\":1,\
+         \"rollback_target\":true,\"rolled_back\":false},\
+         {\"name\":\"2\",\"active\":true,\"previous\":false,\"history\":0,\
+         \"rollback_target\":false,\"rolled_back\":false},\
+         {\"name\":\"10\",\"active\":false,\"previous\":false,\"history\":null,\
+         \"rollback_target\":false,\"rolled_back\":false}]\n"
     );
     // With --track-opens, open files are counted per release.
     let held = fs::File::open(fx.m("index.php")).unwrap();
@@ -138,7 +144,7 @@ fn bad_release_names_are_refused_and_change_nothing() {
     assert_eq!(fs::read_to_string(fx.state()).unwrap(), state_before);
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
     let out = fx.ctl(&["rollback"]);
-    assert!(one_line_error(&out).contains("no previous release"));
+    assert!(one_line_error(&out).contains("no earlier release"));
 }
 
 #[test]
@@ -425,7 +431,10 @@ fn prune_deletes_only_old_unused_releases_and_only_when_asked() {
         "keep 1 (active or previous)\ndeleted 2\ndeleted 3\n"
     );
     assert!(!fx.releases().join("2").exists() && !fx.releases().join("3").exists());
-    assert_eq!(stdout(&fx.ctl(&["list"])), "  1 (previous)\n* 4 (active)\n");
+    assert_eq!(
+        stdout(&fx.ctl(&["list"])),
+        "  1 (previous) (rollback target)\n* 4 (active)\n"
+    );
     let err = one_line_error(&fx.ctl(&["prune", "--keep", "0"]));
     assert!(err.contains("--keep"), "{err}");
 }

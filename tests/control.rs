@@ -158,6 +158,7 @@ fn the_status_group_reads_and_only_the_control_group_switches() {
     for args in [
         &["activate", "2"][..],
         &["rollback"][..],
+        &["rollback", "--to", "2"][..],
         &["prune", "--keep", "1", "--yes"][..],
     ] {
         let out = ctl_as(&fx, NOBODY, &watcher, args);

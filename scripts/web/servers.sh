@@ -150,6 +150,8 @@ start_fpm() {
 pid = $dir/fpm.pid
 error_log = $dir/error.log
 daemonize = no
+; A reload (SIGUSR2, as systemctl reload sends) lets running requests finish, as in production.
+process_control_timeout = 10s
 
 [app]
 user = www-data

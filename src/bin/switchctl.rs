@@ -50,8 +50,12 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(0..=86_400))]
         wait_drain: Option<u32>,
     },
-    /// Serve the previous release again.
+    /// Serve the release activated before this one; each rollback steps one further back
+    /// and never returns to a release rolled back from (until it is activated again).
     Rollback {
+        /// Roll back to NAME (a release of the activation history) instead.
+        #[arg(long, value_name = "NAME", value_parser = release_name)]
+        to: Option<String>,
         /// As for activate.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60",
               value_parser = clap::value_parser!(u32).range(0..=86_400))]
@@ -67,7 +71,8 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Show the active release, since when, the previous one and what uses each release.
+    /// Show the active release, since when, the previous one, the activation history and
+    /// what uses each release.
     Status {
         /// Machine-readable output.
         #[arg(long)]
@@ -94,7 +99,7 @@ fn run(cli: Cli) -> Result<String, Failure> {
     .map_err(Failure::Error)?;
     // A drain wait may legitimately take longer than the usual answer timeout.
     let drain = match &cli.command {
-        Command::Activate { wait_drain, .. } | Command::Rollback { wait_drain } => *wait_drain,
+        Command::Activate { wait_drain, .. } | Command::Rollback { wait_drain, .. } => *wait_drain,
         _ => None,
     };
     let timeout = cli.timeout.max(u64::from(drain.unwrap_or(0)) + 30);
@@ -103,7 +108,17 @@ fn run(cli: Cli) -> Result<String, Failure> {
             name,
             drain: wait_drain,
         },
-        Command::Rollback { wait_drain } => Request::Rollback { drain: wait_drain },
+        Command::Rollback {
+            wait_drain,
+            to: None,
+        } => Request::Rollback { drain: wait_drain },
+        Command::Rollback {
+            wait_drain,
+            to: Some(name),
+        } => Request::RollbackTo {
+            name,
+            drain: wait_drain,
+        },
         Command::Prune { keep, yes } => Request::Prune {
             keep: keep as usize,
             apply: yes,

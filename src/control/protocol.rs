@@ -1,7 +1,7 @@
 //! The control protocol: one request line, one response, then the server closes.
 //!
-//! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`, `status [json]`,
-//! `list [json]`, `prune KEEP [yes]`, `ping`.
+//! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`,
+//! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`.
 //! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
 //! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
 //! previous release did not drain in time).
@@ -39,6 +39,11 @@ pub enum Request {
         apply: bool,
     },
     Ping,
+    /// Roll back to release `name` of the activation history.
+    RollbackTo {
+        name: String,
+        drain: Option<u32>,
+    },
 }
 
 /// Longest `drain=` wait accepted, in seconds.
@@ -58,6 +63,9 @@ impl Request {
             Request::Status { json } => format!("status{}", if *json { " json" } else { "" }),
             Request::List { json } => format!("list{}", if *json { " json" } else { "" }),
             Request::Ping => "ping".into(),
+            Request::RollbackTo { name, drain } => {
+                format!("rollback to={}{}", encode_name(name), drain_arg(*drain))
+            }
         }
     }
 }
@@ -112,7 +120,7 @@ impl Request {
     pub fn verb(&self) -> &'static str {
         match self {
             Request::Activate { .. } => "activate",
-            Request::Rollback { .. } => "rollback",
+            Request::Rollback { .. } | Request::RollbackTo { .. } => "rollback",
             Request::Status { .. } => "status",
             Request::List { .. } => "list",
             Request::Prune { .. } => "prune",
@@ -125,7 +133,10 @@ impl Request {
     pub fn changes_things(&self) -> bool {
         matches!(
             self,
-            Request::Activate { .. } | Request::Rollback { .. } | Request::Prune { .. }
+            Request::Activate { .. }
+                | Request::Rollback { .. }
+                | Request::RollbackTo { .. }
+                | Request::Prune { .. }
         )
     }
 }
@@ -176,9 +187,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 drain: parse_drain(rest)?,
             })
         }
-        "rollback" => Ok(Request::Rollback {
-            drain: parse_drain(arg)?,
-        }),
+        "rollback" => match arg.and_then(|a| a.strip_prefix("to=")) {
+            Some(to) => parse_rollback_to(to),
+            None => Ok(Request::Rollback {
+                drain: parse_drain(arg)?,
+            }),
+        },
         "prune" => {
             let arg = arg.ok_or("prune needs the number of releases to keep")?;
             let (keep, apply) = match arg.split_once(' ') {
@@ -206,6 +220,20 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             truncate(line, 60)
         )),
     }
+}
+
+/// The arguments of `rollback to=NAME [drain=SECS]` after `to=`.
+fn parse_rollback_to(arg: &str) -> Result<Request, String> {
+    let (name, rest) = match arg.split_once(' ') {
+        Some((name, rest)) => (name, Some(rest)),
+        None => (arg, None),
+    };
+    let name = decode_name(name)?;
+    validate_release_name(&name)?;
+    Ok(Request::RollbackTo {
+        name,
+        drain: parse_drain(rest)?,
+    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -314,6 +342,14 @@ mod tests {
                 name: "ünï cödé 100%".into(),
                 drain: Some(1),
             },
+            Request::RollbackTo {
+                name: "7 drain=0".into(),
+                drain: None,
+            },
+            Request::RollbackTo {
+                name: "7".into(),
+                drain: Some(5),
+            },
         ] {
             assert_eq!(parse_request(req.to_line().as_bytes()), Ok(req));
         }
@@ -330,6 +366,9 @@ mod tests {
             b"activate a/b",
             b"activate .",
             b"rollback now",
+            b"rollback to=",
+            b"rollback to=..",
+            b"rollback to=1 now",
             b"activate 1 drain=x",
             b"activate 1 drain=999999999",
             b"activate 1 2",

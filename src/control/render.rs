@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::core::Status;
+use crate::history::History;
 
 /// `s` as a JSON string literal.
 pub fn json_str(s: &str) -> String {
@@ -73,6 +74,7 @@ pub fn status_text(st: &Status) -> String {
         "previous:     {}",
         st.previous.as_deref().unwrap_or("(none)")
     );
+    let _ = write!(out, "{}", history_text(&st.history, st.active.as_deref()));
     let _ = writeln!(out, "releases dir: {}", st.releases_dir.display());
     let _ = writeln!(out, "mount point:  {}", st.mount_point.display());
     if let Some(problem) = &st.active_problem {
@@ -103,6 +105,36 @@ pub fn status_text(st: &Status) -> String {
     out
 }
 
+/// The `history:`, `rollback to:` and `rolled back:` lines of `status`.
+fn history_text(history: &History, active: Option<&str>) -> String {
+    let newest_first: Vec<&str> = history.entries().iter().rev().map(String::as_str).collect();
+    let target = active.and_then(|a| history.rollback_target(a));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "history:      {} (newest first)",
+        if newest_first.is_empty() {
+            "(none)".to_string()
+        } else {
+            newest_first.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "rollback to:  {}",
+        target.as_deref().unwrap_or("(none)")
+    );
+    if !history.rolled_back().is_empty() {
+        let _ = writeln!(out, "rolled back:  {}", history.rolled_back().join(", "));
+    }
+    out
+}
+
+fn json_list(names: &[String]) -> String {
+    let items: Vec<String> = names.iter().map(|n| json_str(n)).collect();
+    format!("[{}]", items.join(","))
+}
+
 pub fn status_json(st: &Status) -> String {
     let usage: Vec<String> = st
         .usage
@@ -128,7 +160,8 @@ pub fn status_json(st: &Status) -> String {
         .collect();
     format!(
         "{{\"active\":{},\"since\":{},\"since_unix\":{},\"previous\":{},\"releases_dir\":{},\
-         \"mount_point\":{},\"problem\":{},\"releases\":[{}]}}\n",
+         \"mount_point\":{},\"problem\":{},\"releases\":[{}],\"history\":{},\
+         \"rollback_to\":{},\"rolled_back\":{}}}\n",
         json_opt(st.active.as_deref()),
         json_str(&iso8601(st.since)),
         unix_secs(st.since),
@@ -136,12 +169,31 @@ pub fn status_json(st: &Status) -> String {
         json_str(&st.releases_dir.to_string_lossy()),
         json_str(&st.mount_point.to_string_lossy()),
         json_opt(st.active_problem.as_deref()),
-        usage.join(",")
+        usage.join(","),
+        json_list(&newest_first(&st.history)),
+        json_opt(
+            st.active
+                .as_deref()
+                .and_then(|a| st.history.rollback_target(a))
+                .as_deref()
+        ),
+        json_list(st.history.rolled_back()),
     )
 }
 
-/// One line per release, the active one starred, the previous one marked.
-pub fn list_text(names: &[String], active: Option<&str>, previous: Option<&str>) -> String {
+fn newest_first(history: &History) -> Vec<String> {
+    history.entries().iter().rev().cloned().collect()
+}
+
+/// One line per release, the active one starred, the previous one, the rollback target and
+/// releases rolled back from marked.
+pub fn list_text(
+    names: &[String],
+    active: Option<&str>,
+    previous: Option<&str>,
+    history: &History,
+) -> String {
+    let target = active.and_then(|a| history.rollback_target(a));
     let mut out = String::new();
     for name in names {
         let mark = if Some(name.as_str()) == active {
@@ -156,20 +208,41 @@ pub fn list_text(names: &[String], active: Option<&str>, previous: Option<&str>)
         } else {
             ""
         };
-        let _ = writeln!(out, "{mark} {name}{note}");
+        let extra = if target.as_deref() == Some(name.as_str()) {
+            " (rollback target)"
+        } else if history.is_rolled_back(name) {
+            " (rolled back)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{mark} {name}{note}{extra}");
     }
     out
 }
 
-pub fn list_json(names: &[String], active: Option<&str>, previous: Option<&str>) -> String {
+/// As `list_text`; `history` is the position of the newest activation of the release in
+/// the activation history (0: active, 1: activated before it, ...), or null.
+pub fn list_json(
+    names: &[String],
+    active: Option<&str>,
+    previous: Option<&str>,
+    history: &History,
+) -> String {
+    let target = active.and_then(|a| history.rollback_target(a));
+    let newest = newest_first(history);
     let items: Vec<String> = names
         .iter()
         .map(|n| {
+            let position = newest.iter().position(|h| h == n);
             format!(
-                "{{\"name\":{},\"active\":{},\"previous\":{}}}",
+                "{{\"name\":{},\"active\":{},\"previous\":{},\"history\":{},\
+                 \"rollback_target\":{},\"rolled_back\":{}}}",
                 json_str(n),
                 Some(n.as_str()) == active,
-                Some(n.as_str()) == previous
+                Some(n.as_str()) == previous,
+                position.map_or_else(|| "null".to_string(), |p| p.to_string()),
+                target.as_deref() == Some(n.as_str()),
+                history.is_rolled_back(n)
             )
         })
         .collect();
@@ -200,9 +273,43 @@ mod tests {
     #[test]
     fn lists_mark_active_and_previous() {
         let names = vec!["1".to_string(), "2".to_string(), "3".to_string()];
-        let text = list_text(&names, Some("3"), Some("2"));
-        assert_eq!(text, "  1\n  2 (previous)\n* 3 (active)\n");
-        let json = list_json(&names, Some("3"), Some("2"));
-        assert!(json.contains("{\"name\":\"3\",\"active\":true,\"previous\":false}"));
+        let history = History::new(names.clone(), Vec::new());
+        let text = list_text(&names, Some("3"), Some("2"), &history);
+        assert_eq!(
+            text,
+            "  1\n  2 (previous) (rollback target)\n* 3 (active)\n"
+        );
+        let json = list_json(&names, Some("3"), Some("2"), &history);
+        assert!(json.contains(
+            "{\"name\":\"3\",\"active\":true,\"previous\":false,\"history\":0,\
+             \"rollback_target\":false,\"rolled_back\":false}"
+        ));
+    }
+
+    #[test]
+    fn lists_mark_the_rollback_target_and_releases_rolled_back_from() {
+        let names: Vec<String> = ["1", "2", "3"].iter().map(|s| s.to_string()).collect();
+        // Activated 1, 2, 3, then rolled back from 3 to 2.
+        let history = History::new(vec!["1".into(), "2".into()], vec!["3".into()]);
+        let text = list_text(&names, Some("2"), Some("3"), &history);
+        assert_eq!(
+            text,
+            "  1 (rollback target)\n* 2 (active)\n  3 (previous) (rolled back)\n"
+        );
+        let json = list_json(&names, Some("2"), Some("3"), &history);
+        assert!(
+            json.contains(
+                "\"name\":\"1\",\"active\":false,\"previous\":false,\"history\":1,\
+             \"rollback_target\":true,\"rolled_back\":false"
+            ),
+            "{json}"
+        );
+        assert!(
+            json.contains(
+                "\"name\":\"3\",\"active\":false,\"previous\":true,\"history\":null,\
+             \"rollback_target\":false,\"rolled_back\":true"
+            ),
+            "{json}"
+        );
     }
 }

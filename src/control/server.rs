@@ -402,7 +402,11 @@ impl Server {
                 return after_switch(core, hooks, core.activate(&name, &who), drain, client);
             }
             Request::Rollback { drain } => {
-                return after_switch(core, hooks, core.rollback(&who), drain, client);
+                return after_switch(core, hooks, core.rollback(None, &who), drain, client);
+            }
+            Request::RollbackTo { name, drain } => {
+                let switched = core.rollback(Some(&name), &who);
+                return after_switch(core, hooks, switched, drain, client);
             }
             Request::Prune { keep, apply } => core.prune(keep, apply),
             Request::Status { json } => {
@@ -416,10 +420,11 @@ impl Server {
             Request::List { json } => core.list().map(|names| {
                 let active = core.active();
                 let (a, p) = (active.name(), active.previous.as_deref());
+                let history = core.history();
                 if json {
-                    render::list_json(&names, a, p)
+                    render::list_json(&names, a, p, &history)
                 } else {
-                    render::list_text(&names, a, p)
+                    render::list_text(&names, a, p, &history)
                 }
             }),
             Request::Ping => Ok("pong".into()),
