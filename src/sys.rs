@@ -406,30 +406,25 @@ fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
 /// while POLLIN/POLLRDHUP would also fire for a client that merely half-closed after its
 /// request (as `socat` does) and still waits for the answer.
 pub fn wait_hangup(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+    let revents = poll_one(fd, 0, timeout)?;
+    Ok(revents & (libc::POLLHUP | libc::POLLERR) != 0)
 }
 
 /// Waits up to `timeout` for `fd` to become readable (a listener: a client is waiting).
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    Ok(poll_one(fd, libc::POLLIN, timeout)? != 0)
+}
+
+/// `poll(2)` of one descriptor for `events`: the events that happened, 0 on timeout or when
+/// a signal interrupted the wait.
+fn poll_one(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    timeout: std::time::Duration,
+) -> io::Result<libc::c_short> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
@@ -438,12 +433,12 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Re
     if n < 0 {
         let err = io::Error::last_os_error();
         return if err.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
+            Ok(0)
         } else {
             Err(err)
         };
     }
-    Ok(n > 0)
+    Ok(if n == 0 { 0 } else { pfd.revents })
 }
 
 // Mount identity and detaching one specific mount (src/mounts.rs).

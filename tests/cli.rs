@@ -13,23 +13,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn active(fx: &Fixture) -> String {
-    let out = fx.ctl(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = stdout(&out);
-    let start = json.find("\"active\":").expect("active field") + 9;
-    json[start..]
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_string()
-}
-
 /// Sends raw bytes on the control socket and returns whatever comes back.
 fn raw(fx: &Fixture, bytes: &[u8]) -> String {
     let mut s = UnixStream::connect(fx.socket()).unwrap();
@@ -126,7 +109,7 @@ fn bad_release_names_are_refused_and_change_nothing() {
         let err = one_line_error(&out);
         assert!(err.starts_with("switchctl: "), "{err}");
         assert!(err.contains(expect), "{name:?}: {err}");
-        assert_eq!(active(&fx), "1", "after {name:?}");
+        assert_eq!(fx.active(), "1", "after {name:?}");
     }
     // The daemon validates too, whatever a client sends.
     for line in [
@@ -140,7 +123,7 @@ fn bad_release_names_are_refused_and_change_nothing() {
         assert!(answer.starts_with("error: "), "{line:?}: {answer:?}");
         assert_eq!(answer.lines().count(), 1);
     }
-    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.active(), "1");
     assert_eq!(fs::read_to_string(fx.state()).unwrap(), state_before);
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
     let out = fx.ctl(&["rollback"]);
@@ -171,7 +154,7 @@ fn malformed_and_hostile_socket_traffic_changes_nothing() {
             "{:?}: {answer:?}",
             &case[..case.len().min(20)]
         );
-        assert_eq!(active(&fx), "1");
+        assert_eq!(fx.active(), "1");
     }
     // Many clients at once, some silent: the daemon keeps answering and serving.
     let silent: Vec<UnixStream> = (0..100)
@@ -195,7 +178,7 @@ fn malformed_and_hostile_socket_traffic_changes_nothing() {
     }
     assert_eq!(answer, "ok\npong\n");
     fx.activate("2");
-    assert_eq!(active(&fx), "2");
+    assert_eq!(fx.active(), "2");
     assert!(!d.log_text().contains("panicked"));
 }
 
@@ -272,7 +255,7 @@ fn a_second_daemon_is_refused() {
         .unwrap();
     assert!(one_line_error(&out).contains("already listening"));
     assert!(!is_mounted(&other));
-    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.active(), "1");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
 }
 
@@ -317,7 +300,7 @@ fn the_active_release_survives_restarts_and_kills() {
     assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");
 
     let mut d = fx.start(&["--initial", "1"]);
-    assert_eq!(active(&fx), "2", "persisted release wins over --initial");
+    assert_eq!(fx.active(), "2", "persisted release wins over --initial");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
     d.stop_with(libc::SIGKILL);
     // Anything the kernel has not cached must ask the daemon, and it is gone.
@@ -330,7 +313,7 @@ fn the_active_release_survives_restarts_and_kills() {
 
     let d = fx.start(&[]);
     assert!(d.log_text().contains("dead FUSE mount"), "{}", d.log_text());
-    assert_eq!(active(&fx), "2");
+    assert_eq!(fx.active(), "2");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
     let out = fx.ctl(&["rollback"]);
     assert_eq!(stdout(&out), "switched from 2 to 1\n");
@@ -346,7 +329,7 @@ fn a_switch_that_cannot_be_persisted_is_refused() {
     fs::create_dir(fx.state()).unwrap();
     let err = one_line_error(&fx.ctl(&["activate", "2"]));
     assert!(err.contains("cannot persist"), "{err}");
-    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.active(), "1");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
 }
 
@@ -404,7 +387,7 @@ fn on_activate_hooks_run_after_each_switch_and_report_failures() {
         "{err}"
     );
     assert!(err.contains("exit status: 7"), "{err}");
-    assert_eq!(active(&fx), "2", "a failing hook does not undo the switch");
+    assert_eq!(fx.active(), "2", "a failing hook does not undo the switch");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
 }
 
@@ -453,7 +436,7 @@ fn wait_drain_waits_for_the_previous_release_to_be_unused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(one_line_error(&out).contains("release 1 is still in use after 1 s"));
-    assert_eq!(active(&fx), "2");
+    assert_eq!(fx.active(), "2");
     let text = stdout(&fx.ctl(&["status"]));
     assert!(text.contains("  1: in use"), "{text}");
     drop(held);

@@ -90,23 +90,6 @@ fn exchange(fx: &Fixture, bytes: &[u8]) -> Result<String, String> {
     }
 }
 
-fn active(fx: &Fixture) -> String {
-    let out = fx.ctl(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = stdout(&out);
-    let start = json.find("\"active\":").expect("active field") + 9;
-    json[start..]
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_string()
-}
-
 fn threads_named(pid: i32, name: &str) -> usize {
     fs::read_dir(format!("/proc/{pid}/task"))
         .map(|dir| {
@@ -172,7 +155,7 @@ fn the_status_group_reads_and_only_the_control_group_switches() {
         );
         assert_eq!(out.status.code(), Some(1));
     }
-    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.active(), "1");
     assert!(fx.releases().join("1").exists() && fx.releases().join("2").exists());
 
     // Someone in neither group reads nothing either.
@@ -219,7 +202,7 @@ fn one_group_keeps_the_socket_closed_to_everyone_else() {
         ),
         "{err}"
     );
-    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.active(), "1");
     // Outside the socket's group the kernel refuses the connect; switchctl says what to do.
     let err = one_line_error(&ctl_as(&fx, NOBODY, &[], &["status"]));
     assert!(
@@ -276,7 +259,7 @@ fn the_shipped_example_conf_gives_the_web_server_nothing_that_switches() {
             "www-data (uid {uid}) {cmd:?}: {err}"
         );
     }
-    assert_eq!(active(&fx), "1");
+    assert_eq!(fx.active(), "1");
     // What it may do is read the status (monitoring from PHP).
     let out = run(&["status"]);
     assert!(
@@ -314,7 +297,7 @@ fn names_with_spaces_and_unicode_are_activated_exactly() {
     fx.activate("ünï cödé");
     assert_eq!(fx.read("index.php"), "unicode");
     assert!(stdout(&fx.ctl(&["list"])).contains("* ünï cödé"));
-    assert_eq!(active(&fx), "ünï cödé");
+    assert_eq!(fx.active(), "ünï cödé");
     fx.activate("50%25 off");
     assert_eq!(fx.read("index.php"), "percent");
     let out = fx.ctl(&["rollback"]);
@@ -527,7 +510,7 @@ fn an_abandoned_drain_wait_is_cancelled_and_the_switch_stays() {
         d.log_text()
             .contains("stopped waiting for release 1 to drain: the client hung up")
     );
-    assert_eq!(active(&fx), "2");
+    assert_eq!(fx.active(), "2");
     // A client that only half-closed after its request (as `socat` does) is still there:
     // the wait goes on and it gets the answer.
     drop(held);
@@ -759,6 +742,6 @@ fn fuzzing_the_socket_changes_nothing_and_status_keeps_answering() {
         .as_mut()
         .map(|c| c.try_wait().ok().flatten().is_none());
     assert_eq!(alive, Some(true), "the daemon died:\n{}", d.log_text());
-    assert_eq!(active(&fx), expected);
+    assert_eq!(fx.active(), expected);
     assert!(!d.log_text().contains("panicked"));
 }

@@ -132,6 +132,24 @@ impl Fixture {
         }
     }
 
+    /// The active release, as `switchctl status --json` reports it.
+    pub fn active(&self) -> String {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = stdout(&out);
+        let start = json.find("\"active\":").expect("active field") + 9;
+        json[start..]
+            .split([',', '}'])
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string()
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.m(rel))
             .unwrap_or_else(|e| panic!("reading {rel} through the mount: {e}"))
