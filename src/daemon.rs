@@ -230,6 +230,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         .map_err(|e| format!("releases directory {}: {e}", args.releases.display()))?;
     let config = CoreConfig {
         releases,
+        mtimes_path: Some(crate::mtimes::log_path(&state_path)),
         state_path,
         mount_point: mount_point.clone(),
         control_path: control_path.clone(),

@@ -330,3 +330,64 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+// --- Files the daemon keeps next to its state file (the mtime registry's log) --------------
+// Created and replaced relative to a directory descriptor, never following a symlink, so a
+// path another user could swap is never written through.
+
+/// Opens directory `path` for `*at` calls and `fsync`, refusing a symlink as its last
+/// component (`O_NOFOLLOW`).
+pub fn open_dir_nofollow(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c_path = cstring(path.as_os_str().as_bytes())?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid C string; no O_CREAT, so no mode.
+    let fd = check(unsafe { libc::open(c_path.as_ptr(), flags) })?;
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `name` (one component) in `dir` with `flags | O_NOFOLLOW | O_CLOEXEC`; `mode` is
+/// used only with `O_CREAT`. Pass `O_CREAT | O_EXCL` to create a file that did not exist.
+pub fn open_file_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<File> {
+    let c_name = cstring(name.as_bytes())?;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid C string and directory descriptor; the mode is a plain integer.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c_name.as_ptr(),
+            flags,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Renames `from` to `to`, both single components in `dir` (a rename never follows links).
+pub fn rename_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    let (c_from, c_to) = (cstring(from.as_bytes())?, cstring(to.as_bytes())?);
+    // SAFETY: valid C strings and directory descriptor.
+    check(unsafe {
+        libc::renameat(
+            dir.as_raw_fd(),
+            c_from.as_ptr(),
+            dir.as_raw_fd(),
+            c_to.as_ptr(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Removes the file `name` (one component) from `dir` (an unlink never follows links).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let c_name = cstring(name.as_bytes())?;
+    // SAFETY: valid C string and directory descriptor.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c_name.as_ptr(), 0) })?;
+    Ok(())
+}
