@@ -39,6 +39,7 @@ use crate::ll::ResponseErrno;
 use crate::ll::Version;
 use crate::ll::flags::init_flags::InitFlags;
 use crate::ll::fuse_abi as abi;
+use crate::ll::fuse_abi::fuse_in_header;
 use crate::mnt::Mount;
 use crate::mnt::mount_options::Config;
 use crate::mnt::mount_options::check_option_conflicts;
@@ -76,6 +77,72 @@ impl SessionACL {
             SessionACL::All | SessionACL::RootAndOwner => Some("allow_other"),
             SessionACL::Owner => None,
         }
+    }
+}
+
+/// What a connection's `FUSE_INIT` settled (switchfs addition).
+///
+/// The kernel sends `FUSE_INIT` once per connection. A process that takes over a /dev/fuse
+/// descriptor whose `FUSE_INIT` an earlier server answered cannot read it again, so it is
+/// told: the earlier server reads these with [`Session::init_params`] and hands them over
+/// (they are plain integers and cross an `exec` as text: `Display` and `FromStr`), the new one
+/// passes them to [`Session::resume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitParams {
+    /// Protocol version the kernel announced.
+    pub kernel_abi: Version,
+    /// Capabilities the kernel offered.
+    pub offered: InitFlags,
+    /// Readahead the kernel offered.
+    pub max_readahead: u32,
+    /// Capabilities the answer enabled: requested and offered.
+    pub enabled: InitFlags,
+    /// Largest write the answer allowed.
+    pub max_write: u32,
+}
+
+impl std::fmt::Display for InitParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {:x} {} {:x} {}",
+            self.kernel_abi.0,
+            self.kernel_abi.1,
+            self.offered.bits(),
+            self.max_readahead,
+            self.enabled.bits(),
+            self.max_write
+        )
+    }
+}
+
+impl std::str::FromStr for InitParams {
+    type Err = io::Error;
+
+    fn from_str(text: &str) -> io::Result<InitParams> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "malformed FUSE init parameters",
+            )
+        };
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let [major, minor, offered, readahead, enabled, max_write] = fields[..] else {
+            return Err(bad());
+        };
+        let num = |t: &str| t.parse::<u32>().map_err(|_| bad());
+        let flags = |t: &str| {
+            u64::from_str_radix(t, 16)
+                .map(InitFlags::from_bits_retain)
+                .map_err(|_| bad())
+        };
+        Ok(InitParams {
+            kernel_abi: Version(num(major)?, num(minor)?),
+            offered: flags(offered)?,
+            max_readahead: num(readahead)?,
+            enabled: flags(enabled)?,
+            max_write: num(max_write)?,
+        })
     }
 }
 
@@ -139,6 +206,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// What `FUSE_INIT` settled: answered by this session, or handed over (`resume`).
+    init_params: Option<InitParams>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +255,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            init_params: None,
         };
 
         session.handshake()?;
@@ -201,12 +271,41 @@ impl<FS: Filesystem> Session<FS> {
         acl: SessionACL,
         config: Config,
     ) -> io::Result<Self> {
-        let ch = Channel::new(Arc::new(DevFuse(File::from(fd))));
-        let mut session = Session {
+        let mut session = Self::unmounted(filesystem, fd, acl, config);
+        session.handshake()?;
+        Ok(session)
+    }
+
+    /// Serve an existing /dev/fuse file descriptor whose `FUSE_INIT` was already answered,
+    /// by an earlier process (switchfs addition). `params` are what that answer settled (see
+    /// [`InitParams`]): the filesystem's `init` is called with them as `from_fd` would with
+    /// the kernel's, and the session then reads requests as any other. The connection keeps
+    /// the capabilities it was initialised with; if `init` now asks for others, a warning
+    /// is logged.
+    pub fn resume(
+        filesystem: FS,
+        fd: OwnedFd,
+        acl: SessionACL,
+        config: Config,
+        params: InitParams,
+    ) -> io::Result<Self> {
+        let mut session = Self::unmounted(filesystem, fd, acl, config);
+        session.resume_handshake(params)?;
+        Ok(session)
+    }
+
+    /// What `FUSE_INIT` settled on this connection, to hand to a process that will
+    /// [`Session::resume`] it (switchfs addition).
+    pub fn init_params(&self) -> Option<InitParams> {
+        self.init_params
+    }
+
+    fn unmounted(filesystem: FS, fd: OwnedFd, acl: SessionACL, config: Config) -> Self {
+        Session {
             filesystem: FilesystemHolder {
                 fs: Some(filesystem),
             },
-            ch,
+            ch: Channel::new(Arc::new(DevFuse(File::from(fd)))),
             mount: UmountOnDrop {
                 mount: Arc::new(Mutex::new(None)),
             },
@@ -214,11 +313,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
-        };
-
-        session.handshake()?;
-
-        Ok(session)
+            init_params: None,
+        }
     }
 
     /// Run the session loop in a background thread. If the returned handle is dropped,
@@ -252,6 +348,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            init_params: _,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -412,52 +509,25 @@ impl<FS: Filesystem> Session<FS> {
                 ));
             }
 
-            let mut config = KernelConfig::new(init.capabilities(), init.max_readahead(), v);
-
-            // Call filesystem init method and give it a chance to return an error
-            let Some(filesystem) = &mut self.filesystem.fs else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "Bug: filesystem must be initialized during handshake",
-                ));
+            let offered = InitParams {
+                kernel_abi: v,
+                offered: init.capabilities(),
+                max_readahead: init.max_readahead(),
+                enabled: InitFlags::empty(),
+                max_write: 0,
             };
-            let res = filesystem.init(Request::ref_cast(request.header()), &mut config);
-            if let Err(error) = res {
-                let errno = Errno::from_i32(error.raw_os_error().unwrap_or(0));
-                <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
+            let config = match self.init_filesystem(request.header(), &offered) {
+                Ok(config) => config,
+                Err(error) => {
+                    let errno = Errno::from_i32(error.raw_os_error().unwrap_or(0));
+                    <ReplyRaw as Reply>::new(
+                        request.unique(),
+                        ReplySender::Channel(self.ch.sender()),
+                    )
                     .send_ll(&ResponseErrno(errno));
-                return Err(error);
-            }
-
-            // Remember the ABI version supported by kernel and mark the session initialized.
-            self.proto_version = Some(v);
-
-            // Log capability status for debugging
-            for bit in 0..64 {
-                let bitflags = InitFlags::from_bits_retain(1 << bit);
-                if bitflags == InitFlags::FUSE_INIT_EXT {
-                    continue;
+                    return Err(error);
                 }
-                let bitflag_is_known = InitFlags::all().contains(bitflags);
-                let kernel_supports = init.capabilities().contains(bitflags);
-                let we_requested = config.requested.contains(bitflags);
-                // On macOS, there's a clash between linux and macOS constants,
-                // so we pick macOS ones (last).
-                let name = if let Some((name, _)) = bitflags.iter_names().last() {
-                    Cow::Borrowed(name)
-                } else {
-                    Cow::Owned(format!("(1 << {bit})"))
-                };
-                if we_requested && kernel_supports {
-                    debug!("capability {name} enabled")
-                } else if we_requested {
-                    debug!("capability {name} not supported by kernel")
-                } else if kernel_supports {
-                    debug!("capability {name} not requested by client")
-                } else if bitflag_is_known {
-                    debug!("capability {name} not supported nor requested")
-                }
-            }
+            };
 
             // Reply with our desired version and settings.
             debug!(
@@ -472,9 +542,74 @@ impl<FS: Filesystem> Session<FS> {
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
+            self.init_params = Some(InitParams {
+                enabled: (config.requested | InitFlags::FUSE_INIT_EXT) & init.capabilities(),
+                max_write: config.max_write,
+                ..offered
+            });
 
             return Ok(());
         }
+    }
+
+    /// The half of the handshake a fresh and a resumed session share: the filesystem's
+    /// `init` sees what the kernel offered, and the ABI version is recorded.
+    fn init_filesystem(
+        &mut self,
+        header: &fuse_in_header,
+        offered: &InitParams,
+    ) -> io::Result<KernelConfig> {
+        let mut config =
+            KernelConfig::new(offered.offered, offered.max_readahead, offered.kernel_abi);
+        let Some(filesystem) = &mut self.filesystem.fs else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Bug: filesystem must be initialized during handshake",
+            ));
+        };
+        filesystem.init(Request::ref_cast(header), &mut config)?;
+        // Remember the ABI version supported by kernel and mark the session initialized.
+        self.proto_version = Some(offered.kernel_abi);
+        log_capabilities(offered.offered, &config);
+        Ok(config)
+    }
+
+    /// The handshake of a resumed session: nothing is read from or sent to the kernel, which
+    /// answered `FUSE_INIT` to an earlier process; `init` runs on what that one settled.
+    fn resume_handshake(&mut self, params: InitParams) -> io::Result<()> {
+        if params.kernel_abi < Version(7, 6) || params.kernel_abi.0 > abi::FUSE_KERNEL_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("Unsupported FUSE ABI version {}", params.kernel_abi),
+            ));
+        }
+        let header = fuse_in_header {
+            len: std::mem::size_of::<fuse_in_header>() as u32,
+            opcode: abi::fuse_opcode::FUSE_INIT as u32,
+            unique: 0,
+            nodeid: 0,
+            uid: geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pid: std::process::id(),
+            padding: 0,
+        };
+        let config = self.init_filesystem(&header, &params)?;
+        let wanted = (config.requested | InitFlags::FUSE_INIT_EXT) & params.offered;
+        if wanted != params.enabled {
+            warn!(
+                "resumed connection keeps capabilities {:?}; the filesystem now asks for {:?}",
+                params.enabled, wanted
+            );
+        }
+        if config.max_write != params.max_write {
+            warn!(
+                "resumed connection keeps max_write {}; the filesystem now asks for {}",
+                params.max_write, config.max_write
+            );
+        }
+        info!("resumed FUSE connection (ABI {})", params.kernel_abi);
+        self.init_params = Some(params);
+        Ok(())
     }
 
     /// Unmount the filesystem
@@ -492,6 +627,36 @@ impl<FS: Filesystem> Session<FS> {
     /// Returns an object that can be used to send notifications to the kernel
     pub fn notifier(&self) -> Notifier {
         Notifier::new(self.ch.sender())
+    }
+}
+
+/// Logs, for debugging, which capabilities the kernel offered and the filesystem asked for
+/// (moved out of `handshake` unchanged, so a resumed session logs the same).
+fn log_capabilities(offered: InitFlags, config: &KernelConfig) {
+    for bit in 0..64 {
+        let bitflags = InitFlags::from_bits_retain(1 << bit);
+        if bitflags == InitFlags::FUSE_INIT_EXT {
+            continue;
+        }
+        let bitflag_is_known = InitFlags::all().contains(bitflags);
+        let kernel_supports = offered.contains(bitflags);
+        let we_requested = config.requested.contains(bitflags);
+        // On macOS, there's a clash between linux and macOS constants,
+        // so we pick macOS ones (last).
+        let name = if let Some((name, _)) = bitflags.iter_names().last() {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(format!("(1 << {bit})"))
+        };
+        if we_requested && kernel_supports {
+            debug!("capability {name} enabled")
+        } else if we_requested {
+            debug!("capability {name} not supported by kernel")
+        } else if kernel_supports {
+            debug!("capability {name} not requested by client")
+        } else if bitflag_is_known {
+            debug!("capability {name} not supported nor requested")
+        }
     }
 }
 
