@@ -1,7 +1,10 @@
 //! fuser's resumed session (vendor/fuser/SWITCHFS.md), on a real mount: the first process
 //! mounts and answers FUSE_INIT, hands its /dev/fuse descriptor to a child across `exec`, and
-//! stops reading (it is SIGKILLed while idle); requests made then wait in the kernel, and
-//! complete once the child serves the same connection with `Session::resume`.
+//! stops reading (SIGKILL); the child serves the same connection with `Session::resume`.
+//! - Killed while idle: requests made meanwhile wait in the kernel and complete once the
+//!   child serves.
+//! - Killed in the middle of a request: that request is answered once the child sends
+//!   `FUSE_NOTIFY_RESEND` (Linux 6.9+), and never without it.
 //!
 //! One binary plays three parts (no test harness, so `main` can pick): the test itself, the
 //! fresh server and the resumed server, chosen by `FUSE_RESUME_ROLE`.
@@ -26,6 +29,10 @@ const MNT: &str = "FUSE_RESUME_MNT";
 const GO: &str = "FUSE_RESUME_GO";
 const FD: &str = "FUSE_RESUME_FD";
 const INIT: &str = "FUSE_RESUME_INIT";
+/// Where the fresh server says it took a read of `slow` (which it never answers).
+const TAKEN: &str = "FUSE_RESUME_TAKEN";
+/// The resumed server sends FUSE_NOTIFY_RESEND once this file exists.
+const RESEND: &str = "FUSE_RESUME_RESEND";
 
 fn main() {
     match std::env::var(ROLE).as_deref() {
@@ -34,12 +41,15 @@ fn main() {
         _ => {
             requests_wait_for_the_resumed_session_and_complete();
             println!("test requests_wait_for_the_resumed_session_and_complete ... ok");
+            a_request_the_dead_server_took_is_answered_after_resend();
+            println!("test a_request_the_dead_server_took_is_answered_after_resend ... ok");
         }
     }
 }
 
-/// One file, `who`, whose content names the server that answered: no cache may hide which
-/// process served a request (every reply has a zero timeout).
+/// Two files, `who` (inode 2) and `slow` (inode 3), whose content names the server that
+/// answered: no cache may hide which process served a request (every reply has a zero
+/// timeout). The fresh server never answers a read of `slow`: it dies holding it.
 struct Probe {
     role: &'static str,
 }
@@ -77,8 +87,13 @@ impl Probe {
 
 impl Filesystem for Probe {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 == 1 && name == "who" {
-            reply.entry(&Duration::ZERO, &self.attr(2), Generation(0));
+        let ino = match name.to_str() {
+            Some("who") => 2,
+            Some("slow") => 3,
+            _ => 0,
+        };
+        if parent.0 == 1 && ino != 0 {
+            reply.entry(&Duration::ZERO, &self.attr(ino), Generation(0));
         } else {
             reply.error(Errno::ENOENT);
         }
@@ -86,7 +101,7 @@ impl Filesystem for Probe {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match ino.0 {
-            1 | 2 => reply.attr(&Duration::ZERO, &self.attr(ino.0)),
+            1..=3 => reply.attr(&Duration::ZERO, &self.attr(ino.0)),
             _ => reply.error(Errno::ENOENT),
         }
     }
@@ -102,7 +117,14 @@ impl Filesystem for Probe {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if ino.0 != 2 {
+        if ino.0 == 3 && self.role == "fresh" {
+            // Say so, then hold the request until this process is killed.
+            std::fs::write(env(TAKEN), "").expect("taken file");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        if ino.0 != 2 && ino.0 != 3 {
             return reply.error(Errno::ENOENT);
         }
         let content = self.content().into_bytes();
@@ -157,12 +179,7 @@ fn inheritable_dup(fd: std::os::fd::BorrowedFd<'_>) -> OwnedFd {
 
 /// Waits for the go file, then serves the inherited connection without a handshake.
 fn resumed_server() {
-    let go = PathBuf::from(env(GO));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !go.exists() {
-        assert!(Instant::now() < deadline, "never told to go");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(Path::new(&env(GO)), "go");
     let raw: i32 = env(FD).parse().expect("descriptor number");
     // SAFETY: the descriptor was inherited across exec for us alone; nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -175,7 +192,25 @@ fn resumed_server() {
         params,
     )
     .unwrap_or_else(|e| panic!("resume failed: {e}"));
+    if let Ok(resend) = std::env::var(RESEND) {
+        let notifier = session.notifier();
+        std::thread::spawn(move || {
+            wait_for(Path::new(&resend), "resend");
+            if let Err(e) = notifier.resend() {
+                eprintln!("FUSE_NOTIFY_RESEND failed: {e}");
+                std::process::exit(1);
+            }
+        });
+    }
     session.run().expect("resumed session");
+}
+
+fn wait_for(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "never told to {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Kills what the test started and detaches the mount, also when an assertion failed.
@@ -210,54 +245,84 @@ fn who(mnt: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-fn requests_wait_for_the_resumed_session_and_complete() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: install fuse3 and load the module (modprobe fuse)"
-    );
-    // SAFETY: geteuid cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root: the probe mounts with mount(2)"
-    );
-    // Adopt the resumed server when the fresh one dies, so it can be reaped.
-    // SAFETY: prctl with plain integer arguments.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
-    let dir = std::env::temp_dir().join(format!("sfs-resume-{}", std::process::id()));
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).expect("mount point");
-    let go = dir.join("go");
-    let mut cleanup = Cleanup {
-        mnt: mnt.clone(),
-        pids: Vec::new(),
-    };
-    let mut fresh = Command::new(std::env::current_exe().expect("own path"))
-        .env(ROLE, "fresh")
-        .env(MNT, &mnt)
-        .env(GO, &go)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the fresh server");
-    cleanup.pids.push(fresh.id() as i32);
-    let mut line = String::new();
-    BufReader::new(fresh.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("fresh server output");
-    let resumed_pid: i32 = line
-        .strip_prefix("ready ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("fresh server did not get ready: {line:?}"));
-    cleanup.pids.push(resumed_pid);
-    assert_eq!(who(&mnt).expect("fresh"), "served by the fresh session\n");
+/// The fresh server (mounted, serving) and the pid of the resumed one (waiting for `go`).
+struct Servers {
+    dir: PathBuf,
+    mnt: PathBuf,
+    fresh: std::process::Child,
+    cleanup: Cleanup,
+}
 
-    // The fresh server stops reading: killed while idle, so it took no request with it.
-    // SAFETY: our own child.
-    unsafe { libc::kill(fresh.id() as i32, libc::SIGKILL) };
-    fresh.wait().expect("reap the fresh server");
+impl Servers {
+    fn start(tag: &str) -> Servers {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: install fuse3 and load the module (modprobe fuse)"
+        );
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "run as root: the probe mounts with mount(2)");
+        // Adopt the resumed server when the fresh one dies, so it can be reaped.
+        // SAFETY: prctl with plain integer arguments.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+            0
+        );
+        let dir = std::env::temp_dir().join(format!("sfs-{tag}-{}", std::process::id()));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mount point");
+        let mut cleanup = Cleanup {
+            mnt: mnt.clone(),
+            pids: Vec::new(),
+        };
+        let mut fresh = Command::new(std::env::current_exe().expect("own path"))
+            .env(ROLE, "fresh")
+            .env(MNT, &mnt)
+            .env(GO, dir.join("go"))
+            .env(TAKEN, dir.join("taken"))
+            .env(RESEND, dir.join("resend"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fresh server");
+        cleanup.pids.push(fresh.id() as i32);
+        let mut line = String::new();
+        BufReader::new(fresh.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("fresh server output");
+        let resumed_pid: i32 = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("fresh server did not get ready: {line:?}"));
+        cleanup.pids.push(resumed_pid);
+        assert_eq!(who(&mnt).expect("fresh"), "served by the fresh session\n");
+        Servers {
+            dir,
+            mnt,
+            fresh,
+            cleanup,
+        }
+    }
+
+    /// SIGKILLs the fresh server: it stops reading, and answers nothing it took.
+    fn kill_fresh(&mut self) {
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.fresh.id() as i32, libc::SIGKILL) };
+        self.fresh.wait().expect("reap the fresh server");
+    }
+
+    /// Lets the resumed server start serving.
+    fn go(&self, what: &str) -> Instant {
+        let at = Instant::now();
+        std::fs::write(self.dir.join(what), "").expect("signal file");
+        at
+    }
+}
+
+fn requests_wait_for_the_resumed_session_and_complete() {
+    let mut servers = Servers::start("resume");
+    let mnt = servers.mnt.clone();
+    // Killed while idle, so it took no request with it.
+    servers.kill_fresh();
 
     let (tx, rx) = mpsc::channel();
     for _ in 0..4 {
@@ -273,8 +338,7 @@ fn requests_wait_for_the_resumed_session_and_complete() {
         rx.try_recv().is_err(),
         "a request was answered while no process served the connection"
     );
-    let resumed_at = Instant::now();
-    std::fs::write(&go, "").expect("go file");
+    let resumed_at = servers.go("go");
     for _ in 0..4 {
         let (result, done) = rx
             .recv_timeout(Duration::from_secs(20))
@@ -288,5 +352,53 @@ fn requests_wait_for_the_resumed_session_and_complete() {
         "served by the resumed session\n"
     );
     println!("4 waiting requests completed {waited:?} after the resumed session started");
-    drop(cleanup);
+    drop(servers.cleanup);
+}
+
+/// The running kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel version");
+    let mut parts = text
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn a_request_the_dead_server_took_is_answered_after_resend() {
+    assert!(
+        kernel_version() >= (6, 9),
+        "FUSE_NOTIFY_RESEND needs Linux 6.9 or later; this kernel is {:?}",
+        kernel_version()
+    );
+    let mut servers = Servers::start("resend");
+    let mnt = servers.mnt.clone();
+    let (tx, rx) = mpsc::channel();
+    let slow = mnt.join("slow");
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(&slow).map_err(|e| e.to_string()));
+    });
+    // The fresh server dies with the read in its hands.
+    wait_for(&servers.dir.join("taken"), "see the read taken");
+    servers.kill_fresh();
+    servers.go("go");
+    assert_eq!(
+        who(&mnt).expect("the resumed server serves"),
+        "served by the resumed session\n"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rx.try_recv().is_err(),
+        "the read the dead server took was answered without FUSE_NOTIFY_RESEND"
+    );
+    let resent_at = servers.go("resend");
+    let result = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the read the dead server took never completed after FUSE_NOTIFY_RESEND");
+    assert_eq!(result.as_deref(), Ok("served by the resumed session\n"));
+    println!(
+        "the read the dead server took completed {:?} after FUSE_NOTIFY_RESEND",
+        resent_at.elapsed()
+    );
+    drop(servers.cleanup);
 }

@@ -104,6 +104,18 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_DELETE, &notif)
     }
 
+    /// Ask the kernel to send again every request a server read on this connection and did
+    /// not answer (switchfs addition; `FUSE_NOTIFY_RESEND`, Linux 6.9+). For a server that
+    /// resumed a connection (`Session::resume`) after the previous one died mid-request:
+    /// those requests would otherwise wait forever. They come back with bit 63 of their
+    /// unique id set, which the reply echoes. Only safe for requests that may be handled
+    /// twice (all of a read-only filesystem's are).
+    /// # Errors
+    /// `EINVAL` from kernels without it (before 6.9).
+    pub fn resend(&self) -> io::Result<()> {
+        self.send(notify_code::FUSE_NOTIFY_RESEND, &Notification::new_resend())
+    }
+
     #[allow(unused)]
     fn send_inval(&self, code: notify_code, notification: &Notification<'_>) -> io::Result<()> {
         match self.send(code, notification) {

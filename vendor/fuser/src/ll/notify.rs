@@ -77,6 +77,11 @@ impl<'a> Notification<'a> {
         Ok(Self::from_struct_with_name(&r, name.as_bytes()))
     }
 
+    /// switchfs addition: `FUSE_NOTIFY_RESEND` carries nothing but its header.
+    pub(crate) fn new_resend() -> Self {
+        Self::Bare(NotificationBuf::new())
+    }
+
     pub(crate) fn new_inval_inode(ino: INodeNo, offset: i64, len: i64) -> Self {
         let r = abi::fuse_notify_inval_inode_out {
             ino: ino.0,
