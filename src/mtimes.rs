@@ -276,7 +276,13 @@ impl MtimeRegistry {
                     damage.describe()
                 );
             }
-            store.rewrite(&registry.snapshot())?;
+            if let Err(e) = store.rewrite(&registry.snapshot()) {
+                // What was read still counts; new facts go on being appended to the old log.
+                log::error!("cannot rewrite the mtime log {}: {e}", path.display());
+                if damage.torn_tail {
+                    store.end_torn_line();
+                }
+            }
         }
         let store = Arc::new(Mutex::new(store));
         spawn_syncer(Arc::downgrade(&store));
@@ -289,7 +295,7 @@ impl MtimeRegistry {
     /// Makes every fact learned so far durable (`fdatasync` of the log, if it was written).
     pub fn sync(&self) {
         if let Some(store) = &self.store {
-            store.lock().sync();
+            store::sync_locked(store);
         }
     }
 
@@ -498,7 +504,7 @@ fn spawn_syncer(store: Weak<Mutex<Store>>) {
             loop {
                 std::thread::sleep(SYNC_EVERY);
                 let Some(store) = store.upgrade() else { return };
-                store.lock().sync();
+                store::sync_locked(&store);
             }
         });
     if let Err(e) = spawned {

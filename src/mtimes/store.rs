@@ -317,18 +317,59 @@ impl Store {
 
     /// Makes every appended line durable (`fdatasync`), if any is not yet.
     pub fn sync(&mut self) {
-        if !self.dirty {
-            return;
+        if let Some(file) = self.take_dirty() {
+            sync_file(&file, &self.name);
         }
-        match self.file.sync_data() {
-            Ok(()) => self.dirty = false,
-            Err(e) => log::error!("cannot sync the mtime log {:?}: {e}", self.name),
+    }
+
+    /// A handle to sync if lines were written since the last sync, marking them synced:
+    /// `sync_locked` syncs it without holding the store, so appends never wait for the disk.
+    fn take_dirty(&mut self) -> Option<File> {
+        if !self.dirty {
+            return None;
+        }
+        match self.file.try_clone() {
+            Ok(file) => {
+                self.dirty = false;
+                Some(file)
+            }
+            Err(e) => {
+                log::error!("cannot sync the mtime log {:?}: {e}", self.name);
+                None
+            }
+        }
+    }
+
+    /// Ends a line cut short by a crash, so the next append starts a line of its own (for a
+    /// log that could not be rewritten).
+    pub fn end_torn_line(&mut self) {
+        if let Err(e) = self.file.write_all(b"\n") {
+            log::error!("cannot append to the mtime log {:?}: {e}", self.name);
         }
     }
 
     #[cfg(test)]
     pub fn records(&self) -> usize {
         self.records
+    }
+}
+
+/// Syncs the log of `store` (locked only to take a handle), if it was written since.
+pub(super) fn sync_locked(store: &parking_lot::Mutex<Store>) {
+    let (file, name) = {
+        let mut store = store.lock();
+        (store.take_dirty(), store.name.clone())
+    };
+    if let Some(file) = file {
+        sync_file(&file, &name);
+    }
+}
+
+fn sync_file(file: &File, name: &OsStr) {
+    // A failed sync leaves lines that may be lost with the machine; the next write marks the
+    // log dirty again, so it is retried within a second of it.
+    if let Err(e) = file.sync_data() {
+        log::error!("cannot sync the mtime log {name:?}: {e}");
     }
 }
 
