@@ -17,7 +17,8 @@
 //!   keeps that mtime (OPcache stays warm); different content gets a fresh stamp, unique
 //!   and increasing, never reported before for anything.
 //!
-//! Cost: nothing on the common path; one read of the file (and of the earlier version, once)
+//! Cost: nothing on the common path (a known version); one `write` to the log (below) for a
+//! version seen for the first time; one read of the file (and of the earlier version, once)
 //! only when an mtime collides.
 //!
 //! # Across restarts
@@ -40,9 +41,12 @@
 //! the last second of facts, and it costs nothing real: everything that remembers an mtime in
 //! memory (OPcache, the kernel, web server caches) died with the machine, and every decision
 //! is a function of the path's earlier history, so after the reboot the same active release
-//! is looked up again against the same durable history and given the same mtimes. (Only
+//! is looked up again against the same durable history and given the same mtimes (unless two
+//! versions of one path first seen in that second come back in the other order). Only
 //! persistent caches keyed on mtime, OPcache's `file_cache` or HTTP validators, could tell,
-//! for versions first served in the second before the power went.)
+//! for versions first served in the second before the power went. A switch itself adds no
+//! fact; the facts it builds on (the versions served before it) are durable a second after
+//! they were learned, and calling `sync` before acknowledging a switch would close even that.
 //!
 //! A damaged log (torn last line, damaged lines, not our format) is read as far as it is
 //! intact, logged as a warning and rewritten. It stays bounded: each path keeps at most
