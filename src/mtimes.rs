@@ -880,4 +880,58 @@ mod tests {
             Some(floor)
         );
     }
+
+    #[test]
+    fn concurrent_lookups_are_all_remembered() {
+        let tmp = TempDir::new("mtimes-concurrent");
+        let log = tmp.path().join("state.mtimes");
+        // Three releases of 40 paths, identical mtimes; release 2 repeats release 0's content.
+        type Files = Vec<(OwnedFd, libc::stat)>;
+        let releases: Vec<(Arc<Release>, Files)> = (0..3)
+            .map(|r| {
+                let dir = tmp.path().join(format!("r{r}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let files = (0..40)
+                    .map(|i| {
+                        file(
+                            &dir,
+                            &format!("f{i}.php"),
+                            &format!("{i}-{}", r % 2),
+                            1_700_000_000,
+                        )
+                    })
+                    .collect();
+                (release(&dir, r + 1), files)
+            })
+            .collect();
+        let ask = |reg: &MtimeRegistry, r: usize, i: usize| {
+            let (rel, files) = &releases[r];
+            let (fd, st) = &files[i];
+            let path = PathBuf::from(format!("f{i}.php"));
+            reg.decide(rel, &path, fd.as_fd(), st)
+                .map_or(st.st_mtime, |o| o.reported)
+        };
+        let before: Vec<Vec<i64>> = {
+            let reg = MtimeRegistry::open(&log).unwrap();
+            let answers: Vec<Vec<i64>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..3)
+                    .map(|r| {
+                        let reg = &reg;
+                        scope.spawn(move || (0..40).map(|i| ask(reg, r, i)).collect())
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(answers[0], answers[2], "same content, same mtime");
+            for (a, b) in answers[0].iter().zip(&answers[1]) {
+                assert_ne!(a, b, "other content, other mtime");
+            }
+            answers
+        };
+        let reg = MtimeRegistry::open(&log).unwrap();
+        for r in [2, 1, 0] {
+            let after: Vec<i64> = (0..40).rev().map(|i| ask(&reg, r, i)).rev().collect();
+            assert_eq!(after, before[r], "release {r} after the restart");
+        }
+    }
 }
