@@ -75,6 +75,9 @@ pub struct CoreConfig {
     pub track_opens: bool,
     /// How many descriptors inodes may hold at once (see `fds`).
     pub inode_fds: usize,
+    /// Where the mtime registry persists what it reported (`mtimes::log_path` of the state
+    /// file); `None` keeps it in memory only.
+    pub mtimes_path: Option<PathBuf>,
 }
 
 /// What the root currently shows.
@@ -283,6 +286,7 @@ impl Core {
             previous: None,
             since: SystemTime::now(),
         });
+        let mtimes = open_mtimes(config.mtimes_path.as_deref());
         let core = Core {
             releases,
             state: StateFile::new(config.state_path.clone()),
@@ -298,7 +302,7 @@ impl Core {
             stopping: std::sync::atomic::AtomicBool::new(false),
             inodes: InodeTable::new(FdBudget::new(inode_fds)),
             handles: HandleTable::default(),
-            mtimes: MtimeRegistry::default(),
+            mtimes,
             last_used: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
             next_generation: AtomicU64::new(1),
@@ -1043,6 +1047,9 @@ impl Core {
             previous: previous.clone(),
             history: self.next_history(name),
         };
+        // The mtimes served so far must outlive a crash right after this switch: a rollback
+        // after a restart must not hand OPcache an mtime it already saw with other content.
+        self.mtimes.sync();
         self.state.save(&persisted).map_err(|e| {
             format!(
                 "cannot persist the switch to {}: {e}; release {} stays active",
@@ -1340,6 +1347,21 @@ impl Core {
     pub fn open_handles(&self) -> usize {
         self.handles.len()
     }
+}
+
+/// The mtime registry persisted at `path`. One that cannot be opened safely is logged and
+/// replaced by one in memory: serving goes on, the rule then holds only until a restart.
+fn open_mtimes(path: Option<&Path>) -> MtimeRegistry {
+    let Some(path) = path else {
+        return MtimeRegistry::default();
+    };
+    MtimeRegistry::open(path).unwrap_or_else(|e| {
+        log::error!(
+            "mtime registry {} is unusable ({e}); keeping it in memory only",
+            path.display()
+        );
+        MtimeRegistry::default()
+    })
 }
 
 fn is_trusted_xattr(name: &[u8]) -> bool {

@@ -95,6 +95,7 @@ fn config(tmp: &TempDir) -> CoreConfig {
         ttl: Duration::from_secs(3600),
         track_opens: true,
         inode_fds: 100_000,
+        mtimes_path: None,
     }
 }
 

@@ -330,6 +330,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let cleanup_socket = SocketFile(control_path.clone());
     let config = CoreConfig {
         releases,
+        mtimes_path: Some(crate::mtimes::log_path(&state_path)),
         state_path,
         mount_point: mount_point.clone(),
         control_path: control_path.clone(),
