@@ -31,6 +31,8 @@ pub struct DaemonArgs {
     pub on_activate: Vec<String>,
     pub hook_timeout: Duration,
     pub stop_timeout: Duration,
+    /// PHP pools to tell which scripts each switch changed (see `opcache`).
+    pub php: crate::opcache::PhpConfig,
 }
 
 fn is_root() -> bool {
@@ -238,6 +240,12 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         inode_fds,
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
+    // Checked before mounting, so a bad --php-* option leaves nothing behind.
+    let php = if args.php.fpm.is_empty() && args.php.http.is_empty() {
+        None
+    } else {
+        Some(crate::opcache::Php::new(&args.php, &mount_point, &core)?)
+    };
 
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
@@ -283,12 +291,16 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         expire_only,
     )));
     raise_readahead(&mount_point);
-    let hooks = Arc::new(Hooks::new(
+    let mut hooks = Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
         mount_point.clone(),
         core.config().releases.clone(),
-    ));
+    );
+    if let Some(php) = php {
+        hooks = hooks.with_php(php);
+    }
+    let hooks = Arc::new(hooks);
     server::spawn(listener, core.clone(), hooks, access)
         .map_err(|e| format!("cannot start the control server: {e}"))?;
     log::info!(
