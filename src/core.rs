@@ -1343,11 +1343,14 @@ fn refuse_write_intent(flags: i32) -> io::Result<()> {
 /// What PHP sees of one file of a release through the mount: its identity on the host and
 /// the modification time the mount reports for it (see `mtimes`). Used by `opcache` to
 /// decide which cached scripts a switch changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct FileView {
     pub dev: u64,
     pub ino: u64,
+    pub size: i64,
     pub reported_mtime: i64,
+    /// The file itself (`O_PATH`), to compare contents without resolving the path again.
+    pub fd: OwnedFd,
 }
 
 impl Core {
@@ -1375,7 +1378,9 @@ impl Core {
         Ok(FileView {
             dev: st.st_dev,
             ino: st.st_ino,
+            size: st.st_size,
             reported_mtime,
+            fd,
         })
     }
 }

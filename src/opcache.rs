@@ -491,13 +491,59 @@ fn script_changed(
     }
     match core.file_view(old, rel) {
         // Same inode (hard-linked releases): unchanged. Another inode with the same reported
-        // mtime: same content, by the registry's rule.
+        // mtime: same content, by the registry's rule. Otherwise compare the bytes: with
+        // validate_timestamps=0 OPcache never looks at mtimes, so a file rewritten with the
+        // same content (a fresh checkout) keeps its bytecode.
         Ok(before) => {
             (before.dev, before.ino) != (now.dev, now.ino)
                 && before.reported_mtime != now.reported_mtime
+                && (before.size != now.size || !same_content(&before.fd, &now.fd))
         }
         Err(_) => true,
     }
+}
+
+/// Whether two files hold the same bytes; any read error counts as different (one
+/// recompilation, never a stale script).
+fn same_content(a: &std::os::fd::OwnedFd, b: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let open = |fd: &std::os::fd::OwnedFd| {
+        crate::sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    let (Ok(mut fa), Ok(mut fb)) = (open(a), open(b)) else {
+        return false;
+    };
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let na = match read_full(&mut fa, &mut ba) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        let nb = match read_full(&mut fb, &mut bb) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the file.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// The `list` answer: `validate_timestamps N`, `scripts`, then `MTIME PATH\0` entries
