@@ -31,7 +31,8 @@ function switchfs_answer(int $code, string $body): void
 }
 
 $viaFpm = ($_SERVER['SWITCHFS_OPCACHE'] ?? '') === '1';
-$secret = (string)($_SERVER['SWITCHFS_SECRET'] ?? '');
+// mod_php passes SetEnv in $_SERVER; PHP's built-in server and others only in the environment.
+$secret = (string)($_SERVER['SWITCHFS_SECRET'] ?? (getenv('SWITCHFS_SECRET') ?: ''));
 $given = (string)($_SERVER['HTTP_X_SWITCHFS_SECRET'] ?? '');
 $remote = (string)($_SERVER['REMOTE_ADDR'] ?? '');
 $viaHttp = $secret !== '' && hash_equals($secret, $given)

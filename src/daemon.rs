@@ -230,6 +230,12 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let cleanup_socket = SocketFile(control_path.clone());
     let releases = std::fs::canonicalize(&args.releases)
         .map_err(|e| format!("releases directory {}: {e}", args.releases.display()))?;
+    // Checked before anything is persisted or mounted, so a bad --php-* option changes nothing.
+    let php = if args.php.fpm.is_empty() && args.php.http.is_empty() {
+        None
+    } else {
+        Some(crate::opcache::Php::new(&args.php, &mount_point)?)
+    };
     let config = CoreConfig {
         releases,
         state_path,
@@ -240,12 +246,9 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         inode_fds,
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
-    // Checked before mounting, so a bad --php-* option leaves nothing behind.
-    let php = if args.php.fpm.is_empty() && args.php.http.is_empty() {
-        None
-    } else {
-        Some(crate::opcache::Php::new(&args.php, &mount_point, &core)?)
-    };
+    if let Some(php) = &php {
+        php.assume_in_step_with(&core);
+    }
 
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![

@@ -176,13 +176,12 @@ pub struct Php {
 }
 
 impl Php {
-    /// Validates the configuration. Pools start in step with the release active now: they
-    /// cached it (or nothing) before this daemon ran.
+    /// Validates the configuration.
     ///
     /// # Errors
     /// A one-line message: bad address or URL, secret file missing, empty or readable by
     /// others, script missing.
-    pub fn new(config: &PhpConfig, mount: &Path, core: &Core) -> Result<Php, String> {
+    pub fn new(config: &PhpConfig, mount: &Path) -> Result<Php, String> {
         let mut pools = Vec::new();
         for s in &config.fpm {
             let addr = Address::parse(s).map_err(|e| format!("--php-fpm {e}"))?;
@@ -208,16 +207,12 @@ impl Php {
                 config.script.display()
             ));
         }
-        let active = core.active().release.clone();
         Ok(Php {
             pools: pools
                 .into_iter()
                 .map(|endpoint| Pool {
                     endpoint,
-                    state: Mutex::new(PoolState {
-                        synced: active.clone(),
-                        last: None,
-                    }),
+                    state: Mutex::new(PoolState::default()),
                 })
                 .collect(),
             script: config.script.clone(),
@@ -226,6 +221,15 @@ impl Php {
             timeout: config.timeout,
             serial: Mutex::new(()),
         })
+    }
+
+    /// Pools start in step with the release active at start-up: they cached it (or nothing)
+    /// before this daemon ran. (A failure before a restart is not remembered across it.)
+    pub fn assume_in_step_with(&self, core: &Core) {
+        let active = core.active().release.clone();
+        for pool in &self.pools {
+            pool.state.lock().synced = active.clone();
+        }
     }
 
     pub fn is_empty(&self) -> bool {

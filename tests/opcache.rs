@@ -427,3 +427,339 @@ fn validate_timestamps_0_same_bytes_new_mtime_stays_warm() {
         true,
     );
 }
+
+/// README "PHP, nginx and Apache settings": a pool that cannot be reached is reported like a
+/// failing hook: `activate` exits 3 with one line, the switch stays, the log names the pool;
+/// the next switch with the pool back brings it fully up to date.
+#[test]
+fn pool_down_is_partial_and_the_switch_stays() {
+    require_php();
+    let fx = Fixture::new("opc-down");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (rel, t) in [("1", now - 7200), ("2", now - 3600), ("3", now - 1800)] {
+        write_app(&fx, rel, Some(t));
+    }
+    open_up(&fx);
+    let dir = fx.root.join("fpm");
+    let sock = dir.join("fpm.sock").display().to_string();
+    let script = script();
+    let d = fx.start(&[
+        "--initial",
+        "1",
+        "--php-script",
+        &script,
+        "--php-fpm",
+        &sock,
+    ]);
+    let out = fx.ctl(&["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("switched from 1 to 2, but OPcache of php-fpm")
+            && err.contains(&sock)
+            && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    assert!(fx.read("public/index.php").contains("entry=2"));
+    assert!(
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&sock)),
+        "the daemon log names the pool:\n{}",
+        d.log_text()
+    );
+    let status = stdout(&fx.ctl(&["status"]));
+    assert!(
+        status.contains(&format!("php-fpm {sock}: FAILED at ")),
+        "{status}"
+    );
+
+    // The pool comes up having cached release 2 under the mount (from requests meanwhile).
+    let fpm = Fpm::start(&dir, &["opcache.validate_timestamps=0"]);
+    warm(&fpm, &fx, "2");
+    let out = fx.ctl(&["activate", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = front(&fpm, &fx, 10);
+    assert!(all_release(&lines, "3"), "{lines:?}");
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(
+        json.contains("\"php_pools\":[{\"pool\":")
+            && json.contains("\"release\":\"3\",\"cached\":3,\"changed\":3,\"invalidated\":3")
+            && json.contains("\"error\":null"),
+        "after a failure everything cached is invalidated once: {json}"
+    );
+}
+
+/// A pool that accepts and never answers cannot hold `activate` beyond --php-timeout.
+#[test]
+fn silent_pool_times_out() {
+    let fx = Fixture::new("opc-silent");
+    fx.two_releases();
+    let sock = fx.root.join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let held = std::thread::spawn(move || {
+        let conn = listener.accept();
+        std::thread::sleep(Duration::from_secs(4));
+        drop(conn);
+    });
+    let script = script();
+    let sock_arg = sock.display().to_string();
+    let _d = fx.start(&[
+        "--initial",
+        "1",
+        "--php-script",
+        &script,
+        "--php-fpm",
+        &sock_arg,
+        "--php-timeout",
+        "1",
+    ]);
+    let t0 = Instant::now();
+    let out = fx.ctl(&["activate", "2"]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = one_line_error(&out);
+    assert!(err.contains("timed out"), "{err}");
+    assert!(took < Duration::from_secs(3), "activate took {took:?}");
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    held.join().unwrap();
+}
+
+/// The shipped script answers only switchfs: a request a web server could forward (no
+/// SWITCHFS_OPCACHE parameter, or it sent as a client header) gets a 404 and changes
+/// nothing.
+#[test]
+fn shipped_script_refuses_what_a_web_server_forwards() {
+    require_php();
+    let fx = Fixture::new("opc-refuse");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    let probe = write_probe(&fx);
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = fx.start(&["--initial", "1"]);
+    warm(&fpm, &fx, "1");
+    let before = fpm.opcache(&probe);
+    let script = script();
+    let mount = fx.mnt().display().to_string();
+    let base = [
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("REQUEST_METHOD", "POST"),
+        ("SCRIPT_FILENAME", script.as_str()),
+        ("HTTP_X_SWITCHFS_MOUNT", mount.as_str()),
+        ("HTTP_X_SWITCHFS_STEP", "list"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+    ];
+    for extra in [
+        None,
+        Some(("HTTP_SWITCHFS_OPCACHE", "1")),
+        Some(("HTTP_X_SWITCHFS_SECRET", "guess")),
+        Some(("SWITCHFS_OPCACHE", "yes")),
+    ] {
+        let mut params = base.to_vec();
+        params.extend(extra);
+        let answer = fpm.request(&params);
+        assert!(answer.starts_with("HTTP 404: "), "{extra:?}: {answer}");
+    }
+    let after = fpm.opcache(&probe);
+    assert_eq!(
+        after.hits(&fx.m("public/index.php")),
+        before.hits(&fx.m("public/index.php")),
+        "still cached, untouched"
+    );
+}
+
+/// `--php-http`: the same through an HTTP endpoint (how Apache + mod_php is served), here
+/// PHP's built-in server with OPcache on and validate_timestamps=0, the endpoint routed to
+/// the shipped script and everything else served from the mount. A wrong secret is a 404.
+#[test]
+fn php_http_endpoint_with_secret() {
+    require_php();
+    let fx = Fixture::new("opc-http");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    write_app(&fx, "3", Some(now - 1800));
+    open_up(&fx);
+    let router = fx.root.join("router.php");
+    std::fs::write(
+        &router,
+        format!(
+            "<?php if ($_SERVER['REQUEST_URI'] === '/switchfs-opcache') {{ require '{}'; }}\n\
+             return false;\n",
+            script()
+        ),
+    )
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let secret = "s3cr3t-0123456789abcdef";
+    let url = format!("http://127.0.0.1:{port}/switchfs-opcache");
+    let good = fx.root.join("secret");
+    let bad = fx.root.join("bad-secret");
+    for (file, text) in [(&good, secret), (&bad, "not-the-secret-at-all")] {
+        std::fs::write(file, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let bad_arg = bad.display().to_string();
+    let d = fx.start(&[
+        "--initial",
+        "1",
+        "--php-http",
+        &url,
+        "--php-http-secret",
+        &bad_arg,
+    ]);
+    let mut server = Command::new("php")
+        .args([
+            "-d",
+            "zend_extension=opcache.so",
+            "-d",
+            "opcache.enable=1",
+            "-d",
+            "opcache.enable_cli=1",
+            "-d",
+            "opcache.validate_timestamps=0",
+            "-S",
+            &format!("127.0.0.1:{port}"),
+            "-t",
+        ])
+        .arg(fx.m("public"))
+        .arg(&router)
+        .env("PHP_INI_SCAN_DIR", "")
+        .env("SWITCHFS_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Kill(&mut server);
+    let get = || -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "10"])
+            .arg(format!("http://127.0.0.1:{port}/index.php"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split(" pid=")
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get().is_empty() {
+        assert!(Instant::now() < deadline, "php -S did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(get(), "entry=1 lib=1 same=ok");
+    let out = fx.ctl(&["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(one_line_error(&out).contains("HTTP 404"), "{out:?}");
+    assert_eq!(get(), "entry=1 lib=1 same=ok", "stale: nothing invalidated");
+    drop(d);
+
+    let good_arg = good.display().to_string();
+    let _d = fx.start(&["--php-http", &url, "--php-http-secret", &good_arg]);
+    let out = fx.ctl(&["activate", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(get(), "entry=3 lib=3 same=ok");
+    let status = stdout(&fx.ctl(&["status"]));
+    assert!(
+        status.contains(&format!("php-http {url}: ")) && status.contains("release 3, 2 of 3"),
+        "{status}"
+    );
+    drop(server);
+}
+
+/// Bad `--php-*` options: one line, non-zero exit, nothing mounted.
+#[test]
+fn bad_php_options_are_refused_before_mounting() {
+    let fx = Fixture::new("opc-args");
+    fx.two_releases();
+    let loose = fx.root.join("loose-secret");
+    std::fs::write(&loose, "0123456789abcdefghij\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = loose.display().to_string();
+    let missing = fx.root.join("no-such-script.php").display().to_string();
+    let script = script();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--php-fpm", "fpm", "--php-script", &script],
+            "neither a Unix socket path nor HOST:PORT",
+        ),
+        (
+            vec!["--php-fpm", "/run/x.sock", "--php-script", &missing],
+            "no such file",
+        ),
+        (
+            vec!["--php-http", "http://127.0.0.1/x"],
+            "needs --php-http-secret",
+        ),
+        (
+            vec![
+                "--php-http",
+                "http://192.0.2.1/x",
+                "--php-http-secret",
+                &loose,
+            ],
+            "must be loopback",
+        ),
+        (
+            vec![
+                "--php-http",
+                "https://127.0.0.1/x",
+                "--php-http-secret",
+                &loose,
+            ],
+            "only http://",
+        ),
+        (
+            vec![
+                "--php-http",
+                "http://127.0.0.1/x",
+                "--php-http-secret",
+                &loose,
+            ],
+            "readable by every user",
+        ),
+    ];
+    for (extra, want) in cases {
+        let out = Command::new(SWITCHFS)
+            .arg("--releases")
+            .arg(fx.releases())
+            .arg("--control")
+            .arg(fx.socket())
+            .arg("--state")
+            .arg(fx.state())
+            .args(["--initial", "1"])
+            .args(&extra)
+            .arg(fx.mnt())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = one_line_error(&out);
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!is_mounted(&fx.mnt()), "{extra:?} left a mount");
+        assert!(!fx.state().exists(), "{extra:?} persisted a release");
+    }
+}
