@@ -68,7 +68,7 @@ struct Cli {
     /// Command to run (with /bin/sh -c) after each switch, with SWITCHFS_OLD_RELEASE,
     /// SWITCHFS_NEW_RELEASE, SWITCHFS_MOUNT and SWITCHFS_RELEASES set; repeatable, run in
     /// order. Its output is logged; a failure is reported by `switchctl activate` (exit 3)
-    /// without undoing the switch. E.g. an OPcache reset for validate_timestamps=0 sites.
+    /// without undoing the switch. (OPcache needs no hook: see --php-fpm.)
     #[arg(long, value_name = "CMD")]
     on_activate: Vec<String>,
 
