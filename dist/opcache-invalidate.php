@@ -83,8 +83,8 @@ if ($step === 'invalidate') {
         if (opcache_invalidate($path, true)) {
             $done++;
         } elseif (!file_exists($path)) {
-            // OPcache resolves the path before it invalidates, so a script deleted by the
-            // switch cannot be dropped by name (see docs/web-servers.md).
+            // Deleted by the switch, and this PHP's opcache_invalidate() resolves the path
+            // first (8.2.36 falls back to the name and drops it; older ones may not).
             $gone++;
         } else {
             $notCached++;

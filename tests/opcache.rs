@@ -763,3 +763,49 @@ fn bad_php_options_are_refused_before_mounting() {
         assert!(!fx.state().exists(), "{extra:?} persisted a release");
     }
 }
+
+/// A script the new release no longer has is dropped from OPcache too: under
+/// validate_timestamps=0 an `include` of that path would otherwise still run it.
+#[test]
+fn deleted_script_is_dropped() {
+    require_php();
+    let fx = Fixture::new("opc-deleted");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    fx.write(
+        "1",
+        "public/old.php",
+        "<?php echo 'old script of release 1';\n",
+    );
+    set_all_mtimes(&fx.releases().join("1/public/old.php"), now - 7200);
+    let probe = fx.root.join("probe/cached.php");
+    std::fs::create_dir_all(probe.parent().unwrap()).unwrap();
+    std::fs::write(
+        &probe,
+        format!(
+            "<?php echo opcache_is_script_cached('{}') ? 'cached' : 'not cached';\n",
+            fx.m("public/old.php").display()
+        ),
+    )
+    .unwrap();
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    assert_eq!(fpm.get(&fx.m("public/old.php")), "old script of release 1");
+    assert_eq!(fpm.get(&probe), "cached");
+    let out = fx.ctl(&["activate", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fpm.get(&probe),
+        "not cached",
+        "status: {}",
+        stdout(&fx.ctl(&["status", "--json"]))
+    );
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(json.contains("\"gone\":0"), "{json}");
+}
