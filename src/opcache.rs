@@ -286,7 +286,7 @@ impl Php {
             Ok(()) => {
                 log::info!(
                     "{}: {} of {} cached scripts changed by release {}, invalidated {} \
-                     ({} deleted) in {:.1} ms",
+                     ({} deleted ones left cached) in {:.1} ms",
                     pool.endpoint,
                     run.changed,
                     run.cached,
