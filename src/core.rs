@@ -1384,3 +1384,20 @@ impl Core {
         })
     }
 }
+
+impl Core {
+    /// Paths (relative to their release root) of the files of releases other than `except`
+    /// that some process holds open right now, per /proc (see `procscan`). PHP holds a script
+    /// open while it compiles it, so this shows compilations still reading an old release.
+    pub fn open_paths_outside(&self, except: &Arc<Release>) -> Vec<PathBuf> {
+        let Some(refs) = self.scan_mount() else {
+            return Vec::new();
+        };
+        refs.open_files
+            .keys()
+            .filter_map(|&ino| self.inodes.get(ino))
+            .filter(|inode| inode.release.generation != except.generation)
+            .map(|inode| inode.path.clone())
+            .collect()
+    }
+}

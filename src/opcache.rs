@@ -48,6 +48,14 @@ pub const DEFAULT_SCRIPT: &str = "/usr/local/share/switchfs/opcache-invalidate.p
 const PATHS_PER_REQUEST: usize = 2_000;
 /// The protocol line both steps answer with first.
 const MAGIC: &[u8] = b"switchfs-opcache 1\n";
+/// How long a switch waits for compilations of old scripts still running (see
+/// `wait_for_compiles`).
+const COMPILE_WAIT: Duration = Duration::from_secs(2);
+/// File name extensions of what PHP compiles; other open files (static downloads) are not
+/// waited for.
+const SCRIPT_EXTENSIONS: &[&str] = &[
+    "php", "phtml", "inc", "php3", "php4", "php5", "php7", "php8",
+];
 
 /// One PHP pool to keep in step with the active release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +253,7 @@ impl Php {
         let Some(new) = core.active().release.clone() else {
             return Ok(());
         };
+        wait_for_compiles(core, &new, COMPILE_WAIT.min(self.timeout));
         let failures: Vec<String> = std::thread::scope(|scope| {
             let running: Vec<_> = self
                 .pools
@@ -469,6 +478,41 @@ pub fn with_status(php: Option<&Php>, body: String, json: bool) -> String {
         }
     } else {
         body + &php.status_text()
+    }
+}
+
+/// Waits until no process holds a script of another release than `new` open, at most
+/// `limit`.
+///
+/// Why: a request that began compiling a script of the old release before the switch stores
+/// its bytecode when the compilation ends, possibly after the pool listed what it caches;
+/// with validate_timestamps=0 that old bytecode would then stay. PHP keeps a script open
+/// while it compiles it and closes it after storing the result, so once none is open, every
+/// such compilation is in the list. Costs one /proc scan when nothing is compiling.
+fn wait_for_compiles(core: &Core, new: &Arc<Release>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let held: Vec<PathBuf> = core
+            .open_paths_outside(new)
+            .into_iter()
+            .filter(|p| {
+                p.extension()
+                    .and_then(OsStr::to_str)
+                    .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "scripts of an earlier release are still open after {limit:?} ({}); \
+                 asking the PHP pools anyway",
+                held[0].display()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -809,3 +809,60 @@ fn deleted_script_is_dropped() {
     let json = stdout(&fx.ctl(&["status", "--json"]));
     assert!(json.contains("\"gone\":0"), "{json}");
 }
+
+/// The race of a compilation in flight: a request that started compiling a (large) script of
+/// the old release before the switch finishes after the pool was asked, and would store the
+/// old bytecode under the path. Under validate_timestamps=0 nothing would ever look again.
+#[test]
+fn compile_in_flight_across_the_switch_is_not_left_stale() {
+    require_php();
+    let fx = Fixture::new("opc-inflight");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (rel, t) in [("1", now - 7200), ("2", now - 3600)] {
+        write_app(&fx, rel, Some(t));
+        // ~4 MB of code: compiling it takes well over 100 ms.
+        let mut big = String::from("<?php\n");
+        for i in 0..40_000 {
+            big.push_str(&format!(
+                "function f{i}($a) {{ $b = $a + {i}; if ($b > 3) {{ return [$b, '{i}']; }} return null; }}\n"
+            ));
+        }
+        big.push_str(&format!("return 'big={rel}';\n"));
+        fx.write(rel, "lib/big.php", &big);
+        fx.write(
+            rel,
+            "public/big.php",
+            "<?php echo require __DIR__ . '/../lib/big.php';\n",
+        );
+        set_all_mtimes(&fx.releases().join(rel), t);
+    }
+    open_up(&fx);
+    let fpm = Fpm::start(
+        &fx.root.join("fpm"),
+        &[
+            "opcache.validate_timestamps=0",
+            "opcache.memory_consumption=128",
+        ],
+    );
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    let big = fx.m("public/big.php");
+    let (in_flight, switched) = std::thread::scope(|s| {
+        let req = s.spawn(|| fpm.get(&big));
+        std::thread::sleep(Duration::from_millis(40));
+        let out = fx.ctl(&["activate", "2"]);
+        (req.join().unwrap(), out)
+    });
+    assert!(switched.status.success(), "{switched:?}");
+    // The request in flight may answer either release; every one after activate returned must
+    // be release 2.
+    let after: Vec<String> = (0..6).map(|_| fpm.get(&big)).collect();
+    assert!(
+        after.iter().all(|b| b == "big=2"),
+        "in flight: {in_flight}; after activate returned: {after:?}; daemon log:\n{}",
+        _d.log_text()
+    );
+}
