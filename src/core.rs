@@ -1414,3 +1414,65 @@ fn refuse_write_intent(flags: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// What PHP sees of one file of a release through the mount: its identity on the host and
+/// the modification time the mount reports for it (see `mtimes`). Used by `opcache` to
+/// decide which cached scripts a switch changed.
+#[derive(Debug)]
+pub struct FileView {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: i64,
+    pub reported_mtime: i64,
+    /// The file itself (`O_PATH`), to compare contents without resolving the path again.
+    pub fd: OwnedFd,
+}
+
+impl Core {
+    /// The file at `path` (relative, plain components) in `release`, as the mount reports
+    /// it. The walk follows no symlink, so only regular files reached by plain names count.
+    ///
+    /// # Errors
+    /// Missing, not a regular file (`EINVAL`), or a component that is not a plain name.
+    pub fn file_view(&self, release: &Arc<Release>, path: &Path) -> io::Result<FileView> {
+        if path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(os_error(libc::EINVAL));
+        }
+        let fd = sys::open_path_walk(release.root.as_fd(), path)?;
+        let st = sys::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(os_error(libc::EINVAL));
+        }
+        let reported_mtime = self
+            .mtimes
+            .decide(release, path, fd.as_fd(), &st)
+            .map_or(st.st_mtime, |o| o.reported);
+        Ok(FileView {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            reported_mtime,
+            fd,
+        })
+    }
+}
+
+impl Core {
+    /// Paths (relative to their release root) of the files of releases other than `except`
+    /// that some process holds open right now, per /proc (see `procscan`). PHP holds a script
+    /// open while it compiles it, so this shows compilations still reading an old release.
+    pub fn open_paths_outside(&self, except: &Arc<Release>) -> Vec<PathBuf> {
+        let Some(refs) = self.scan_mount() else {
+            return Vec::new();
+        };
+        refs.open_files
+            .keys()
+            .filter_map(|&ino| self.inodes.get(ino))
+            .filter(|inode| inode.release.generation != except.generation)
+            .map(|inode| inode.path.clone())
+            .collect()
+    }
+}

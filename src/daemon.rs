@@ -34,6 +34,8 @@ pub struct DaemonArgs {
     pub on_activate: Vec<String>,
     pub hook_timeout: Duration,
     pub stop_timeout: Duration,
+    /// PHP pools to tell which scripts each switch changed (see `opcache`).
+    pub php: crate::opcache::PhpConfig,
 }
 
 fn is_root() -> bool {
@@ -328,6 +330,12 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     };
     let listener = server::bind(&control_path, &access)?;
     let cleanup_socket = SocketFile(control_path.clone());
+    // Checked before anything is persisted or mounted, so a bad --php-* option changes nothing.
+    let php = if args.php.fpm.is_empty() && args.php.http.is_empty() {
+        None
+    } else {
+        Some(crate::opcache::Php::new(&args.php, &mount_point)?)
+    };
     let config = CoreConfig {
         releases,
         mtimes_path: Some(crate::mtimes::log_path(&state_path)),
@@ -339,6 +347,9 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         inode_fds,
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
+    if let Some(php) = &php {
+        php.assume_in_step_with(&core);
+    }
 
     let fsname = format!(
         "{}{}",
@@ -420,13 +431,16 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         expire_only,
     )));
     raise_readahead(ours.dev);
-    let hooks = Arc::new(Hooks::new(
+    let mut hooks = Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
         mount_point.clone(),
         core.config().releases.clone(),
-    ));
-    if let Err(e) = server::spawn(listener, core.clone(), hooks, access) {
+    );
+    if let Some(php) = php {
+        hooks = hooks.with_php(php);
+    }
+    if let Err(e) = server::spawn(listener, core.clone(), Arc::new(hooks), access) {
         unmount(&ours);
         return Err(format!("cannot start the control server: {e}"));
     }

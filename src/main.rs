@@ -74,7 +74,7 @@ struct Cli {
     /// Command to run (with /bin/sh -c) after each switch, with SWITCHFS_OLD_RELEASE,
     /// SWITCHFS_NEW_RELEASE, SWITCHFS_MOUNT and SWITCHFS_RELEASES set; repeatable, run in
     /// order. Its output is logged; a failure is reported by `switchctl activate` (exit 3)
-    /// without undoing the switch. E.g. an OPcache reset for validate_timestamps=0 sites.
+    /// without undoing the switch. (OPcache needs no hook: see --php-fpm.)
     #[arg(long, value_name = "CMD")]
     on_activate: Vec<String>,
 
@@ -85,6 +85,31 @@ struct Cli {
     /// Seconds to wait at shutdown for files still open under the mount.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
     stop_timeout: u32,
+
+    /// PHP-FPM pool to tell, after each switch and before `activate` returns, which cached
+    /// scripts the switch changed, so its OPcache drops exactly those (any
+    /// validate_timestamps / revalidate_freq); a Unix socket path or HOST:PORT, repeatable.
+    /// A failure makes `activate` exit 3; the switch stays.
+    #[arg(long, value_name = "SOCKET")]
+    php_fpm: Vec<String>,
+
+    /// The same for PHP without FastCGI (Apache + mod_php): an http:// URL on loopback
+    /// that runs the shipped script (see docs/web-servers.md); repeatable.
+    #[arg(long, value_name = "URL")]
+    php_http: Vec<String>,
+
+    /// File holding the secret --php-http sends (X-Switchfs-Secret); the endpoint's
+    /// `SetEnv SWITCHFS_SECRET` holds the same. Must not be readable by others.
+    #[arg(long, value_name = "FILE")]
+    php_http_secret: Option<PathBuf>,
+
+    /// The script --php-fpm runs in the pool, installed outside every docroot.
+    #[arg(long, value_name = "FILE", default_value = switchfs::opcache::DEFAULT_SCRIPT)]
+    php_script: PathBuf,
+
+    /// Seconds each request to a PHP pool may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+    php_timeout: u32,
 }
 
 fn existing_dir(s: &str) -> Result<PathBuf, String> {
@@ -126,6 +151,13 @@ fn main() -> ExitCode {
         on_activate: cli.on_activate,
         hook_timeout: Duration::from_secs(u64::from(cli.hook_timeout)),
         stop_timeout: Duration::from_secs(u64::from(cli.stop_timeout)),
+        php: switchfs::opcache::PhpConfig {
+            fpm: cli.php_fpm,
+            http: cli.php_http,
+            secret_file: cli.php_http_secret,
+            script: cli.php_script,
+            timeout: Duration::from_secs(u64::from(cli.php_timeout)),
+        },
     };
     match daemon::run(args) {
         Ok(()) => ExitCode::SUCCESS,

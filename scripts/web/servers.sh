@@ -4,7 +4,8 @@
 # Every process is started in the foreground of a background job so its pid is known, and is
 # stopped by that pid (never by name). Nothing under /etc, /run or /var is written.
 #
-# Expects: $W (work dir, mode 0755), $BIN (switchfs binaries), $HERE (scripts/web).
+# Expects: $W (work dir, mode 0755), $BIN (switchfs binaries), $HERE (scripts/web),
+# $OPC_SCRIPT and $OPC_SECRET (the OPcache endpoint switchfs --php-http calls in Apache).
 
 declare -A PIDS=()  # name -> pid of every long-running process the suite started
 PID_ORDER=()        # start order; stopped in reverse
@@ -87,14 +88,17 @@ wait_socket() {
 # ---------------------------------------------------------------------------------------------
 # switchfs
 
+# start_switchfs INITIAL [switchfs options...]
 start_switchfs() {
   local initial=$1 _
+  shift
   mkdir -p "$W/docroot"
   chmod 0755 "$W/docroot"
   # NOTIFY_SOCKET is cleared so a suite started under systemd does not notify systemd.
-  spawn switchfs env -u NOTIFY_SOCKET RUST_LOG=warn "$BIN/switchfs" \
+  # SWITCHFS_LOG=info logs each OPcache invalidation per pool (with its duration).
+  spawn switchfs env -u NOTIFY_SOCKET RUST_LOG=${SWITCHFS_LOG:-warn} "$BIN/switchfs" \
     --releases "$W/releases" --initial "$initial" \
-    --control "$W/ctl.sock" --state "$W/state" "$W/docroot"
+    --control "$W/ctl.sock" --state "$W/state" "$@" "$W/docroot"
   for _ in $(seq 100); do
     kill -0 "${PIDS[switchfs]}" 2>/dev/null || return 1
     if mountpoint -q "$W/docroot" && [ -S "$W/ctl.sock" ] \
@@ -279,6 +283,9 @@ LoadModule authz_core_module $m/mod_authz_core.so
 LoadModule mime_module $m/mod_mime.so
 LoadModule dir_module $m/mod_dir.so
 LoadModule php_module $m/libphp8.2.so
+LoadModule alias_module $m/mod_alias.so
+LoadModule env_module $m/mod_env.so
+LoadModule authz_host_module $m/mod_authz_host.so
 
 User www-data
 Group www-data
@@ -312,7 +319,19 @@ DirectoryIndex index.php
   DocumentRoot "$W/docroot/public"
   EnableMMAP On
   EnableSendfile On
+  # switchfs --php-http: the shipped script, outside the docroot, loopback only, and only
+  # with the secret (docs/web-servers.md).
+  Alias /.switchfs/opcache-invalidate "$OPC_SCRIPT"
+  <Location /.switchfs/opcache-invalidate>
+    Require local
+    SetEnv SWITCHFS_SECRET $OPC_SECRET
+  </Location>
 </VirtualHost>
+<Directory "$(dirname "$OPC_SCRIPT")">
+  <Files "$(basename "$OPC_SCRIPT")">
+    Require local
+  </Files>
+</Directory>
 <VirtualHost 127.0.0.1:$P_AP_LINK>
   DocumentRoot "$W/current/public"
 </VirtualHost>

@@ -411,11 +411,12 @@ impl Server {
             Request::Prune { keep, apply } => core.prune(keep, apply),
             Request::Status { json } => {
                 let st = core.status();
-                Ok(if json {
+                let body = if json {
                     render::status_json(&st)
                 } else {
                     render::status_text(&st)
-                })
+                };
+                Ok(crate::opcache::with_status(hooks.php.as_ref(), body, json))
             }
             Request::List { json } => core.list().map(|names| {
                 let active = core.active();
@@ -588,6 +589,13 @@ fn after_switch(
     };
     let mut message = sw.message.clone();
     let mut problems = Vec::new();
+    // OPcache first, so hooks (cache warmers) already run the new code.
+    if sw.changed
+        && let Some(php) = &hooks.php
+        && let Err(e) = php.sync(core)
+    {
+        problems.push(e);
+    }
     if sw.changed
         && let Err(e) = hooks.run(sw.from.as_deref(), &sw.to)
     {

@@ -1,0 +1,771 @@
+//! OPcache invalidation after a switch (`--php-fpm`, `--php-http`): before `activate`
+//! answers, every configured PHP pool drops exactly the cached scripts whose content the
+//! switch changed (or removed), and keeps the rest warm.
+//!
+//! Why: OPcache keys scripts by path and, with `revalidate_freq` above 0, looks at a file
+//! again only every that many seconds; with `validate_timestamps=0` never. Under switchfs
+//! the path never changes, so without this the old bytecode runs on after a switch. The
+//! daemon is the one party that knows, at the switch, which paths changed.
+//!
+//! How, per pool (one request reaches the whole pool: OPcache's shared memory is per
+//! master, shared by all its workers):
+//! 1. `list`: the shipped script (`dist/opcache-invalidate.php`, outside every docroot)
+//!    returns the scripts OPcache holds under the mount point, with the mtime each was
+//!    cached with (only recorded by OPcache when `validate_timestamps=1`).
+//! 2. The daemon decides per cached path with the mtime registry's rule: the path is changed
+//!    when the mount now reports another mtime than the one cached, or, without a cached
+//!    mtime, when the file's identity differs between the release the pool was last
+//!    brought up to date with and the new one and its reported mtime differs too (the
+//!    registry never reports two contents with one mtime, and keeps the mtime of equal
+//!    content). A path missing from the new release, or no longer a plain regular file, is
+//!    changed. Cost: two descriptor walks per cached script, whatever the release's size.
+//! 3. `invalidate`: the script calls `opcache_invalidate($path, true)` for those paths.
+//!
+//! Two requests rather than one: the comparison needs both release directories, which only
+//! the daemon holds (through descriptors), and the PHP side stays a few lines of plain
+//! OPcache calls. A failed pool is reported like a failing hook (the switch stays) and is
+//! brought fully up to date at the next switch: every cached script under the mount is then
+//! invalidated, since what it cached in between is unknown.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::control::render::{iso8601, json_str};
+use crate::core::Core;
+use crate::fastcgi::{self, Address};
+use crate::release::Release;
+
+/// Where the daemon finds the shipped script by default (`scripts/install` puts it there).
+pub const DEFAULT_SCRIPT: &str = "/usr/local/share/switchfs/opcache-invalidate.php";
+/// Paths per `invalidate` request, so a body stays far below PHP's `post_max_size` (8 MiB).
+const PATHS_PER_REQUEST: usize = 2_000;
+/// The protocol line both steps answer with first.
+const MAGIC: &[u8] = b"switchfs-opcache 1\n";
+/// How long a switch waits for compilations of old scripts still running (see
+/// `wait_for_compiles`).
+const COMPILE_WAIT: Duration = Duration::from_secs(2);
+/// File name extensions of what PHP compiles; other open files (static downloads) are not
+/// waited for.
+const SCRIPT_EXTENSIONS: &[&str] = &[
+    "php", "phtml", "inc", "php3", "php4", "php5", "php7", "php8",
+];
+
+/// One PHP pool to keep in step with the active release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A PHP-FPM master's FastCGI socket.
+    Fpm(Address),
+    /// An HTTP URL on loopback that runs the shipped script (Apache + mod_php).
+    Http(HttpUrl),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Fpm(a) => write!(f, "php-fpm {a}"),
+            Endpoint::Http(u) => write!(f, "php-http {}", u.original),
+        }
+    }
+}
+
+/// `http://HOST[:PORT]/PATH`, the only form accepted: the request carries a secret, which
+/// must not cross a network, so this is meant for loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub host_port: String,
+    pub host: String,
+    pub path: String,
+    pub original: String,
+}
+
+impl HttpUrl {
+    /// # Errors
+    /// Not `http://`, no host, or a host other than loopback.
+    pub fn parse(s: &str) -> Result<HttpUrl, String> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{s:?}: only http:// URLs on loopback are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+                Ok(port) => (h, port),
+                Err(_) => return Err(format!("{s:?}: bad port {p:?}")),
+            },
+            _ => (authority, 80),
+        };
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "{s:?}: the host must be loopback (127.0.0.1, [::1] or localhost): \
+                 the request carries the secret in clear"
+            ));
+        }
+        if path.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+            return Err(format!(
+                "{s:?}: the path contains spaces or control characters"
+            ));
+        }
+        Ok(HttpUrl {
+            host_port: format!("{host}:{port}"),
+            host: host.to_string(),
+            path: path.to_string(),
+            original: s.to_string(),
+        })
+    }
+}
+
+/// What the last invalidation of one pool did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub at: SystemTime,
+    /// The release the pool was brought up to date with (or should have been).
+    pub release: String,
+    /// Scripts OPcache held under the mount point.
+    pub cached: usize,
+    /// Of those, the ones the switch changed, asked to be invalidated.
+    pub changed: usize,
+    /// Invalidated by OPcache.
+    pub invalidated: usize,
+    /// Deleted by the switch: OPcache cannot invalidate them by name (see the PHP script).
+    pub gone: usize,
+    pub took: Duration,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    /// The release this pool's OPcache was last brought up to date with; `None` after a
+    /// failure (then everything cached under the mount is invalidated next time).
+    synced: Option<Arc<Release>>,
+    last: Option<LastRun>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    endpoint: Endpoint,
+    state: Mutex<PoolState>,
+}
+
+/// Settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct PhpConfig {
+    pub fpm: Vec<String>,
+    pub http: Vec<String>,
+    pub secret_file: Option<PathBuf>,
+    pub script: PathBuf,
+    pub timeout: Duration,
+}
+
+/// The configured pools and how to reach them.
+#[derive(Debug)]
+pub struct Php {
+    pools: Vec<Pool>,
+    script: PathBuf,
+    secret: Option<String>,
+    mount: PathBuf,
+    timeout: Duration,
+    /// Invalidations of two switches never interleave.
+    serial: Mutex<()>,
+}
+
+impl Php {
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// A one-line message: bad address or URL, secret file missing, empty or readable by
+    /// others, script missing.
+    pub fn new(config: &PhpConfig, mount: &Path) -> Result<Php, String> {
+        let mut pools = Vec::new();
+        for s in &config.fpm {
+            let addr = Address::parse(s).map_err(|e| format!("--php-fpm {e}"))?;
+            pools.push(Endpoint::Fpm(addr));
+        }
+        for s in &config.http {
+            pools.push(Endpoint::Http(
+                HttpUrl::parse(s).map_err(|e| format!("--php-http {e}"))?,
+            ));
+        }
+        let secret = match (&config.secret_file, config.http.is_empty()) {
+            (Some(file), _) => Some(read_secret(file)?),
+            (None, false) => {
+                return Err("--php-http needs --php-http-secret FILE (the secret the \
+                            endpoint's SetEnv SWITCHFS_SECRET holds)"
+                    .into());
+            }
+            (None, true) => None,
+        };
+        if !config.fpm.is_empty() && !config.script.is_file() {
+            return Err(format!(
+                "--php-script {}: no such file (scripts/install puts it at {DEFAULT_SCRIPT})",
+                config.script.display()
+            ));
+        }
+        Ok(Php {
+            pools: pools
+                .into_iter()
+                .map(|endpoint| Pool {
+                    endpoint,
+                    state: Mutex::new(PoolState::default()),
+                })
+                .collect(),
+            script: config.script.clone(),
+            secret,
+            mount: mount.to_path_buf(),
+            timeout: config.timeout,
+            serial: Mutex::new(()),
+        })
+    }
+
+    /// Pools start in step with the release active at start-up: they cached it (or nothing)
+    /// before this daemon ran. (A failure before a restart is not remembered across it.)
+    pub fn assume_in_step_with(&self, core: &Core) {
+        let active = core.active().release.clone();
+        for pool in &self.pools {
+            pool.state.lock().synced = active.clone();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
+    /// Brings every pool up to date with the active release, pools in parallel.
+    ///
+    /// # Errors
+    /// One line naming each pool that failed and why; the pools that worked are done.
+    pub fn sync(&self, core: &Core) -> Result<(), String> {
+        let _serial = self.serial.lock();
+        let Some(new) = core.active().release.clone() else {
+            return Ok(());
+        };
+        wait_for_compiles(core, &new, COMPILE_WAIT.min(self.timeout));
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .pools
+                .iter()
+                .map(|pool| scope.spawn(|| self.sync_pool(core, pool, &new)))
+                .collect();
+            running
+                .into_iter()
+                .filter_map(|h| match h.join() {
+                    Ok(r) => r.err(),
+                    Err(_) => Some("OPcache invalidation thread panicked".to_string()),
+                })
+                .collect()
+        });
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    fn sync_pool(&self, core: &Core, pool: &Pool, new: &Arc<Release>) -> Result<(), String> {
+        let started = Instant::now();
+        let old = pool.state.lock().synced.clone();
+        let mut run = LastRun {
+            at: SystemTime::now(),
+            release: new.name.clone(),
+            cached: 0,
+            changed: 0,
+            invalidated: 0,
+            gone: 0,
+            took: Duration::ZERO,
+            error: None,
+        };
+        let result = self.invalidate_changed(core, pool, old.as_ref(), new, &mut run);
+        run.took = started.elapsed();
+        let mut state = pool.state.lock();
+        match result {
+            Ok(()) => {
+                log::info!(
+                    "{}: {} of {} cached scripts changed by release {}, invalidated {} \
+                     ({} deleted ones left cached) in {:.1} ms",
+                    pool.endpoint,
+                    run.changed,
+                    run.cached,
+                    new.name,
+                    run.invalidated,
+                    run.gone,
+                    run.took.as_secs_f64() * 1000.0
+                );
+                state.synced = Some(new.clone());
+                state.last = Some(run);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("OPcache of {} not invalidated: {e}", pool.endpoint);
+                log::warn!("{msg}");
+                state.synced = None;
+                run.error = Some(e);
+                state.last = Some(run);
+                Err(msg)
+            }
+        }
+    }
+
+    fn invalidate_changed(
+        &self,
+        core: &Core,
+        pool: &Pool,
+        old: Option<&Arc<Release>>,
+        new: &Arc<Release>,
+        run: &mut LastRun,
+    ) -> Result<(), String> {
+        let listing = self.call(&pool.endpoint, "list", &[])?;
+        let cached = parse_list(&listing)?;
+        run.cached = cached.len();
+        let prefix = self.mount.as_os_str().as_bytes();
+        let changed: Vec<&[u8]> = cached
+            .iter()
+            .filter(|(ts, path)| {
+                let rel = path
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix(b"/"))
+                    .map(|r| Path::new(OsStr::from_bytes(r)));
+                rel.is_none_or(|rel| script_changed(core, old, new, rel, *ts))
+            })
+            .map(|(_, path)| *path)
+            .collect();
+        run.changed = changed.len();
+        for chunk in changed.chunks(PATHS_PER_REQUEST) {
+            let body = chunk.join(&0u8);
+            let answer = self.call(&pool.endpoint, "invalidate", &body)?;
+            let (invalidated, gone) = parse_counts(&answer)?;
+            run.invalidated += invalidated;
+            run.gone += gone;
+        }
+        Ok(())
+    }
+
+    /// Runs one step of the shipped script on `endpoint`; the body of a 200 answer.
+    fn call(&self, endpoint: &Endpoint, step: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        let mount = self.mount.to_string_lossy();
+        let (status, answer) = match endpoint {
+            Endpoint::Fpm(addr) => {
+                let script = self.script.to_string_lossy();
+                let length = body.len().to_string();
+                let params = [
+                    ("GATEWAY_INTERFACE", "CGI/1.1"),
+                    ("SERVER_SOFTWARE", "switchfs"),
+                    ("SERVER_PROTOCOL", "HTTP/1.1"),
+                    ("REQUEST_METHOD", "POST"),
+                    ("SCRIPT_FILENAME", &script),
+                    ("SCRIPT_NAME", "/switchfs-opcache-invalidate.php"),
+                    ("REQUEST_URI", "/switchfs-opcache-invalidate.php"),
+                    ("CONTENT_TYPE", "application/octet-stream"),
+                    ("CONTENT_LENGTH", &length),
+                    ("SWITCHFS_OPCACHE", "1"),
+                    ("HTTP_X_SWITCHFS_STEP", step),
+                    ("HTTP_X_SWITCHFS_MOUNT", &mount),
+                ];
+                let resp = fastcgi::request(addr, &params, body, self.timeout)
+                    .map_err(|e| describe_io(&e))?;
+                if !resp.stderr.is_empty() {
+                    log::debug!("{endpoint} said on stderr: {}", first_line(&resp.stderr));
+                }
+                let (status, answer) = resp.status_and_body();
+                (status, answer.to_vec())
+            }
+            Endpoint::Http(url) => {
+                let secret = self.secret.as_deref().unwrap_or("");
+                http_post(url, secret, step, &mount, body, self.timeout)
+                    .map_err(|e| describe_io(&e))?
+            }
+        };
+        if status != 200 || !answer.starts_with(MAGIC) {
+            let hint = if status == 404 {
+                " (the script refused the request or is not there: check --php-script, \
+                 or the endpoint's SetEnv SWITCHFS_SECRET)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "step {step}: HTTP {status}: {}{hint}",
+                first_line(&answer)
+            ));
+        }
+        Ok(answer[MAGIC.len()..].to_vec())
+    }
+
+    /// Appends the pools' last invalidations to `switchctl status` output.
+    pub fn status_text(&self) -> String {
+        let mut out = String::from("php pools:\n");
+        for pool in &self.pools {
+            let line = match &pool.state.lock().last {
+                None => "no switch since the daemon started".to_string(),
+                Some(r) => match &r.error {
+                    Some(e) => {
+                        format!("FAILED at {} for release {}: {e}", iso8601(r.at), r.release)
+                    }
+                    None => format!(
+                        "{}: release {}, {} of {} cached scripts invalidated{} in {:.1} ms",
+                        iso8601(r.at),
+                        r.release,
+                        r.invalidated,
+                        r.cached,
+                        if r.gone > 0 {
+                            format!(" ({} deleted scripts left)", r.gone)
+                        } else {
+                            String::new()
+                        },
+                        r.took.as_secs_f64() * 1000.0
+                    ),
+                },
+            };
+            let _ = writeln!(out, "    {}: {line}", pool.endpoint);
+        }
+        out
+    }
+
+    /// The pools as a JSON array, for `status --json`.
+    pub fn status_json(&self) -> String {
+        let items: Vec<String> = self
+            .pools
+            .iter()
+            .map(|pool| {
+                let last = match &pool.state.lock().last {
+                    None => "null".to_string(),
+                    Some(r) => format!(
+                        "{{\"at\":{},\"release\":{},\"cached\":{},\"changed\":{},\
+                         \"invalidated\":{},\"gone\":{},\"took_ms\":{:.3},\"error\":{}}}",
+                        json_str(&iso8601(r.at)),
+                        json_str(&r.release),
+                        r.cached,
+                        r.changed,
+                        r.invalidated,
+                        r.gone,
+                        r.took.as_secs_f64() * 1000.0,
+                        r.error
+                            .as_deref()
+                            .map_or_else(|| "null".to_string(), json_str)
+                    ),
+                };
+                format!(
+                    "{{\"pool\":{},\"last_invalidation\":{last}}}",
+                    json_str(&pool.endpoint.to_string())
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(","))
+    }
+}
+
+/// Adds the PHP pools to a `status` answer: a section in text, a `php_pools` field in JSON.
+pub fn with_status(php: Option<&Php>, body: String, json: bool) -> String {
+    let Some(php) = php.filter(|p| !p.is_empty()) else {
+        return body;
+    };
+    if json {
+        match body.trim_end().strip_suffix('}') {
+            Some(head) => format!("{head},\"php_pools\":{}}}\n", php.status_json()),
+            None => body,
+        }
+    } else {
+        body + &php.status_text()
+    }
+}
+
+/// Waits until no process holds a script of another release than `new` open, at most
+/// `limit`.
+///
+/// Why: a request that began compiling a script of the old release before the switch stores
+/// its bytecode when the compilation ends, possibly after the pool listed what it caches;
+/// with validate_timestamps=0 that old bytecode would then stay. PHP keeps a script open
+/// while it compiles it and closes it after storing the result, so once none is open, every
+/// such compilation is in the list. Costs one /proc scan when nothing is compiling.
+fn wait_for_compiles(core: &Core, new: &Arc<Release>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let held: Vec<PathBuf> = core
+            .open_paths_outside(new)
+            .into_iter()
+            .filter(|p| {
+                p.extension()
+                    .and_then(OsStr::to_str)
+                    .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "scripts of an earlier release are still open after {limit:?} ({}); \
+                 asking the PHP pools anyway",
+                held[0].display()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether the script OPcache cached at `rel` (under the mount) differs in `new`.
+fn script_changed(
+    core: &Core,
+    old: Option<&Arc<Release>>,
+    new: &Arc<Release>,
+    rel: &Path,
+    cached_mtime: Option<i64>,
+) -> bool {
+    let Ok(now) = core.file_view(new, rel) else {
+        return true; // deleted, or no longer a plain file
+    };
+    if let Some(ts) = cached_mtime {
+        // What validate_timestamps would find, without waiting for revalidate_freq.
+        return ts != now.reported_mtime;
+    }
+    let Some(old) = old else {
+        return true; // what the pool cached since its last failure is unknown
+    };
+    if Arc::ptr_eq(old, new) {
+        return false;
+    }
+    match core.file_view(old, rel) {
+        // Same inode (hard-linked releases): unchanged. Another inode with the same reported
+        // mtime: same content, by the registry's rule. Otherwise compare the bytes: with
+        // validate_timestamps=0 OPcache never looks at mtimes, so a file rewritten with the
+        // same content (a fresh checkout) keeps its bytecode.
+        Ok(before) => {
+            (before.dev, before.ino) != (now.dev, now.ino)
+                && before.reported_mtime != now.reported_mtime
+                && (before.size != now.size || !same_content(&before.fd, &now.fd))
+        }
+        Err(_) => true,
+    }
+}
+
+/// Whether two files hold the same bytes; any read error counts as different (one
+/// recompilation, never a stale script).
+fn same_content(a: &std::os::fd::OwnedFd, b: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let open = |fd: &std::os::fd::OwnedFd| {
+        crate::sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    let (Ok(mut fa), Ok(mut fb)) = (open(a), open(b)) else {
+        return false;
+    };
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let na = match read_full(&mut fa, &mut ba) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        let nb = match read_full(&mut fb, &mut bb) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the file.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The `list` answer: `validate_timestamps N`, `scripts`, then `MTIME PATH\0` entries
+/// (`-` for no recorded mtime).
+/// One cached script: the mtime OPcache recorded for it (if any) and its full path.
+type Cached<'a> = (Option<i64>, &'a [u8]);
+
+fn parse_list(body: &[u8]) -> Result<Vec<Cached<'_>>, String> {
+    let bad = || "malformed answer to step list".to_string();
+    let start = find(body, b"scripts\n").ok_or_else(bad)? + b"scripts\n".len();
+    body[start..]
+        .split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let sp = entry.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+            let ts = match &entry[..sp] {
+                b"-" => None,
+                t => Some(
+                    std::str::from_utf8(t)
+                        .ok()
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .ok_or_else(bad)?,
+                ),
+            };
+            Ok((ts, &entry[sp + 1..]))
+        })
+        .collect()
+}
+
+/// The `invalidate` answer: `(invalidated, gone)`.
+fn parse_counts(body: &[u8]) -> Result<(usize, usize), String> {
+    let text = String::from_utf8_lossy(body);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<usize>().ok())
+            .ok_or_else(|| format!("malformed answer to step invalidate (no {name})"))
+    };
+    Ok((field("invalidated ")?, field("gone ")?))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line: String = line.chars().filter(|c| !c.is_control()).take(200).collect();
+    if line.is_empty() {
+        "(empty answer)".into()
+    } else {
+        line
+    }
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
+        io::ErrorKind::NotFound => format!("cannot connect: {e} (is PHP running?)"),
+        io::ErrorKind::ConnectionRefused => format!("cannot connect: {e} (is PHP running?)"),
+        _ => e.to_string(),
+    }
+}
+
+/// Reads the shared secret of `--php-http`: one line, refused when others may read it.
+fn read_secret(file: &Path) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = file.display();
+    let meta = std::fs::metadata(file).map_err(|e| format!("--php-http-secret {shown}: {e}"))?;
+    if meta.mode() & 0o007 != 0 {
+        return Err(format!(
+            "--php-http-secret {shown} is readable by every user (mode {:o}); chmod o-rwx it",
+            meta.mode() & 0o7777
+        ));
+    }
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("--php-http-secret {shown}: {e}"))?;
+    let secret = text.trim();
+    if secret.len() < 16 || secret.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "--php-http-secret {shown}: expected one line of at least 16 characters without spaces"
+        ));
+    }
+    Ok(secret.to_string())
+}
+
+/// One HTTP/1.0 POST (the answer then ends with the connection: no chunking to decode).
+fn http_post(
+    url: &HttpUrl,
+    secret: &str,
+    step: &str,
+    mount: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<(u16, Vec<u8>)> {
+    let deadline = Instant::now() + timeout;
+    let mut s = fastcgi::connect_tcp(&url.host_port, deadline)?;
+    let head = format!(
+        "POST {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: switchfs\r\nX-Switchfs-Secret: {secret}\r\n\
+         X-Switchfs-Step: {step}\r\nX-Switchfs-Mount: {mount}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        url.path,
+        url.host,
+        body.len()
+    );
+    s.set_write_timeout(Some(fastcgi::remaining(deadline)?))?;
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        s.set_read_timeout(Some(fastcgi::remaining(deadline)?))?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            }
+            Err(e) => return Err(e),
+        }
+        if answer.len() > fastcgi::MAX_RESPONSE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "answer larger than 128 MiB",
+            ));
+        }
+    }
+    let status = answer
+        .strip_prefix(b"HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))?;
+    let body = match find(&answer, b"\r\n\r\n") {
+        Some(i) => answer[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_loopback_http() {
+        let u = HttpUrl::parse("http://127.0.0.1:8080/switchfs/opcache.php").unwrap();
+        assert_eq!(u.host_port, "127.0.0.1:8080");
+        assert_eq!(u.path, "/switchfs/opcache.php");
+        assert_eq!(
+            HttpUrl::parse("http://localhost/x.php").unwrap().host_port,
+            "localhost:80"
+        );
+        assert!(HttpUrl::parse("http://[::1]:81/x").is_ok());
+        assert!(HttpUrl::parse("https://127.0.0.1/x").is_err());
+        assert!(HttpUrl::parse("http://10.0.0.1/x").is_err());
+        assert!(HttpUrl::parse("http://example.com/x").is_err());
+        assert!(HttpUrl::parse("http://127.0.0.1/a b").is_err());
+    }
+
+    #[test]
+    fn list_answers() {
+        let body = b"validate_timestamps 1\nscripts\n17 /m/a.php\0- /m/b c.php\0";
+        let got = parse_list(body).unwrap();
+        assert_eq!(
+            got,
+            vec![(Some(17), &b"/m/a.php"[..]), (None, &b"/m/b c.php"[..])]
+        );
+        assert!(parse_list(b"garbage").is_err());
+        assert!(parse_list(b"scripts\nx /m/a.php\0").is_err());
+        assert_eq!(
+            parse_counts(b"invalidated 3\nnot_cached 1\ngone 2\n").unwrap(),
+            (3, 2)
+        );
+        assert!(parse_counts(b"invalidated x\n").is_err());
+    }
+}

@@ -1,0 +1,868 @@
+//! `--php-fpm` / `--php-http` against real PHP: PHP-FPM masters (pm=static, 2 workers each,
+//! as www-data) and PHP's built-in web server, running scripts from a real switchfs mount.
+//! README "PHP, nginx and Apache settings": once `activate` returns, the next request runs
+//! the new code on every worker, whatever `validate_timestamps` / `revalidate_freq`, and
+//! unchanged scripts keep their bytecode.
+//!
+//! PHP-FPM missing is a failure with the package to install, never a skip.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use switchfs::fastcgi::{self, Address};
+
+const PHP_FPM: &str = "php-fpm8.2";
+
+/// The repository copy of the script switchfs runs in the pools.
+fn script() -> String {
+    format!("{}/dist/opcache-invalidate.php", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require_php() {
+    for tool in [PHP_FPM, "php"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is missing: these tests run real PHP. Install it: \
+             bash scripts/install-deps web (php8.2-fpm php8.2-cli php8.2-opcache)"
+        );
+    }
+}
+
+/// A private PHP-FPM master, stopped by its pid when dropped.
+struct Fpm {
+    child: Child,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Fpm {
+    /// Starts a pool listening on `dir/fpm.sock` with the given OPcache settings.
+    fn start(dir: &Path, settings: &[&str]) -> Fpm {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.join("fpm.sock");
+        let _ = std::fs::remove_file(&sock);
+        let conf = dir.join("fpm.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\nerror_log = {d}/error.log\ndaemonize = no\n\
+                 [app]\nuser = www-data\ngroup = www-data\nlisten = {s}\n\
+                 listen.mode = 0600\npm = static\npm.max_children = 2\n\
+                 catch_workers_output = yes\nclear_env = yes\n",
+                d = dir.display(),
+                s = sock.display()
+            ),
+        )
+        .unwrap();
+        let mut ini = String::from(
+            "zend_extension=opcache.so\nopcache.enable=1\nopcache.memory_consumption=32\n\
+             display_errors=Off\nlog_errors=On\n",
+        );
+        for s in settings {
+            ini.push_str(s);
+            ini.push('\n');
+        }
+        std::fs::write(dir.join("php.ini"), ini).unwrap();
+        let child = Command::new(PHP_FPM)
+            .arg("--nodaemonize")
+            .arg("--fpm-config")
+            .arg(&conf)
+            .arg("-c")
+            .arg(dir.join("php.ini"))
+            .env("PHP_INI_SCAN_DIR", "")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("fpm.out")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {PHP_FPM}: {e}"));
+        let mut fpm = Fpm {
+            child,
+            sock,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fpm.sock.exists() {
+            if let Ok(Some(st)) = fpm.child.try_wait() {
+                panic!(
+                    "php-fpm exited with {st}: {}",
+                    std::fs::read_to_string(dir.join("fpm.out")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "php-fpm did not listen in 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fpm
+    }
+
+    fn arg(&self) -> String {
+        self.sock.display().to_string()
+    }
+
+    /// Runs `script` in the pool as a GET request; the body.
+    fn get(&self, script: &Path) -> String {
+        let s = script.to_string_lossy();
+        let params = [
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_FILENAME", &s),
+            ("SCRIPT_NAME", "/x.php"),
+            ("REQUEST_URI", "/x.php"),
+            ("REMOTE_ADDR", "127.0.0.1"),
+        ];
+        self.request(&params)
+    }
+
+    fn request(&self, params: &[(&str, &str)]) -> String {
+        let resp = fastcgi::request(
+            &Address::Unix(self.sock.clone()),
+            params,
+            b"",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("FastCGI request to {}: {e}", self.sock.display()));
+        let (status, body) = resp.status_and_body();
+        format!(
+            "{}{}",
+            if status == 200 {
+                String::new()
+            } else {
+                format!("HTTP {status}: ")
+            },
+            String::from_utf8_lossy(body)
+        )
+    }
+
+    /// `misses` and `hits of PATH` from opcache_get_status, read through `probe`.
+    fn opcache(&self, probe: &Path) -> OpcacheView {
+        let text = self.get(probe);
+        let mut view = OpcacheView::default();
+        for line in text.lines() {
+            if let Some(m) = line.strip_prefix("misses=") {
+                view.misses = m.parse().unwrap();
+            } else if let Some(rest) = line.strip_prefix("script ") {
+                let (path, hits) = rest.rsplit_once(' ').unwrap();
+                view.scripts.push((path.to_string(), hits.parse().unwrap()));
+            }
+        }
+        view
+    }
+}
+
+impl Drop for Fpm {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+#[derive(Debug, Default)]
+struct OpcacheView {
+    misses: u64,
+    scripts: Vec<(String, u64)>,
+}
+
+impl OpcacheView {
+    fn hits(&self, path: &Path) -> Option<u64> {
+        let p = path.to_string_lossy();
+        self.scripts.iter().find(|(s, _)| *s == p).map(|(_, h)| *h)
+    }
+}
+
+/// A front controller that includes a changed file, an unchanged one and one that exists
+/// only in release 1's layout, and reports the release each came from and its worker.
+fn write_app(fx: &Fixture, rel: &str, mtime: Option<i64>) {
+    fx.write(
+        rel,
+        "public/index.php",
+        &format!(
+            "<?php require __DIR__ . '/../lib/changed.php'; require __DIR__ . '/../lib/same.php';\n\
+             echo 'entry={rel} lib=' . changed_release() . ' same=' . same() . ' pid=' . getmypid();\n"
+        ),
+    );
+    fx.write(
+        rel,
+        "lib/changed.php",
+        &format!("<?php function changed_release() {{ return '{rel}'; }}\n"),
+    );
+    // Same bytes in every release (same size too), a different inode in each.
+    fx.write(
+        rel,
+        "lib/same.php",
+        "<?php function same() { return 'ok'; }\n",
+    );
+    if let Some(t) = mtime {
+        set_all_mtimes(&fx.releases().join(rel), t);
+    }
+}
+
+fn set_all_mtimes(dir: &Path, t: i64) {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-exec", "touch", "-h", "-d", &format!("@{t}"), "{}", "+"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// A status page outside the mount (and outside every release): misses and hits per script.
+fn write_probe(fx: &Fixture) -> PathBuf {
+    let probe = fx.root.join("probe/opcache.php");
+    std::fs::create_dir_all(probe.parent().unwrap()).unwrap();
+    std::fs::write(
+        &probe,
+        "<?php $s = opcache_get_status(true);\n\
+         echo 'misses=', $s['opcache_statistics']['misses'], \"\\n\";\n\
+         foreach ($s['scripts'] as $p => $i) { echo 'script ', $p, ' ', $i['hits'], \"\\n\"; }\n",
+    )
+    .unwrap();
+    probe
+}
+
+/// Makes everything under the fixture readable by the pool's www-data workers.
+fn open_up(fx: &Fixture) {
+    fx.open_up_for_others();
+    let out = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&fx.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// `n` front-controller requests; each line as the workers answered it.
+fn front(fpm: &Fpm, fx: &Fixture, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| fpm.get(&fx.m("public/index.php")))
+        .map(|l| l.split(" pid=").next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn all_release(lines: &[String], rel: &str) -> bool {
+    let want = format!("entry={rel} lib={rel} same=ok");
+    lines.iter().all(|l| *l == want)
+}
+
+/// Warms both workers on release `rel` (each request takes whichever worker is free, 40
+/// requests from two threads reach both).
+fn warm(fpm: &Fpm, fx: &Fixture, rel: &str) {
+    let lines: Vec<String> = std::thread::scope(|s| {
+        let a = s.spawn(|| front(fpm, fx, 20));
+        let b = s.spawn(|| front(fpm, fx, 20));
+        let mut v = a.join().unwrap();
+        v.extend(b.join().unwrap());
+        v
+    });
+    assert!(
+        all_release(&lines, rel),
+        "warming on release {rel}: {lines:?}"
+    );
+}
+
+fn start_daemon(fx: &Fixture, pools: &[&Fpm]) -> Daemon {
+    let script = script();
+    let mut args = vec!["--initial", "1", "--php-script", &script];
+    let socks: Vec<String> = pools.iter().map(|p| p.arg()).collect();
+    for s in &socks {
+        args.push("--php-fpm");
+        args.push(s);
+    }
+    fx.start(&args)
+}
+
+/// The scenario every setting must pass: warm on 1, activate 2, and the very next requests
+/// (from both workers) run release 2 throughout, with only the changed scripts compiled
+/// again and the unchanged one still warm.
+/// `mtime`: every file of both releases gets it (else each release its own, and
+/// lib/same.php the same in both, as `rsync -t` or hard-linked releases keep it).
+/// `same_own_mtimes`: lib/same.php gets each release's own mtime too (a fresh checkout).
+fn next_request_is_new_and_unchanged_stays_warm(
+    tag: &str,
+    settings: &[&str],
+    mtime: Option<i64>,
+    same_own_mtimes: bool,
+) {
+    require_php();
+    let fx = Fixture::new(tag);
+    // In the past, so OPcache's file_update_protection (2 s) lets it cache them at once.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(mtime.unwrap_or(now - 7200)));
+    write_app(&fx, "2", Some(mtime.unwrap_or(now - 3600)));
+    if mtime.is_none() && !same_own_mtimes {
+        for rel in ["1", "2"] {
+            set_all_mtimes(&fx.releases().join(rel).join("lib/same.php"), now - 9000);
+        }
+    }
+    let probe = write_probe(&fx);
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), settings);
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    let same = fx.m("lib/same.php");
+    let before = fpm.opcache(&probe);
+    let same_hits = before
+        .hits(&same)
+        .expect("lib/same.php cached while warming");
+
+    let out = fx.ctl(&["activate", "2"]);
+    assert!(
+        out.status.success(),
+        "activate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing between activate returning and the requests.
+    let lines: Vec<String> = std::thread::scope(|s| {
+        let a = s.spawn(|| front(&fpm, &fx, 10));
+        let b = s.spawn(|| front(&fpm, &fx, 10));
+        let mut v = a.join().unwrap();
+        v.extend(b.join().unwrap());
+        v
+    });
+    assert!(
+        all_release(&lines, "2"),
+        "{tag}: requests right after activate returned: {lines:?}"
+    );
+    let after = fpm.opcache(&probe);
+    // A script compiled again starts counting hits from 0: the two changed ones were, the
+    // unchanged one kept its bytecode and counts on.
+    for changed in ["public/index.php", "lib/changed.php"] {
+        let (b, a) = (before.hits(&fx.m(changed)), after.hits(&fx.m(changed)));
+        assert!(
+            matches!((b, a), (Some(b), Some(a)) if a <= 20 && b >= 30),
+            "{tag}: {changed} compiled again (hits {b:?} -> {a:?})"
+        );
+    }
+    let hits = after.hits(&same).expect("lib/same.php still cached");
+    assert!(
+        hits >= same_hits + 20,
+        "{tag}: lib/same.php kept its bytecode (hits {same_hits} -> {hits}); daemon log:\n{}",
+        _d.log_text()
+    );
+}
+
+#[test]
+fn validate_timestamps_0_next_request_runs_the_new_release() {
+    next_request_is_new_and_unchanged_stays_warm(
+        "opc-noval",
+        &["opcache.validate_timestamps=0"],
+        None,
+        false,
+    );
+}
+
+#[test]
+fn revalidate_freq_2_next_request_runs_the_new_release() {
+    next_request_is_new_and_unchanged_stays_warm(
+        "opc-freq",
+        &["opcache.validate_timestamps=1", "opcache.revalidate_freq=2"],
+        None,
+        false,
+    );
+}
+
+#[test]
+fn identical_mtimes_with_validate_timestamps_0() {
+    next_request_is_new_and_unchanged_stays_warm(
+        "opc-same",
+        &["opcache.validate_timestamps=0"],
+        Some(1_700_000_000),
+        false,
+    );
+}
+
+#[test]
+fn identical_mtimes_with_revalidate_freq_60() {
+    next_request_is_new_and_unchanged_stays_warm(
+        "opc-same60",
+        &[
+            "opcache.validate_timestamps=1",
+            "opcache.revalidate_freq=60",
+        ],
+        Some(1_700_000_000),
+        false,
+    );
+}
+
+#[test]
+fn revalidate_freq_0_keeps_working() {
+    next_request_is_new_and_unchanged_stays_warm(
+        "opc-freq0",
+        &["opcache.validate_timestamps=1", "opcache.revalidate_freq=0"],
+        None,
+        false,
+    );
+}
+
+/// With validate_timestamps=0 a file rewritten with the same bytes (a fresh checkout gives
+/// it a new mtime) keeps its bytecode: the daemon compares contents.
+#[test]
+fn validate_timestamps_0_same_bytes_new_mtime_stays_warm() {
+    next_request_is_new_and_unchanged_stays_warm(
+        "opc-bytes",
+        &["opcache.validate_timestamps=0"],
+        None,
+        true,
+    );
+}
+
+/// README "PHP, nginx and Apache settings": a pool that cannot be reached is reported like a
+/// failing hook: `activate` exits 3 with one line, the switch stays, the log names the pool;
+/// the next switch with the pool back brings it fully up to date.
+#[test]
+fn pool_down_is_partial_and_the_switch_stays() {
+    require_php();
+    let fx = Fixture::new("opc-down");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (rel, t) in [("1", now - 7200), ("2", now - 3600), ("3", now - 1800)] {
+        write_app(&fx, rel, Some(t));
+    }
+    open_up(&fx);
+    let dir = fx.root.join("fpm");
+    let sock = dir.join("fpm.sock").display().to_string();
+    let script = script();
+    let d = fx.start(&[
+        "--initial",
+        "1",
+        "--php-script",
+        &script,
+        "--php-fpm",
+        &sock,
+    ]);
+    let out = fx.ctl(&["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("switched from 1 to 2, but OPcache of php-fpm")
+            && err.contains(&sock)
+            && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    assert!(fx.read("public/index.php").contains("entry=2"));
+    assert!(
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&sock)),
+        "the daemon log names the pool:\n{}",
+        d.log_text()
+    );
+    let status = stdout(&fx.ctl(&["status"]));
+    assert!(
+        status.contains(&format!("php-fpm {sock}: FAILED at ")),
+        "{status}"
+    );
+
+    // The pool comes up having cached release 2 under the mount (from requests meanwhile).
+    let fpm = Fpm::start(&dir, &["opcache.validate_timestamps=0"]);
+    warm(&fpm, &fx, "2");
+    let out = fx.ctl(&["activate", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = front(&fpm, &fx, 10);
+    assert!(all_release(&lines, "3"), "{lines:?}");
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(
+        json.contains("\"php_pools\":[{\"pool\":")
+            && json.contains("\"release\":\"3\",\"cached\":3,\"changed\":3,\"invalidated\":3")
+            && json.contains("\"error\":null"),
+        "after a failure everything cached is invalidated once: {json}"
+    );
+}
+
+/// A pool that accepts and never answers cannot hold `activate` beyond --php-timeout.
+#[test]
+fn silent_pool_times_out() {
+    let fx = Fixture::new("opc-silent");
+    fx.two_releases();
+    let sock = fx.root.join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let held = std::thread::spawn(move || {
+        let conn = listener.accept();
+        std::thread::sleep(Duration::from_secs(4));
+        drop(conn);
+    });
+    let script = script();
+    let sock_arg = sock.display().to_string();
+    let _d = fx.start(&[
+        "--initial",
+        "1",
+        "--php-script",
+        &script,
+        "--php-fpm",
+        &sock_arg,
+        "--php-timeout",
+        "1",
+    ]);
+    let t0 = Instant::now();
+    let out = fx.ctl(&["activate", "2"]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = one_line_error(&out);
+    assert!(err.contains("timed out"), "{err}");
+    assert!(took < Duration::from_secs(3), "activate took {took:?}");
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    held.join().unwrap();
+}
+
+/// The shipped script answers only switchfs: a request a web server could forward (no
+/// SWITCHFS_OPCACHE parameter, or it sent as a client header) gets a 404 and changes
+/// nothing.
+#[test]
+fn shipped_script_refuses_what_a_web_server_forwards() {
+    require_php();
+    let fx = Fixture::new("opc-refuse");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    let probe = write_probe(&fx);
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = fx.start(&["--initial", "1"]);
+    warm(&fpm, &fx, "1");
+    let before = fpm.opcache(&probe);
+    let script = script();
+    let mount = fx.mnt().display().to_string();
+    let base = [
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("REQUEST_METHOD", "POST"),
+        ("SCRIPT_FILENAME", script.as_str()),
+        ("HTTP_X_SWITCHFS_MOUNT", mount.as_str()),
+        ("HTTP_X_SWITCHFS_STEP", "list"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+    ];
+    for extra in [
+        None,
+        Some(("HTTP_SWITCHFS_OPCACHE", "1")),
+        Some(("HTTP_X_SWITCHFS_SECRET", "guess")),
+        Some(("SWITCHFS_OPCACHE", "yes")),
+    ] {
+        let mut params = base.to_vec();
+        params.extend(extra);
+        let answer = fpm.request(&params);
+        assert!(answer.starts_with("HTTP 404: "), "{extra:?}: {answer}");
+    }
+    let after = fpm.opcache(&probe);
+    assert_eq!(
+        after.hits(&fx.m("public/index.php")),
+        before.hits(&fx.m("public/index.php")),
+        "still cached, untouched"
+    );
+}
+
+/// `--php-http`: the same through an HTTP endpoint (how Apache + mod_php is served), here
+/// PHP's built-in server with OPcache on and validate_timestamps=0, the endpoint routed to
+/// the shipped script and everything else served from the mount. A wrong secret is a 404.
+#[test]
+fn php_http_endpoint_with_secret() {
+    require_php();
+    let fx = Fixture::new("opc-http");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    write_app(&fx, "3", Some(now - 1800));
+    open_up(&fx);
+    let router = fx.root.join("router.php");
+    std::fs::write(
+        &router,
+        format!(
+            "<?php if ($_SERVER['REQUEST_URI'] === '/switchfs-opcache') {{ require '{}'; }}\n\
+             return false;\n",
+            script()
+        ),
+    )
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let secret = "s3cr3t-0123456789abcdef";
+    let url = format!("http://127.0.0.1:{port}/switchfs-opcache");
+    let good = fx.root.join("secret");
+    let bad = fx.root.join("bad-secret");
+    for (file, text) in [(&good, secret), (&bad, "not-the-secret-at-all")] {
+        std::fs::write(file, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let bad_arg = bad.display().to_string();
+    let d = fx.start(&[
+        "--initial",
+        "1",
+        "--php-http",
+        &url,
+        "--php-http-secret",
+        &bad_arg,
+    ]);
+    let mut server = Command::new("php")
+        .args([
+            "-d",
+            "zend_extension=opcache.so",
+            "-d",
+            "opcache.enable=1",
+            "-d",
+            "opcache.enable_cli=1",
+            "-d",
+            "opcache.validate_timestamps=0",
+            "-S",
+            &format!("127.0.0.1:{port}"),
+            "-t",
+        ])
+        .arg(fx.m("public"))
+        .arg(&router)
+        .env("PHP_INI_SCAN_DIR", "")
+        .env("SWITCHFS_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Kill(&mut server);
+    let get = || -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "10"])
+            .arg(format!("http://127.0.0.1:{port}/index.php"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split(" pid=")
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get().is_empty() {
+        assert!(Instant::now() < deadline, "php -S did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(get(), "entry=1 lib=1 same=ok");
+    let out = fx.ctl(&["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(one_line_error(&out).contains("HTTP 404"), "{out:?}");
+    assert_eq!(get(), "entry=1 lib=1 same=ok", "stale: nothing invalidated");
+    drop(d);
+
+    let good_arg = good.display().to_string();
+    let _d = fx.start(&["--php-http", &url, "--php-http-secret", &good_arg]);
+    let out = fx.ctl(&["activate", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(get(), "entry=3 lib=3 same=ok");
+    let status = stdout(&fx.ctl(&["status"]));
+    assert!(
+        status.contains(&format!("php-http {url}: ")) && status.contains("release 3, 2 of 3"),
+        "{status}"
+    );
+    drop(server);
+}
+
+/// Bad `--php-*` options: one line, non-zero exit, nothing mounted.
+#[test]
+fn bad_php_options_are_refused_before_mounting() {
+    let fx = Fixture::new("opc-args");
+    fx.two_releases();
+    let loose = fx.root.join("loose-secret");
+    std::fs::write(&loose, "0123456789abcdefghij\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = loose.display().to_string();
+    let missing = fx.root.join("no-such-script.php").display().to_string();
+    let script = script();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--php-fpm", "fpm", "--php-script", &script],
+            "neither a Unix socket path nor HOST:PORT",
+        ),
+        (
+            vec!["--php-fpm", "/run/x.sock", "--php-script", &missing],
+            "no such file",
+        ),
+        (
+            vec!["--php-http", "http://127.0.0.1/x"],
+            "needs --php-http-secret",
+        ),
+        (
+            vec![
+                "--php-http",
+                "http://192.0.2.1/x",
+                "--php-http-secret",
+                &loose,
+            ],
+            "must be loopback",
+        ),
+        (
+            vec![
+                "--php-http",
+                "https://127.0.0.1/x",
+                "--php-http-secret",
+                &loose,
+            ],
+            "only http://",
+        ),
+        (
+            vec![
+                "--php-http",
+                "http://127.0.0.1/x",
+                "--php-http-secret",
+                &loose,
+            ],
+            "readable by every user",
+        ),
+    ];
+    for (extra, want) in cases {
+        let out = Command::new(SWITCHFS)
+            .arg("--releases")
+            .arg(fx.releases())
+            .arg("--control")
+            .arg(fx.socket())
+            .arg("--state")
+            .arg(fx.state())
+            .args(["--initial", "1"])
+            .args(&extra)
+            .arg(fx.mnt())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = one_line_error(&out);
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!is_mounted(&fx.mnt()), "{extra:?} left a mount");
+        assert!(!fx.state().exists(), "{extra:?} persisted a release");
+    }
+}
+
+/// A script the new release no longer has is dropped from OPcache too: under
+/// validate_timestamps=0 an `include` of that path would otherwise still run it.
+#[test]
+fn deleted_script_is_dropped() {
+    require_php();
+    let fx = Fixture::new("opc-deleted");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    fx.write(
+        "1",
+        "public/old.php",
+        "<?php echo 'old script of release 1';\n",
+    );
+    set_all_mtimes(&fx.releases().join("1/public/old.php"), now - 7200);
+    let probe = fx.root.join("probe/cached.php");
+    std::fs::create_dir_all(probe.parent().unwrap()).unwrap();
+    std::fs::write(
+        &probe,
+        format!(
+            "<?php echo opcache_is_script_cached('{}') ? 'cached' : 'not cached';\n",
+            fx.m("public/old.php").display()
+        ),
+    )
+    .unwrap();
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    assert_eq!(fpm.get(&fx.m("public/old.php")), "old script of release 1");
+    assert_eq!(fpm.get(&probe), "cached");
+    let out = fx.ctl(&["activate", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fpm.get(&probe),
+        "not cached",
+        "status: {}",
+        stdout(&fx.ctl(&["status", "--json"]))
+    );
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(json.contains("\"gone\":0"), "{json}");
+}
+
+/// The race of a compilation in flight: a request that started compiling a (large) script of
+/// the old release before the switch finishes after the pool was asked, and would store the
+/// old bytecode under the path. Under validate_timestamps=0 nothing would ever look again.
+#[test]
+fn compile_in_flight_across_the_switch_is_not_left_stale() {
+    require_php();
+    let fx = Fixture::new("opc-inflight");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (rel, t) in [("1", now - 7200), ("2", now - 3600)] {
+        write_app(&fx, rel, Some(t));
+        // ~4 MB of code: compiling it takes well over 100 ms.
+        let mut big = String::from("<?php\n");
+        for i in 0..40_000 {
+            big.push_str(&format!(
+                "function f{i}($a) {{ $b = $a + {i}; if ($b > 3) {{ return [$b, '{i}']; }} return null; }}\n"
+            ));
+        }
+        big.push_str(&format!("return 'big={rel}';\n"));
+        fx.write(rel, "lib/big.php", &big);
+        fx.write(
+            rel,
+            "public/big.php",
+            "<?php echo require __DIR__ . '/../lib/big.php';\n",
+        );
+        set_all_mtimes(&fx.releases().join(rel), t);
+    }
+    open_up(&fx);
+    let fpm = Fpm::start(
+        &fx.root.join("fpm"),
+        &[
+            "opcache.validate_timestamps=0",
+            "opcache.memory_consumption=128",
+        ],
+    );
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    let big = fx.m("public/big.php");
+    let (in_flight, switched) = std::thread::scope(|s| {
+        let req = s.spawn(|| fpm.get(&big));
+        std::thread::sleep(Duration::from_millis(40));
+        let out = fx.ctl(&["activate", "2"]);
+        (req.join().unwrap(), out)
+    });
+    assert!(switched.status.success(), "{switched:?}");
+    // The request in flight may answer either release; every one after activate returned must
+    // be release 2.
+    let after: Vec<String> = (0..6).map(|_| fpm.get(&big)).collect();
+    assert!(
+        after.iter().all(|b| b == "big=2"),
+        "in flight: {in_flight}; after activate returned: {after:?}; daemon log:\n{}",
+        _d.log_text()
+    );
+}
