@@ -138,10 +138,16 @@ impl InodeTable {
         self.budget.has_evicted()
     }
 
-    /// Pins the descriptors of exactly the inodes in `held` (those processes hold open,
-    /// mapped or as working directory), reopening any the budget had closed while that is
-    /// still possible, and unpins the rest. Returns how many are pinned.
+    /// Pins the descriptors of the inodes in `held` (those processes hold open, mapped or as
+    /// working directory), reopening any the budget had closed while that is still possible,
+    /// and unpins the rest. Returns how many are pinned.
+    ///
+    /// Bounded: at most half the budget is pinned, and a closed descriptor is reopened only
+    /// while the budget has room. Any user who can read files under the mount can hold many
+    /// open, and unbounded pins would eat the reserve that switches and lookups need (EMFILE
+    /// for everyone). Those already open are pinned first: that costs nothing.
     pub fn pin_only(&self, held: &HashSet<u64>) -> usize {
+        let max_pins = self.budget.cap() / 2;
         let mut pinned = self.pinned.lock();
         for ino in pinned.difference(held) {
             if let Some(inode) = self.get(*ino) {
@@ -149,10 +155,23 @@ impl InodeTable {
             }
         }
         pinned.clear();
-        for ino in held {
-            let Some(inode) = self.get(*ino) else {
+        let inodes: Vec<Arc<Inode>> = held.iter().filter_map(|ino| self.get(*ino)).collect();
+        let (open, closed): (Vec<_>, Vec<_>) =
+            inodes.into_iter().partition(|i| i.slot.get().is_some());
+        let mut skipped = 0;
+        for inode in open {
+            if pinned.len() >= max_pins {
+                skipped += 1;
                 continue;
-            };
+            }
+            inode.slot.set_pinned(true);
+            pinned.insert(inode.ino);
+        }
+        for inode in closed {
+            if pinned.len() >= max_pins || self.budget.open() >= self.budget.cap() {
+                skipped += 1;
+                continue;
+            }
             inode.slot.set_pinned(true);
             if let Err(e) = inode.fd() {
                 log::warn!(
@@ -160,8 +179,16 @@ impl InodeTable {
                     inode.path.display(),
                     inode.release.name
                 );
+                inode.slot.set_pinned(false);
+                continue;
             }
-            pinned.insert(*ino);
+            pinned.insert(inode.ino);
+        }
+        if skipped > 0 {
+            log::warn!(
+                "{skipped} files held by processes are not pinned (at most {max_pins} are): \
+                 they read on only while their release exists"
+            );
         }
         pinned.len()
     }
@@ -335,5 +362,29 @@ mod tests {
         assert_ne!(a.ino, b.ino);
         let counts = table.count_by_release();
         assert_eq!((counts["r1"], counts["r2"]), (1, 1));
+    }
+
+    #[test]
+    fn pins_stay_within_half_the_budget_and_never_overrun_it() {
+        let tmp = TempDir::new("inodes");
+        let rel = release(tmp.path(), 1);
+        let table = InodeTable::new(FdBudget::new(16));
+        let mut held = HashSet::new();
+        for i in 0..40 {
+            let name = format!("f{i}");
+            std::fs::write(tmp.path().join(&name), b"x").unwrap();
+            let fd = sys::open_path_beneath(rel.root.as_fd(), name.as_ref()).unwrap();
+            let st = sys::fstat(fd.as_fd()).unwrap();
+            held.insert(table.remember(&rel, fd, &st, name.into(), None).ino);
+        }
+        assert!(table.evicted_any(), "40 inodes in a budget of 16");
+        // Every inode is held by "a process": only half the budget is pinned, and reopening
+        // closed descriptors stops at the budget.
+        let pinned = table.pin_only(&held);
+        assert_eq!(pinned, 8);
+        let (open, cap) = table.fds();
+        assert!(open <= cap, "{open} descriptors open for a budget of {cap}");
+        // Unpinned again when nothing is held any more.
+        assert_eq!(table.pin_only(&HashSet::new()), 0);
     }
 }

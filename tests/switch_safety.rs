@@ -365,3 +365,31 @@ fn list_xattr_names_as_nobody(path: &Path) -> String {
     );
     String::from_utf8_lossy(&out).replace('\0', "\\0")
 }
+
+/// Files held open by processes are pinned so they survive their release (above), but
+/// pinning is bounded: a user holding hundreds of files open under a small open-file limit
+/// must not eat the descriptors switches and lookups need.
+#[test]
+fn holding_many_files_open_cannot_starve_switches_or_lookups() {
+    let fx = Fixture::new("pinflood");
+    fx.two_releases();
+    for i in 0..600 {
+        fx.write("1", &format!("d/f{i}"), &format!("{i}"));
+    }
+    fx.nofile.store(256, Ordering::Relaxed);
+    let _d = fx.start(&["--initial", "1"]);
+    let held: Vec<fs::File> = (0..500)
+        .map(|i| fs::File::open(fx.m(&format!("d/f{i}"))).unwrap())
+        .collect();
+    let status = fx.ctl(&["status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    fx.activate("2");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
+    fx.activate("1");
+    assert_eq!(fx.read("d/f599"), "599");
+    drop(held);
+}
