@@ -11,6 +11,10 @@ use std::ffi::CString;
 use std::fs;
 use std::mem::MaybeUninit;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Counts of references per FUSE inode number of one mount.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -56,6 +60,7 @@ pub fn scan(dev: u64) -> ProcRefs {
         return refs;
     };
     let me = std::process::id().to_string();
+    let mut bases = Vec::new();
     for entry in procs.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -84,11 +89,10 @@ pub fn scan(dev: u64) -> ProcRefs {
                 }
             }
         }
-        if let Ok(maps) = fs::read_to_string(base.join("maps")) {
-            for (ino, _) in parse_maps(&maps).into_iter().filter(|(_, d)| *d == dev) {
-                *refs.maps.entry(ino).or_insert(0) += 1;
-            }
-        }
+        bases.push(base);
+    }
+    for (ino, _) in maps_of(bases).into_iter().filter(|(_, d)| *d == dev) {
+        *refs.maps.entry(ino).or_insert(0) += 1;
     }
     refs
 }
@@ -128,6 +132,7 @@ pub fn scan_host(dev: u64) -> HashMap<(u64, u64), HostUse> {
         return refs;
     };
     let me = std::process::id().to_string();
+    let mut bases = Vec::new();
     let mut note = |id: Option<(u64, u64)>, add: HostUse| {
         if let Some(id) = id.filter(|(d, _)| *d == dev) {
             refs.entry(id).or_default().add(add);
@@ -157,19 +162,96 @@ pub fn scan_host(dev: u64) -> HashMap<(u64, u64), HostUse> {
                 note(dev_ino(&fd.path()), file);
             }
         }
-        if let Ok(maps) = fs::read_to_string(base.join("maps")) {
-            for (ino, d) in parse_maps(&maps) {
-                note(
-                    Some((d, ino)),
-                    HostUse {
-                        maps: 1,
-                        ..HostUse::default()
-                    },
+        bases.push(base);
+    }
+    for (ino, d) in maps_of(bases) {
+        note(
+            Some((d, ino)),
+            HostUse {
+                maps: 1,
+                ..HostUse::default()
+            },
+        );
+    }
+    refs
+}
+
+/// How long one scan may spend reading the memory maps of all processes.
+const MAPS_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Set while a maps reader is stuck past its deadline; cleared when it finishes.
+static MAPS_READER_STUCK: AtomicBool = AtomicBool::new(false);
+
+/// `(inode, device)` of the file-backed mappings of the processes at `bases` (/proc/PID),
+/// once per file per process, as far as they can be read within `MAPS_DEADLINE`.
+///
+/// Why a thread and a deadline: before Linux 6.17, reading /proc/PID/maps takes that
+/// process's mmap lock, which can be held for as long as a page fault of it waits on a FUSE
+/// server (a hostile user's, or ours). A scan run from `activate`, `prune` or `status` must
+/// not wait on that, so the maps are read by a thread, and whatever it has not read by the
+/// deadline is left out (those maps then neither pin a descriptor nor keep a release; logged).
+/// While a reader is still stuck, no other is started.
+fn maps_of(bases: Vec<std::path::PathBuf>) -> Vec<(u64, u64)> {
+    read_with_deadline(bases, MAPS_DEADLINE, |base| {
+        fs::read_to_string(base.join("maps"))
+            .map(|text| parse_maps(&text))
+            .unwrap_or_default()
+    })
+}
+
+/// Runs `read` on each of `items` in a thread and collects its results until `deadline`.
+fn read_with_deadline<T, R>(
+    items: Vec<T>,
+    deadline: Duration,
+    read: impl Fn(&T) -> Vec<R> + Send + 'static,
+) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    if MAPS_READER_STUCK.load(Ordering::SeqCst) {
+        log::warn!("an earlier /proc/PID/maps reader is still blocked; memory maps not scanned");
+        return Vec::new();
+    }
+    let (tx, rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader_done = done.clone();
+    let spawned = std::thread::Builder::new()
+        .name("maps-reader".into())
+        .spawn(move || {
+            for item in &items {
+                if tx.send(read(item)).is_err() {
+                    break; // the scan gave up on us
+                }
+            }
+            // In this order, so a scan that times out just as we finish never leaves the
+            // flag set (it re-checks `done` after setting it).
+            reader_done.store(true, Ordering::SeqCst);
+            MAPS_READER_STUCK.store(false, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start a maps reader ({e}); memory maps not scanned");
+        return Vec::new();
+    }
+    let end = Instant::now() + deadline;
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(found) => out.extend(found),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                MAPS_READER_STUCK.store(true, Ordering::SeqCst);
+                if done.load(Ordering::SeqCst) {
+                    MAPS_READER_STUCK.store(false, Ordering::SeqCst);
+                }
+                log::warn!(
+                    "reading /proc/PID/maps blocked for {deadline:?} (a process's memory lock \
+                     is held); the rest of the memory maps are left out of this scan"
                 );
+                return out;
             }
         }
     }
-    refs
 }
 
 /// `(inode, device)` of every file-backed mapping in a /proc/PID/maps text, one per file.
@@ -236,5 +318,29 @@ garbage
         let _ = child.kill();
         let _ = child.wait();
         assert!(refs.dirs.get(&ino).copied().unwrap_or(0) >= 1, "{refs:?}");
+    }
+
+    #[test]
+    fn a_blocked_maps_reader_is_left_behind_and_not_started_twice() {
+        let items = vec![1u32, 2, 3];
+        let read = |i: &u32| {
+            if *i == 2 {
+                std::thread::sleep(Duration::from_millis(800));
+            }
+            vec![*i]
+        };
+        let start = Instant::now();
+        let got = read_with_deadline(items.clone(), Duration::from_millis(200), read);
+        assert!(
+            start.elapsed() < Duration::from_millis(600),
+            "the scan waited"
+        );
+        assert_eq!(got, vec![1], "what was read before the deadline is kept");
+        // While that reader is blocked, no second one is started.
+        let again = read_with_deadline(items.clone(), Duration::from_secs(5), |i: &u32| vec![*i]);
+        assert!(again.is_empty());
+        std::thread::sleep(Duration::from_millis(900));
+        let later = read_with_deadline(items, Duration::from_secs(5), |i: &u32| vec![*i]);
+        assert_eq!(later, vec![1, 2, 3], "scans resume once it finished");
     }
 }
