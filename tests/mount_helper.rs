@@ -398,3 +398,70 @@ fn a_log_file_planted_by_another_user_is_refused() {
     );
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
 }
+
+/// The helper reports why the daemon failed from this run's lines of its log. Read back by
+/// path, a log in a directory another user owns could by then be a symlink to a root-only
+/// file, whose first line root would print: it reads through the descriptor it checked.
+#[test]
+fn the_failure_line_is_read_from_the_log_it_opened_not_from_its_path() {
+    assert!(
+        is_root(),
+        "this test plants links as nobody: run it as root"
+    );
+    let fx = Fixture::new("mh-lograce");
+    let dir = fx.root.join("userdir");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    fx.open_up_for_others();
+    let secret = fx.root.join("secret");
+    std::fs::write(&secret, "ROOT-ONLY-LINE\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = dir.join("x.log");
+    let stop = fx.root.join("stop");
+    let swapper = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "cd {dir} && while [ ! -e {stop} ]; do mv x.log x.old 2>/dev/null; \
+             ln -s {secret} x.log 2>/dev/null; done",
+            dir = dir.display(),
+            stop = stop.display(),
+            secret = secret.display()
+        ))
+        .spawn()
+        .unwrap();
+    let mut leaked = 0;
+    for _ in 0..40 {
+        let out = Command::new(HELPER)
+            .arg("switchfs")
+            .arg(fx.mnt())
+            .arg("-o")
+            .arg(format!(
+                "releases={},state={},control={},log={}",
+                fx.root.join("no-such-releases").display(),
+                fx.state().display(),
+                fx.socket().display(),
+                log.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        if String::from_utf8_lossy(&out.stderr).contains("ROOT-ONLY-LINE") {
+            leaked += 1;
+        }
+    }
+    std::fs::write(&stop, "").unwrap();
+    let mut swapper = swapper;
+    let _ = swapper.wait();
+    assert_eq!(
+        leaked, 0,
+        "root printed a line of a root-only file {leaked} times"
+    );
+    assert!(!is_mounted(&fx.mnt()));
+}

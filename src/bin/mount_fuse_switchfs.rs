@@ -7,7 +7,6 @@
 //! `scripts/install` installs it as `/sbin/mount.fuse.switchfs`, where mount(8) looks.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -100,6 +99,7 @@ fn open_log(path: &Path) -> Result<(File, u64), String> {
             .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
     }
     let file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o640)
@@ -197,15 +197,15 @@ fn spawn_daemon(
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))
 }
 
-/// This run's lines of the log, for the error when the daemon does not come up.
-fn log_since(path: &Path, start: u64) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path)
-        && f.seek(SeekFrom::Start(start)).is_ok()
-    {
-        let _ = f.take(1 << 20).read_to_string(&mut text);
-    }
-    text
+/// This run's lines of the log, for the error when the daemon does not come up. Read
+/// through the descriptor `open_log` checked, never the path again: in a directory others can
+/// write, the name may meanwhile be a symlink to a root-only file.
+fn log_since(log: &File, start: u64) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let n = log.read_at(&mut buf, start).unwrap_or(0);
+    buf.truncate(n);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Waits for `READY=1` from the daemon; on exit or timeout, the one-line reason.
@@ -213,6 +213,7 @@ fn await_ready(
     child: &mut Child,
     notify: &NotifySocket,
     log: &Path,
+    log_file: &File,
     start: u64,
 ) -> Result<(), String> {
     notify
@@ -228,7 +229,7 @@ fn await_ready(
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let reason = mount_helper::failure_line(&log_since(log, start))
+            let reason = mount_helper::failure_line(&log_since(log_file, start))
                 .unwrap_or_else(|| format!("switchfs exited ({status}) before serving"));
             return Err(reason);
         }
@@ -286,9 +287,12 @@ fn run(cli: Cli) -> Result<(), String> {
         return Ok(());
     }
     let (log_file, start) = open_log(&log)?;
+    let reader = log_file
+        .try_clone()
+        .map_err(|e| format!("log {}: {e}", log.display()))?;
     let notify = NotifySocket::new()?;
     let mut child = spawn_daemon(&bin, &plan, log_file, &notify)?;
-    await_ready(&mut child, &notify, &log, start)
+    await_ready(&mut child, &notify, &log, &reader, start)
 }
 
 fn main() -> ExitCode {
