@@ -47,6 +47,11 @@ struct Fpm {
 impl Fpm {
     /// Starts a pool listening on `dir/fpm.sock` with the given OPcache settings.
     fn start(dir: &Path, settings: &[&str]) -> Fpm {
+        Fpm::start_with(dir, settings, "pm.max_children = 2\n")
+    }
+
+    /// The same with `pool` (pool settings: at least pm.max_children) in its [app] section.
+    fn start_with(dir: &Path, settings: &[&str], pool: &str) -> Fpm {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let sock = dir.join("fpm.sock");
@@ -57,7 +62,7 @@ impl Fpm {
             format!(
                 "[global]\nerror_log = {d}/error.log\ndaemonize = no\n\
                  [app]\nuser = www-data\ngroup = www-data\nlisten = {s}\n\
-                 listen.mode = 0600\npm = static\npm.max_children = 2\n\
+                 listen.mode = 0600\npm = static\n{pool}\
                  catch_workers_output = yes\nclear_env = yes\n",
                 d = dir.display(),
                 s = sock.display()
@@ -1288,4 +1293,62 @@ fn switching_back_to_the_held_scripts_release_does_not_wait() {
         );
         assert_eq!(held.join().unwrap(), "held");
     });
+}
+
+/// The same hang with real PHP-FPM: one worker (`pm.max_children = 1`) busy in a long
+/// request, `listen.backlog = 1` filled by waiting clients. `activate` answers within
+/// --php-timeout, exit 3 naming the pool, and the switch stays.
+#[test]
+fn busy_fpm_with_full_backlog_is_bounded_by_php_timeout() {
+    use std::os::fd::AsFd;
+    require_php();
+    let fx = Fixture::new("opc-busy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    fx.write("1", "public/sleep.php", "<?php sleep(30); echo 'slept';\n");
+    open_up(&fx);
+    let fpm = Fpm::start_with(
+        &fx.root.join("fpm"),
+        &["opcache.validate_timestamps=0"],
+        "pm.max_children = 1\nlisten.backlog = 1\n",
+    );
+    let _d = start_with_pool(&fx, &fpm.sock, &["--php-timeout", "2"]);
+    let sleeper = fx.m("public/sleep.php").display().to_string();
+    let sock = fpm.sock.clone();
+    // The busy request (it fails when the pool is stopped at the end: not waited for).
+    std::thread::spawn(move || {
+        let params = [
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_FILENAME", sleeper.as_str()),
+        ];
+        let _ = fastcgi::request(&Address::Unix(sock), &params, b"", Duration::from_secs(40));
+    });
+    // Clients queue until the kernel refuses one: the worker is busy, the backlog full.
+    let mut queued = Vec::new();
+    let full = wait_until(10, || {
+        let fd = switchfs::sys::unix_stream_socket_nonblocking().unwrap();
+        match switchfs::sys::unix_connect_nonblocking(fd.as_fd(), &fpm.sock) {
+            Ok(true) => {
+                queued.push(fd);
+                false
+            }
+            Ok(false) => true,
+            Err(e) => panic!("connect to {}: {e}", fpm.sock.display()),
+        }
+    });
+    assert!(full, "the backlog never filled ({} queued)", queued.len());
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&fpm.arg()) && err.contains("timed out"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "activate took {took:?}");
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
 }
