@@ -8,10 +8,13 @@
 //! daemon is the one party that knows, at the switch, which paths changed.
 //!
 //! How, per pool (one request reaches the whole pool: OPcache's shared memory is per
-//! master, shared by all its workers):
+//! master, shared by all its workers), all within one deadline (`--php-timeout`):
+//! 0. For PHP-FPM, connect and check the listener is the master (root, or
+//!    `--php-fpm-owner`), then wait for the pool's compilations of old scripts in flight.
 //! 1. `list`: the shipped script (`dist/opcache-invalidate.php`, outside every docroot)
 //!    returns the scripts OPcache holds under the mount point, with the mtime each was
-//!    cached with (only recorded by OPcache when `validate_timestamps=1`).
+//!    cached with (only recorded by OPcache when `validate_timestamps=1`). Listed paths
+//!    outside the mount are ignored, and at most `MAX_LISTED` entries read.
 //! 2. The daemon decides per cached path with the mtime registry's rule: the path is changed
 //!    when the mount now reports another mtime than the one cached, or, without a cached
 //!    mtime, when the file's identity differs between the release the pool was last
@@ -345,7 +348,8 @@ impl Php {
             // are the only processes whose compilations matter.
             Endpoint::Fpm(addr) => {
                 let conn = self.connect_fpm(addr, deadline)?;
-                let master = conn.peer.as_ref().map(|p| p.pid);
+                // Pid 0: the master lives in a pid namespace this daemon cannot see into.
+                let master = conn.peer.as_ref().map(|p| p.pid).filter(|&pid| pid > 0);
                 (Some(conn), master.map_or_else(Vec::new, fpm_processes))
             }
             Endpoint::Http(_) => (None, apache_processes()),
