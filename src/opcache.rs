@@ -625,22 +625,23 @@ fn fpm_processes(master: i32) -> Vec<i32> {
 /// named whose own parent is not, and that parent. A heuristic: the endpoint is a URL,
 /// which tells no pid; a process renamed otherwise is not waited for.
 fn apache_processes() -> Vec<i32> {
-    let table = process_table();
-    let is_apache = |pid: i32| {
-        table
-            .iter()
-            .any(|p| p.pid == pid && APACHE_NAMES.contains(&p.comm.as_str()))
-    };
+    apache_pids(&process_table())
+}
+
+/// The Apache parents and their children in `table` (see [`apache_processes`]).
+fn apache_pids(table: &[ProcessEntry]) -> Vec<i32> {
+    let named = |p: &ProcessEntry| APACHE_NAMES.contains(&p.comm.as_str());
+    let is_apache = |pid: i32| table.iter().any(|p| p.pid == pid && named(p));
     let parents: Vec<i32> = table
         .iter()
-        .filter(|p| APACHE_NAMES.contains(&p.comm.as_str()) && !is_apache(p.ppid))
+        .filter(|p| named(p) && !is_apache(p.ppid))
         .map(|p| p.pid)
         .collect();
     let mut pids = parents.clone();
     pids.extend(
         table
             .iter()
-            .filter(|p| APACHE_NAMES.contains(&p.comm.as_str()) && parents.contains(&p.ppid))
+            .filter(|p| named(p) && parents.contains(&p.ppid))
             .map(|p| p.pid),
     );
     pids
@@ -972,5 +973,27 @@ mod tests {
             })
         );
         assert_eq!(parse_stat(7, b"7 apache2 S 1"), None);
+    }
+
+    #[test]
+    fn apache_parent_and_its_children_only() {
+        let p = |pid, ppid, comm: &str| ProcessEntry {
+            pid,
+            ppid,
+            comm: comm.into(),
+        };
+        let table = [
+            p(1, 0, "systemd"),
+            p(10, 1, "apache2"),
+            p(11, 10, "apache2"),
+            p(12, 10, "apache2"),
+            p(13, 10, "rotatelogs"),
+            p(14, 11, "apache2"), // a grandchild: not a request worker
+            p(20, 1, "php-fpm8.2"),
+            p(30, 1, "sh"),
+            p(31, 30, "httpd"),
+            p(32, 31, "httpd"),
+        ];
+        assert_eq!(apache_pids(&table), vec![10, 31, 11, 12, 32]);
     }
 }
