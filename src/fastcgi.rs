@@ -145,10 +145,16 @@ pub(crate) fn connect_tcp(addr: &str, deadline: Instant) -> io::Result<TcpStream
 /// listener's backlog is full (a pool whose every worker is busy and whose queue is full),
 /// and `activate` would hang with it. A non-blocking connect fails at once instead
 /// (`EAGAIN`), and is tried again every few milliseconds until the deadline.
+///
+/// The socket is opened first without following a final symlink, and connected through
+/// that descriptor: the directory may belong to the pool's user (Debian's `/run/php`), who
+/// could otherwise point the path at any other root service's socket.
 pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    let target = sys::open_socket_nofollow(path)?;
+    let via = sys::fd_path(target.as_fd());
     let fd = sys::unix_stream_socket_nonblocking()?;
     let mut pause = Duration::from_millis(1);
-    while !sys::unix_connect_nonblocking(fd.as_fd(), path)? {
+    while !sys::unix_connect_nonblocking(fd.as_fd(), &via)? {
         std::thread::sleep(pause.min(remaining(deadline)?));
         remaining(deadline)?;
         pause = (pause * 2).min(Duration::from_millis(50));

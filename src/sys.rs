@@ -721,3 +721,26 @@ pub fn unix_connect_nonblocking(fd: BorrowedFd<'_>, path: &std::path::Path) -> i
         _ => Err(err),
     }
 }
+
+/// The Unix socket at `path` as an `O_PATH` descriptor, the final component not followed:
+/// a symlink (or anything but a socket) there is refused. Connecting through
+/// [`fd_path`] of it then reaches exactly that socket, whoever renames entries meanwhile.
+pub fn open_socket_nofollow(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c_path = cstring(path.as_os_str().as_bytes())?;
+    // SAFETY: valid C string.
+    let fd = check(unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if fstat(std::os::fd::AsFd::as_fd(&fd))?.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a socket (a symbolic link there is refused)",
+        ));
+    }
+    Ok(fd)
+}

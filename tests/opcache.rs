@@ -1352,3 +1352,31 @@ fn busy_fpm_with_full_backlog_is_bounded_by_php_timeout() {
     assert!(took < Duration::from_secs(5), "activate took {took:?}");
     assert_eq!(persisted(&fx.state()), "active=2 previous=1");
 }
+
+/// README "PHP, nginx and Apache settings": the pool's user owns the socket's directory, so
+/// it could put a symlink there pointing at another root service's socket (which would pass
+/// the uid check). The daemon does not follow it: exit 3, "not a socket", nothing sent.
+#[test]
+fn symlink_in_place_of_the_socket_is_refused() {
+    let fx = Fixture::new("opc-symlink");
+    fx.two_releases();
+    let dir = run_dir(&fx);
+    let elsewhere = fx.root.join("root-service.sock");
+    let pool = FakePool::start(&elsewhere, 0, Vec::new(), Duration::ZERO);
+    let sock = dir.join("php-fpm.sock");
+    std::os::unix::fs::symlink(&elsewhere, &sock).unwrap();
+    let _d = start_with_pool(&fx, &sock, &[]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("not a socket"),
+        "{err}"
+    );
+    assert!(
+        pool.steps().is_empty(),
+        "followed the symlink: {:?}",
+        pool.steps()
+    );
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+}
