@@ -1462,17 +1462,35 @@ impl Core {
 
 impl Core {
     /// Paths (relative to their release root) of the files of releases other than `except`
-    /// that some process holds open right now, per /proc (see `procscan`). PHP holds a script
-    /// open while it compiles it, so this shows compilations still reading an old release.
-    pub fn open_paths_outside(&self, except: &Arc<Release>) -> Vec<PathBuf> {
-        let Some(refs) = self.scan_mount() else {
+    /// that one of `pids` holds open right now, per /proc. PHP holds a script open while it
+    /// compiles it, so this shows compilations of the pool's processes still reading an old
+    /// release. A file of `except`'s own directory (switched away and back since it was
+    /// opened) is not "other": its bytecode is the active release's.
+    pub fn open_paths_outside(&self, except: &Arc<Release>, pids: &[i32]) -> Vec<PathBuf> {
+        let Some((dev, _)) = procscan::dev_ino(&self.config.mount_point) else {
             return Vec::new();
         };
-        refs.open_files
-            .keys()
-            .filter_map(|&ino| self.inodes.get(ino))
-            .filter(|inode| inode.release.generation != except.generation)
+        pids.iter()
+            .flat_map(|pid| open_inodes_of(*pid, dev))
+            .filter_map(|ino| self.inodes.get(ino))
+            .filter(|inode| {
+                inode.release.generation != except.generation
+                    && !same_dir(&inode.release.root, &except.root)
+            })
             .map(|inode| inode.path.clone())
             .collect()
     }
+}
+
+/// The inode numbers on device `dev` (the mount) of the files process `pid` holds open; none
+/// when it has gone or cannot be inspected.
+fn open_inodes_of(pid: i32, dev: u64) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| procscan::dev_ino(&fd.path()))
+        .filter(|&(d, _)| d == dev)
+        .map(|(_, ino)| ino)
+        .collect()
 }

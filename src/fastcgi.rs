@@ -9,9 +9,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::sys;
 
 const VERSION: u8 = 1;
 const BEGIN_REQUEST: u8 = 1;
@@ -122,8 +125,8 @@ impl Stream for TcpStream {
     }
 }
 
-/// Connects to `addr` within `timeout` (TCP) or at once (Unix sockets connect or fail
-/// immediately unless the listen backlog is full, and then the deadline below applies).
+/// Connects to `addr` before `deadline`: `connect_timeout` connects without blocking and
+/// polls, so a SYN the listener drops (its accept queue is full) costs at most the time left.
 pub(crate) fn connect_tcp(addr: &str, deadline: Instant) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     for sa in addr.to_socket_addrs()? {
@@ -134,6 +137,32 @@ pub(crate) fn connect_tcp(addr: &str, deadline: Instant) -> io::Result<TcpStream
         }
     }
     Err(last)
+}
+
+/// Connects to the Unix socket at `path` before `deadline`.
+///
+/// Why not `UnixStream::connect`: it blocks in the kernel, with no time limit, while the
+/// listener's backlog is full (a pool whose every worker is busy and whose queue is full),
+/// and `activate` would hang with it. A non-blocking connect fails at once instead
+/// (`EAGAIN`), and is tried again every few milliseconds until the deadline.
+///
+/// The socket is opened first without following a final symlink, and connected through
+/// that descriptor: the directory may belong to the pool's user (Debian's `/run/php`), who
+/// could otherwise point the path at any other root service's socket.
+pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    let target = sys::open_socket_nofollow(path)?;
+    let via = sys::fd_path(target.as_fd());
+    let fd = sys::unix_stream_socket_nonblocking()?;
+    let mut pause = Duration::from_millis(1);
+    while !sys::unix_connect_nonblocking(fd.as_fd(), &via)? {
+        std::thread::sleep(pause.min(remaining(deadline)?));
+        remaining(deadline)?;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    let s = UnixStream::from(fd);
+    // Reads and writes block again, each bounded by the deadline (`set_timeouts`).
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 /// Time left before `deadline`, or a timeout error.
@@ -159,14 +188,59 @@ pub fn request(
     timeout: Duration,
 ) -> io::Result<Response> {
     let deadline = Instant::now() + timeout;
+    connect(addr, deadline)?.request(params, stdin, deadline)
+}
+
+/// Connects to `addr` before `deadline` (the connect included: a full backlog counts).
+///
+/// # Errors
+/// Missing socket, refused, or the deadline passed.
+pub fn connect(addr: &Address, deadline: Instant) -> io::Result<Connection> {
     match addr {
         Address::Unix(path) => {
-            let s = UnixStream::connect(path)?;
-            exchange(s, params, stdin, deadline)
+            let s = connect_unix(path, deadline)?;
+            let peer = sys::peer_cred(s.as_fd())?;
+            Ok(Connection {
+                stream: Conn::Unix(s),
+                peer: Some(peer),
+            })
         }
-        Address::Tcp(a) => {
-            let s = connect_tcp(a, deadline)?;
-            exchange(s, params, stdin, deadline)
+        Address::Tcp(a) => Ok(Connection {
+            stream: Conn::Tcp(connect_tcp(a, deadline)?),
+            peer: None,
+        }),
+    }
+}
+
+/// A connection to a FastCGI server, for one request.
+#[derive(Debug)]
+pub struct Connection {
+    stream: Conn,
+    /// Who listens on a Unix socket (`SO_PEERCRED`: the process that called `listen()`,
+    /// as it was then); `None` over TCP, where the kernel tells nothing of the peer.
+    pub peer: Option<sys::PeerCred>,
+}
+
+#[derive(Debug)]
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Connection {
+    /// Runs one request on this connection; see [`request`].
+    ///
+    /// # Errors
+    /// As [`request`].
+    pub fn request(
+        self,
+        params: &[(&str, &str)],
+        stdin: &[u8],
+        deadline: Instant,
+    ) -> io::Result<Response> {
+        match self.stream {
+            Conn::Unix(s) => exchange(s, params, stdin, deadline),
+            Conn::Tcp(s) => exchange(s, params, stdin, deadline),
         }
     }
 }

@@ -107,9 +107,14 @@ struct Cli {
     #[arg(long, value_name = "FILE", default_value = switchfs::opcache::DEFAULT_SCRIPT)]
     php_script: PathBuf,
 
-    /// Seconds each request to a PHP pool may take.
+    /// Seconds each PHP pool's whole invalidation may take (connect, list, invalidate).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
     php_timeout: u32,
+
+    /// The uid that must be listening on a --php-fpm Unix socket (SO_PEERCRED): the
+    /// PHP-FPM master creates its sockets as root; anything else is refused as an impostor.
+    #[arg(long, value_name = "UID", default_value_t = 0)]
+    php_fpm_owner: u32,
 }
 
 fn existing_dir(s: &str) -> Result<PathBuf, String> {
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
             secret_file: cli.php_http_secret,
             script: cli.php_script,
             timeout: Duration::from_secs(u64::from(cli.php_timeout)),
+            fpm_owner: cli.php_fpm_owner,
         },
     };
     match daemon::run(args) {

@@ -8,10 +8,13 @@
 //! daemon is the one party that knows, at the switch, which paths changed.
 //!
 //! How, per pool (one request reaches the whole pool: OPcache's shared memory is per
-//! master, shared by all its workers):
+//! master, shared by all its workers), all within one deadline (`--php-timeout`):
+//! 0. For PHP-FPM, connect and check the listener is the master (root, or
+//!    `--php-fpm-owner`), then wait for the pool's compilations of old scripts in flight.
 //! 1. `list`: the shipped script (`dist/opcache-invalidate.php`, outside every docroot)
 //!    returns the scripts OPcache holds under the mount point, with the mtime each was
-//!    cached with (only recorded by OPcache when `validate_timestamps=1`).
+//!    cached with (only recorded by OPcache when `validate_timestamps=1`). Listed paths
+//!    outside the mount are ignored, and at most `MAX_LISTED` entries read.
 //! 2. The daemon decides per cached path with the mtime registry's rule: the path is changed
 //!    when the mount now reports another mtime than the one cached, or, without a cached
 //!    mtime, when the file's identity differs between the release the pool was last
@@ -56,6 +59,11 @@ const COMPILE_WAIT: Duration = Duration::from_secs(2);
 const SCRIPT_EXTENSIONS: &[&str] = &[
     "php", "phtml", "inc", "php3", "php4", "php5", "php7", "php8",
 ];
+/// Most entries of one `list` answer taken into account: OPcache's own upper bound for
+/// `opcache.max_accelerated_files`, so a real pool never reaches it.
+const MAX_LISTED: usize = 1_000_000;
+/// The process names of Apache's parent and children (`/proc/PID/comm`), for `--php-http`.
+const APACHE_NAMES: &[&str] = &["apache2", "httpd"];
 
 /// One PHP pool to keep in step with the active release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +177,9 @@ pub struct PhpConfig {
     pub secret_file: Option<PathBuf>,
     pub script: PathBuf,
     pub timeout: Duration,
+    /// The uid the listener of a `--php-fpm` Unix socket must run as (`--php-fpm-owner`):
+    /// the PHP-FPM master creates its sockets as root (0).
+    pub fpm_owner: u32,
 }
 
 /// The configured pools and how to reach them.
@@ -179,6 +190,7 @@ pub struct Php {
     secret: Option<String>,
     mount: PathBuf,
     timeout: Duration,
+    fpm_owner: u32,
     /// Invalidations of two switches never interleave.
     serial: Mutex<()>,
 }
@@ -227,6 +239,7 @@ impl Php {
             secret,
             mount: mount.to_path_buf(),
             timeout: config.timeout,
+            fpm_owner: config.fpm_owner,
             serial: Mutex::new(()),
         })
     }
@@ -253,7 +266,6 @@ impl Php {
         let Some(new) = core.active().release.clone() else {
             return Ok(());
         };
-        wait_for_compiles(core, &new, COMPILE_WAIT.min(self.timeout));
         let failures: Vec<String> = std::thread::scope(|scope| {
             let running: Vec<_> = self
                 .pools
@@ -327,25 +339,49 @@ impl Php {
         new: &Arc<Release>,
         run: &mut LastRun,
     ) -> Result<(), String> {
-        let listing = self.call(&pool.endpoint, "list", &[])?;
-        let cached = parse_list(&listing)?;
-        run.cached = cached.len();
+        // One deadline for the whole pool (connect, list, every invalidate request), so a
+        // slow or hostile pool holds `activate` --php-timeout at most, plus the wait for
+        // compilations in flight.
+        let deadline = Instant::now() + self.timeout;
+        let (first, processes) = match &pool.endpoint {
+            // Connected first: the listener's pid (SO_PEERCRED) is the master, whose children
+            // are the only processes whose compilations matter.
+            Endpoint::Fpm(addr) => {
+                let conn = self.connect_fpm(addr, deadline)?;
+                // Pid 0: the master lives in a pid namespace this daemon cannot see into.
+                let master = conn.peer.as_ref().map(|p| p.pid).filter(|&pid| pid > 0);
+                (Some(conn), master.map_or_else(Vec::new, fpm_processes))
+            }
+            Endpoint::Http(_) => (None, apache_processes()),
+        };
+        let waited = wait_for_compiles(core, new, &processes, COMPILE_WAIT.min(self.timeout));
+        let deadline = deadline + waited;
+        let listing = self.call(&pool.endpoint, first, "list", &[], deadline)?;
+        let (cached, capped) = parse_list(&listing, MAX_LISTED)?;
+        if capped {
+            log::warn!(
+                "{}: the list of cached scripts has more than {MAX_LISTED} entries; \
+                 the rest is ignored",
+                pool.endpoint
+            );
+        }
         let prefix = self.mount.as_os_str().as_bytes();
-        let changed: Vec<&[u8]> = cached
+        // Entries outside the mount are none of this daemon's business: neither invalidated
+        // nor counted, whatever the pool claims.
+        let under: Vec<(Option<i64>, &Path, &[u8])> = cached
             .iter()
-            .filter(|(ts, path)| {
-                let rel = path
-                    .strip_prefix(prefix)
-                    .and_then(|r| r.strip_prefix(b"/"))
-                    .map(|r| Path::new(OsStr::from_bytes(r)));
-                rel.is_none_or(|rel| script_changed(core, old, new, rel, *ts))
-            })
-            .map(|(_, path)| *path)
+            .filter_map(|&(ts, path)| Some((ts, under_mount(path, prefix)?, path)))
+            .collect();
+        run.cached = under.len();
+        let changed: Vec<&[u8]> = under
+            .iter()
+            .filter(|(ts, rel, _)| script_changed(core, old, new, rel, *ts))
+            .map(|(_, _, path)| *path)
             .collect();
         run.changed = changed.len();
         for chunk in changed.chunks(PATHS_PER_REQUEST) {
             let body = chunk.join(&0u8);
-            let answer = self.call(&pool.endpoint, "invalidate", &body)?;
+            let answer = self.call(&pool.endpoint, None, "invalidate", &body, deadline)?;
             let (invalidated, gone) = parse_counts(&answer)?;
             run.invalidated += invalidated;
             run.gone += gone;
@@ -353,8 +389,41 @@ impl Php {
         Ok(())
     }
 
-    /// Runs one step of the shipped script on `endpoint`; the body of a 200 answer.
-    fn call(&self, endpoint: &Endpoint, step: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// Connects to a `--php-fpm` pool and checks who listens there.
+    ///
+    /// Why: the root daemon must not take orders from whoever replaced the socket (on Debian
+    /// `/run/php` belongs to www-data, so the pool's user can). An impostor could answer
+    /// the list with nothing (old bytecode stays forever) or with a flood of paths. The
+    /// PHP-FPM master creates its listening sockets as root; the kernel records the uid of
+    /// the process that called `listen()`, which no other user can fake.
+    fn connect_fpm(
+        &self,
+        addr: &Address,
+        deadline: Instant,
+    ) -> Result<fastcgi::Connection, String> {
+        let conn = fastcgi::connect(addr, deadline).map_err(|e| describe_io(&e))?;
+        if let Some(peer) = &conn.peer
+            && peer.uid != self.fpm_owner
+        {
+            return Err(format!(
+                "the socket is served by uid {} (pid {}), not uid {}: not the PHP-FPM \
+                 master (see --php-fpm-owner)",
+                peer.uid, peer.pid, self.fpm_owner
+            ));
+        }
+        Ok(conn)
+    }
+
+    /// Runs one step of the shipped script on `endpoint` (on `conn`, already connected, if
+    /// given); the body of a 200 answer.
+    fn call(
+        &self,
+        endpoint: &Endpoint,
+        conn: Option<fastcgi::Connection>,
+        step: &str,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, String> {
         let mount = self.mount.to_string_lossy();
         let (status, answer) = match endpoint {
             Endpoint::Fpm(addr) => {
@@ -374,7 +443,12 @@ impl Php {
                     ("HTTP_X_SWITCHFS_STEP", step),
                     ("HTTP_X_SWITCHFS_MOUNT", &mount),
                 ];
-                let resp = fastcgi::request(addr, &params, body, self.timeout)
+                let conn = match conn {
+                    Some(c) => c,
+                    None => self.connect_fpm(addr, deadline)?,
+                };
+                let resp = conn
+                    .request(&params, body, deadline)
                     .map_err(|e| describe_io(&e))?;
                 if !resp.stderr.is_empty() {
                     log::debug!("{endpoint} said on stderr: {}", first_line(&resp.stderr));
@@ -384,8 +458,7 @@ impl Php {
             }
             Endpoint::Http(url) => {
                 let secret = self.secret.as_deref().unwrap_or("");
-                http_post(url, secret, step, &mount, body, self.timeout)
-                    .map_err(|e| describe_io(&e))?
+                http_post(url, secret, step, &mount, body, deadline).map_err(|e| describe_io(&e))?
             }
         };
         if status != 200 || !answer.starts_with(MAGIC) {
@@ -481,19 +554,29 @@ pub fn with_status(php: Option<&Php>, body: String, json: bool) -> String {
     }
 }
 
-/// Waits until no process holds a script of another release than `new` open, at most
-/// `limit`.
+/// Waits until none of `processes` (the pool's) holds a script of another release than
+/// `new` open, at most `limit`; how long it waited.
 ///
 /// Why: a request that began compiling a script of the old release before the switch stores
 /// its bytecode when the compilation ends, possibly after the pool listed what it caches;
 /// with validate_timestamps=0 that old bytecode would then stay. PHP keeps a script open
 /// while it compiles it and closes it after storing the result, so once none is open, every
-/// such compilation is in the list. Costs one /proc scan when nothing is compiling.
-fn wait_for_compiles(core: &Core, new: &Arc<Release>, limit: Duration) {
-    let deadline = Instant::now() + limit;
+/// such compilation is in the list. Only the pool's own processes count: any other user
+/// who can read the docroot could otherwise hold a file open to slow every switch down.
+/// Costs one look at each pool process's descriptors when nothing is compiling.
+fn wait_for_compiles(
+    core: &Core,
+    new: &Arc<Release>,
+    processes: &[i32],
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    if processes.is_empty() {
+        return Duration::ZERO;
+    }
     loop {
         let held: Vec<PathBuf> = core
-            .open_paths_outside(new)
+            .open_paths_outside(new, processes)
             .into_iter()
             .filter(|p| {
                 p.extension()
@@ -502,18 +585,99 @@ fn wait_for_compiles(core: &Core, new: &Arc<Release>, limit: Duration) {
             })
             .collect();
         if held.is_empty() {
-            return;
+            return started.elapsed();
         }
-        if Instant::now() >= deadline {
+        if started.elapsed() >= limit {
             log::warn!(
-                "scripts of an earlier release are still open after {limit:?} ({}); \
-                 asking the PHP pools anyway",
+                "scripts of an earlier release are still open in the pool after {limit:?} \
+                 ({}); asking the PHP pools anyway",
                 held[0].display()
             );
-            return;
+            return started.elapsed();
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The part of an OPcache key `path` under the mount point `prefix`, when it is made of
+/// plain names only (OPcache keys are real paths: anything else did not come from it).
+fn under_mount<'a>(path: &'a [u8], prefix: &[u8]) -> Option<&'a Path> {
+    let rel = path.strip_prefix(prefix)?.strip_prefix(b"/")?;
+    rel.split(|&b| b == b'/')
+        .all(|name| !name.is_empty() && name != b"." && name != b"..")
+        .then(|| Path::new(OsStr::from_bytes(rel)))
+}
+
+/// A PHP-FPM master and its workers (its children).
+fn fpm_processes(master: i32) -> Vec<i32> {
+    let mut pids = vec![master];
+    pids.extend(
+        process_table()
+            .into_iter()
+            .filter(|p| p.ppid == master)
+            .map(|p| p.pid),
+    );
+    pids
+}
+
+/// Apache's processes, for `--php-http` (mod_php compiles in Apache's own processes):
+/// those named apache2 or httpd (`/proc/PID/comm`) whose parent is an Apache parent, one so
+/// named whose own parent is not, and that parent. A heuristic: the endpoint is a URL,
+/// which tells no pid; a process renamed otherwise is not waited for.
+fn apache_processes() -> Vec<i32> {
+    apache_pids(&process_table())
+}
+
+/// The Apache parents and their children in `table` (see [`apache_processes`]).
+fn apache_pids(table: &[ProcessEntry]) -> Vec<i32> {
+    let named = |p: &ProcessEntry| APACHE_NAMES.contains(&p.comm.as_str());
+    let is_apache = |pid: i32| table.iter().any(|p| p.pid == pid && named(p));
+    let parents: Vec<i32> = table
+        .iter()
+        .filter(|p| named(p) && !is_apache(p.ppid))
+        .map(|p| p.pid)
+        .collect();
+    let mut pids = parents.clone();
+    pids.extend(
+        table
+            .iter()
+            .filter(|p| named(p) && parents.contains(&p.ppid))
+            .map(|p| p.pid),
+    );
+    pids
+}
+
+/// One process as `/proc/PID/stat` shows it.
+#[derive(Debug, PartialEq, Eq)]
+struct ProcessEntry {
+    pid: i32,
+    ppid: i32,
+    comm: String,
+}
+
+/// Every process of /proc (those that vanish while read are left out).
+fn process_table() -> Vec<ProcessEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+            parse_stat(pid, &stat)
+        })
+        .collect()
+}
+
+/// `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses, so it ends at the
+/// last `)`.
+fn parse_stat(pid: i32, stat: &[u8]) -> Option<ProcessEntry> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let comm = String::from_utf8_lossy(stat.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let ppid = rest.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(ProcessEntry { pid, ppid, comm })
 }
 
 /// Whether the script OPcache cached at `rel` (under the mount) differs in `new`.
@@ -599,12 +763,14 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
 /// One cached script: the mtime OPcache recorded for it (if any) and its full path.
 type Cached<'a> = (Option<i64>, &'a [u8]);
 
-fn parse_list(body: &[u8]) -> Result<Vec<Cached<'_>>, String> {
+/// At most `cap` entries are taken; the flag tells whether there were more.
+fn parse_list(body: &[u8], cap: usize) -> Result<(Vec<Cached<'_>>, bool), String> {
     let bad = || "malformed answer to step list".to_string();
     let start = find(body, b"scripts\n").ok_or_else(bad)? + b"scripts\n".len();
-    body[start..]
-        .split(|&b| b == 0)
-        .filter(|e| !e.is_empty())
+    let mut entries = body[start..].split(|&b| b == 0).filter(|e| !e.is_empty());
+    let taken = entries
+        .by_ref()
+        .take(cap)
         .map(|entry| {
             let sp = entry.iter().position(|&b| b == b' ').ok_or_else(bad)?;
             let ts = match &entry[..sp] {
@@ -618,7 +784,8 @@ fn parse_list(body: &[u8]) -> Result<Vec<Cached<'_>>, String> {
             };
             Ok((ts, &entry[sp + 1..]))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((taken, entries.next().is_some()))
 }
 
 /// The `invalidate` answer: `(invalidated, gone)`.
@@ -685,9 +852,8 @@ fn http_post(
     step: &str,
     mount: &str,
     body: &[u8],
-    timeout: Duration,
+    deadline: Instant,
 ) -> io::Result<(u16, Vec<u8>)> {
-    let deadline = Instant::now() + timeout;
     let mut s = fastcgi::connect_tcp(&url.host_port, deadline)?;
     let head = format!(
         "POST {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: switchfs\r\nX-Switchfs-Secret: {secret}\r\n\
@@ -755,17 +921,79 @@ mod tests {
     #[test]
     fn list_answers() {
         let body = b"validate_timestamps 1\nscripts\n17 /m/a.php\0- /m/b c.php\0";
-        let got = parse_list(body).unwrap();
+        let got = parse_list(body, 10).unwrap();
         assert_eq!(
             got,
-            vec![(Some(17), &b"/m/a.php"[..]), (None, &b"/m/b c.php"[..])]
+            (
+                vec![(Some(17), &b"/m/a.php"[..]), (None, &b"/m/b c.php"[..])],
+                false
+            )
         );
-        assert!(parse_list(b"garbage").is_err());
-        assert!(parse_list(b"scripts\nx /m/a.php\0").is_err());
+        assert_eq!(
+            parse_list(body, 1).unwrap(),
+            (vec![(Some(17), &b"/m/a.php"[..])], true),
+            "capped, and said so"
+        );
+        assert!(parse_list(b"garbage", 10).is_err());
+        assert!(parse_list(b"scripts\nx /m/a.php\0", 10).is_err());
         assert_eq!(
             parse_counts(b"invalidated 3\nnot_cached 1\ngone 2\n").unwrap(),
             (3, 2)
         );
         assert!(parse_counts(b"invalidated x\n").is_err());
+    }
+
+    #[test]
+    fn only_plain_paths_under_the_mount_count() {
+        let m = b"/var/www/current";
+        assert_eq!(
+            under_mount(b"/var/www/current/public/index.php", m),
+            Some(Path::new("public/index.php"))
+        );
+        for outside in [
+            &b"/etc/passwd"[..],
+            b"/var/www/current",
+            b"/var/www/current/",
+            b"/var/www/currentx/a.php",
+            b"/var/www/current/../x.php",
+            b"/var/www/current/a/./b.php",
+        ] {
+            assert_eq!(under_mount(outside, m), None, "{outside:?}");
+        }
+    }
+
+    #[test]
+    fn stat_lines() {
+        assert_eq!(
+            parse_stat(7, b"7 (php-fpm: pool (www)) S 1 7 7 0 -1"),
+            Some(ProcessEntry {
+                pid: 7,
+                ppid: 1,
+                comm: "php-fpm: pool (www)".into()
+            })
+        );
+        assert_eq!(parse_stat(7, b"7 apache2 S 1"), None);
+    }
+
+    #[test]
+    fn apache_parent_and_its_children_only() {
+        let p = |pid, ppid, comm: &str| ProcessEntry {
+            pid,
+            ppid,
+            comm: comm.into(),
+        };
+        let table = [
+            p(1, 0, "systemd"),
+            p(10, 1, "apache2"),
+            p(11, 10, "apache2"),
+            p(12, 10, "apache2"),
+            p(13, 10, "rotatelogs"),
+            p(14, 11, "apache2"), // a grandchild: not a request worker
+            p(20, 1, "php-fpm8.2"),
+            p(30, 1, "sh"),
+            p(31, 30, "httpd"),
+            p(32, 31, "httpd"),
+        ];
+        assert_eq!(apache_pids(&table), vec![10, 31, 11, 12, 32]);
     }
 }

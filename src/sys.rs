@@ -671,3 +671,76 @@ pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
         });
     }
 }
+
+// Connecting to a PHP-FPM pool's Unix socket within a deadline (src/fastcgi.rs).
+
+/// A new `AF_UNIX` stream socket, non-blocking and close-on-exec.
+pub fn unix_stream_socket_nonblocking() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor returned is owned by nobody else.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One `connect(2)` of the non-blocking socket `fd` to the Unix socket at `path`:
+/// `Ok(true)` connected, `Ok(false)` the listener's backlog is full (`EAGAIN`; a Unix
+/// socket has no pending connect to poll for, so the caller tries again until its
+/// deadline).
+pub fn unix_connect_nonblocking(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<bool> {
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of at least len bytes, NUL-terminated path.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if ret == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// The Unix socket at `path` as an `O_PATH` descriptor, the final component not followed:
+/// a symlink (or anything but a socket) there is refused. Connecting through
+/// [`fd_path`] of it then reaches exactly that socket, whoever renames entries meanwhile.
+pub fn open_socket_nofollow(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c_path = cstring(path.as_os_str().as_bytes())?;
+    // SAFETY: valid C string.
+    let fd = check(unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if fstat(std::os::fd::AsFd::as_fd(&fd))?.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a socket (a symbolic link there is refused)",
+        ));
+    }
+    Ok(fd)
+}

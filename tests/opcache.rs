@@ -47,6 +47,11 @@ struct Fpm {
 impl Fpm {
     /// Starts a pool listening on `dir/fpm.sock` with the given OPcache settings.
     fn start(dir: &Path, settings: &[&str]) -> Fpm {
+        Fpm::start_with(dir, settings, "pm.max_children = 2\n")
+    }
+
+    /// The same with `pool` (pool settings: at least pm.max_children) in its [app] section.
+    fn start_with(dir: &Path, settings: &[&str], pool: &str) -> Fpm {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let sock = dir.join("fpm.sock");
@@ -57,7 +62,7 @@ impl Fpm {
             format!(
                 "[global]\nerror_log = {d}/error.log\ndaemonize = no\n\
                  [app]\nuser = www-data\ngroup = www-data\nlisten = {s}\n\
-                 listen.mode = 0600\npm = static\npm.max_children = 2\n\
+                 listen.mode = 0600\npm = static\n{pool}\
                  catch_workers_output = yes\nclear_env = yes\n",
                 d = dir.display(),
                 s = sock.display()
@@ -865,4 +870,513 @@ fn compile_in_flight_across_the_switch_is_not_left_stale() {
         "in flight: {in_flight}; after activate returned: {after:?}; daemon log:\n{}",
         _d.log_text()
     );
+}
+
+// ---- Hostile and stuck pools: a FastCGI server written here stands in for them ----
+
+/// `switchctl ARGS` under `timeout SECS` (a hang must fail the test, not stall it), and how
+/// long it took.
+fn ctl_within(fx: &Fixture, secs: u32, args: &[&str]) -> (std::process::Output, Duration) {
+    let t0 = Instant::now();
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(SWITCHCTL)
+        .arg("--control")
+        .arg(fx.socket())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out, t0.elapsed())
+}
+
+/// A directory any user may create sockets in (an impostor's `/run/php`).
+fn run_dir(fx: &Fixture) -> PathBuf {
+    fx.open_up_for_others();
+    let dir = fx.root.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+/// A FastCGI server answering the two steps of the shipped script the way the test says,
+/// recording the steps it was asked.
+struct FakePool {
+    steps: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakePool {
+    /// Listens on `sock` as `uid`: only the listening thread changes its effective uid, so
+    /// the kernel records that uid for the socket's peers (SO_PEERCRED), exactly as for a
+    /// listener another user runs. `list` is what follows `scripts\n` in the list answer;
+    /// each `invalidate` is answered after `delay`.
+    fn start(sock: &Path, uid: u32, list: Vec<u8>, delay: Duration) -> FakePool {
+        let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sock = sock.to_path_buf();
+        let (st, sp) = (steps.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: the raw syscall changes the effective uid of this thread only (glibc's
+            // setresuid would change every thread of the test process).
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_setresuid,
+                    -1 as libc::c_long,
+                    libc::c_long::from(uid),
+                    -1 as libc::c_long,
+                )
+            };
+            assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+            let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !sp.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => serve_fake(conn, &list, delay, &st),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        ready_rx.recv().expect("fake pool listening");
+        FakePool {
+            steps,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn steps(&self) -> Vec<String> {
+        self.steps.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakePool {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one FastCGI request from `conn` and answers it like the shipped script would.
+fn serve_fake(
+    mut conn: std::os::unix::net::UnixStream,
+    list: &[u8],
+    delay: Duration,
+    steps: &std::sync::Mutex<Vec<String>>,
+) {
+    use std::io::{Read, Write};
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut params = Vec::new();
+    loop {
+        let mut head = [0u8; 8];
+        if conn.read_exact(&mut head).is_err() {
+            return;
+        }
+        let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+        let mut content = vec![0u8; len + usize::from(head[6])];
+        if conn.read_exact(&mut content).is_err() {
+            return;
+        }
+        match head[1] {
+            4 => params.extend_from_slice(&content[..len]),
+            5 if len == 0 => break,
+            _ => {}
+        }
+    }
+    let key = b"HTTP_X_SWITCHFS_STEP";
+    let at = params.windows(key.len()).position(|w| w == key);
+    let rest = at.map_or(&b""[..], |i| &params[i + key.len()..]);
+    let mut body = b"Status: 200\r\nContent-Type: text/plain\r\n\r\nswitchfs-opcache 1\n".to_vec();
+    if rest.starts_with(b"list") {
+        steps.lock().unwrap().push("list".into());
+        body.extend_from_slice(b"validate_timestamps 0\nscripts\n");
+        body.extend_from_slice(list);
+    } else {
+        steps.lock().unwrap().push("invalidate".into());
+        std::thread::sleep(delay);
+        body.extend_from_slice(b"invalidated 0\nnot_cached 0\ngone 0\n");
+    }
+    let mut out = Vec::new();
+    for chunk in body.chunks(65_535) {
+        out.extend_from_slice(&[1, 6, 0, 1]);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&[1, 3, 0, 1, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let _ = conn.write_all(&out);
+}
+
+/// `n` list entries for scripts under `dir`, none of which exists in any release.
+fn listed(dir: &Path, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.extend_from_slice(format!("- {}/gone/s{i}.php\0", dir.display()).as_bytes());
+    }
+    out
+}
+
+fn start_with_pool(fx: &Fixture, sock: &Path, extra: &[&str]) -> Daemon {
+    let script = script();
+    let sock = sock.display().to_string();
+    let mut args = vec![
+        "--initial",
+        "1",
+        "--php-script",
+        &script,
+        "--php-fpm",
+        &sock,
+    ];
+    args.extend_from_slice(extra);
+    fx.start(&args)
+}
+
+/// README "PHP, nginx and Apache settings": --php-timeout bounds the connect too. A pool
+/// whose every worker is busy and whose listen backlog is full never accepts; `activate`
+/// still answers in time, exit 3 naming the pool, the switch stays, and the next
+/// `activate` is not stuck behind the first.
+#[test]
+fn full_backlog_is_bounded_by_php_timeout() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fx = Fixture::new("opc-backlog");
+    fx.two_releases();
+    let sock = fx.root.join("full.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // SAFETY: listen(2) again on our own listening socket only lowers its backlog to 0.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    // Fill the backlog: connects succeed until the kernel refuses one with EAGAIN.
+    let mut queued = Vec::new();
+    loop {
+        let fd = switchfs::sys::unix_stream_socket_nonblocking().unwrap();
+        if !switchfs::sys::unix_connect_nonblocking(fd.as_fd(), &sock).unwrap() {
+            break;
+        }
+        queued.push(fd);
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    assert!(!queued.is_empty());
+    let _d = start_with_pool(&fx, &sock, &["--php-timeout", "2"]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("timed out"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "activate took {took:?}");
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    let (out, took) = ctl_within(&fx, 20, &["activate", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "second activate, took {took:?}: {out:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "second activate took {took:?}"
+    );
+    assert_eq!(persisted(&fx.state()), "active=1 previous=2");
+    drop(listener);
+}
+
+/// README "PHP, nginx and Apache settings": --php-timeout bounds a pool's whole
+/// invalidation, not each request: a pool answering every request just within the limit
+/// cannot multiply it by the number of requests.
+#[test]
+fn php_timeout_bounds_the_whole_invalidation_of_a_pool() {
+    let fx = Fixture::new("opc-slow");
+    fx.two_releases();
+    let sock = run_dir(&fx).join("slow.sock");
+    // 6,000 changed scripts: three invalidate requests, each answered after 0.9 s.
+    let pool = FakePool::start(
+        &sock,
+        0,
+        listed(&fx.mnt(), 6_000),
+        Duration::from_millis(900),
+    );
+    let _d = start_with_pool(&fx, &sock, &["--php-timeout", "2"]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    assert!(one_line_error(&out).contains("timed out"), "{out:?}");
+    assert!(took < Duration::from_secs(3), "activate took {took:?}");
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    assert!(
+        pool.steps().starts_with(&["list".to_string()]),
+        "{:?}",
+        pool.steps()
+    );
+}
+
+/// README "PHP, nginx and Apache settings": the daemon (root) talks only to a pool whose
+/// socket the PHP-FPM master (root) listens on. A www-data user who replaced the socket
+/// in a www-data-owned /run/php, and answers that nothing is cached, is refused: exit 3
+/// naming the pool and the uid, status shows the pool FAILED, the switch stays.
+#[test]
+fn impostor_socket_of_another_user_is_refused() {
+    let fx = Fixture::new("opc-impostor");
+    fx.two_releases();
+    let sock = run_dir(&fx).join("php-fpm.sock");
+    let pool = FakePool::start(&sock, 65534, Vec::new(), Duration::ZERO);
+    let _d = start_with_pool(&fx, &sock, &[]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("uid 65534"),
+        "{err}"
+    );
+    assert!(
+        pool.steps().is_empty(),
+        "asked the impostor: {:?}",
+        pool.steps()
+    );
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+    let status = stdout(&fx.ctl(&["status"]));
+    assert!(
+        status.contains("FAILED at ") && status.contains("uid 65534"),
+        "{status}"
+    );
+}
+
+/// --php-fpm-owner names the uid of an unusual master (one not run as root); the same
+/// listener is then accepted.
+#[test]
+fn php_fpm_owner_accepts_that_uid() {
+    let fx = Fixture::new("opc-owner");
+    fx.two_releases();
+    let sock = run_dir(&fx).join("php-fpm.sock");
+    let pool = FakePool::start(&sock, 65534, Vec::new(), Duration::ZERO);
+    let _d = start_with_pool(&fx, &sock, &["--php-fpm-owner", "65534"]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert!(out.status.success(), "took {took:?}: {out:?}");
+    assert_eq!(pool.steps(), vec!["list".to_string()]);
+}
+
+/// README "PHP, nginx and Apache settings": a list naming scripts outside the mount (here
+/// 10,000 of them) is none of the daemon's business: nothing is sent back, nothing counted.
+#[test]
+fn listed_scripts_outside_the_mount_are_ignored() {
+    let fx = Fixture::new("opc-outside");
+    fx.two_releases();
+    let sock = run_dir(&fx).join("php-fpm.sock");
+    let elsewhere = fx.root.join("elsewhere");
+    let mut list = listed(&elsewhere, 10_000);
+    list.extend_from_slice(format!("- {}/../x.php\0", fx.mnt().display()).as_bytes());
+    let pool = FakePool::start(&sock, 0, list, Duration::ZERO);
+    let _d = start_with_pool(&fx, &sock, &[]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert!(out.status.success(), "took {took:?}: {out:?}");
+    assert_eq!(pool.steps(), vec!["list".to_string()]);
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(
+        json.contains("\"cached\":0,\"changed\":0,\"invalidated\":0"),
+        "{json}"
+    );
+}
+
+// ---- Waiting for compilations in flight: only the pools' own processes count ----
+
+/// Whether one of the children of `parent` holds `path` open (per /proc/PID/fd).
+fn child_holds(parent: u32, path: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        ppid == Some(parent)
+            && std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+            })
+    })
+}
+
+/// README "PHP, nginx and Apache settings": the wait for compilations in flight looks only
+/// at the pool's processes. Any user who can read the docroot holding an old release's
+/// script open (`exec 3<index.php; sleep 30`, here as nobody) does not slow `activate`.
+#[test]
+fn outsider_holding_an_old_script_does_not_delay_activate() {
+    use std::io::BufRead;
+    require_php();
+    let fx = Fixture::new("opc-outsider");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    let index = fx.m("public/index.php").display().to_string();
+    let mut holder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("exec 3<'{index}' && echo held && exec sleep 30"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "held\n", "nobody opened {index}");
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "activate waited {took:?} for a process outside the pool"
+    );
+    assert!(all_release(&front(&fpm, &fx, 4), "2"));
+}
+
+/// README "PHP, nginx and Apache settings": a pool worker holding a script of release 1 open
+/// is waited for when switching to 2 (it may be compiling it), but not once release 1 is
+/// active again: its bytecode is then the active release's.
+#[test]
+fn switching_back_to_the_held_scripts_release_does_not_wait() {
+    require_php();
+    let fx = Fixture::new("opc-back");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    fx.write(
+        "1",
+        "public/hold.php",
+        "<?php $f = fopen(__DIR__ . '/../lib/changed.php', 'r'); sleep(8); echo 'held';\n",
+    );
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    let changed = fx.m("lib/changed.php");
+    std::thread::scope(|s| {
+        let held = s.spawn(|| fpm.get(&fx.m("public/hold.php")));
+        assert!(
+            wait_until(5, || child_holds(fpm.child.id(), &changed)),
+            "no worker opened {}",
+            changed.display()
+        );
+        let (out, to_2) = ctl_within(&fx, 20, &["activate", "2"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            to_2 >= Duration::from_millis(1500),
+            "a pool worker holding an old script was not waited for ({to_2:?})"
+        );
+        let (out, back) = ctl_within(&fx, 20, &["activate", "1"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            back < Duration::from_millis(1000),
+            "activate 1 waited {back:?} for a script of release 1 itself"
+        );
+        assert_eq!(held.join().unwrap(), "held");
+    });
+}
+
+/// The same hang with real PHP-FPM: one worker (`pm.max_children = 1`) busy in a long
+/// request, `listen.backlog = 1` filled by waiting clients. `activate` answers within
+/// --php-timeout, exit 3 naming the pool, and the switch stays.
+#[test]
+fn busy_fpm_with_full_backlog_is_bounded_by_php_timeout() {
+    use std::os::fd::AsFd;
+    require_php();
+    let fx = Fixture::new("opc-busy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    write_app(&fx, "1", Some(now - 7200));
+    write_app(&fx, "2", Some(now - 3600));
+    fx.write("1", "public/sleep.php", "<?php sleep(30); echo 'slept';\n");
+    open_up(&fx);
+    let fpm = Fpm::start_with(
+        &fx.root.join("fpm"),
+        &["opcache.validate_timestamps=0"],
+        "pm.max_children = 1\nlisten.backlog = 1\n",
+    );
+    let _d = start_with_pool(&fx, &fpm.sock, &["--php-timeout", "2"]);
+    let sleeper = fx.m("public/sleep.php").display().to_string();
+    let sock = fpm.sock.clone();
+    // The busy request (it fails when the pool is stopped at the end: not waited for).
+    std::thread::spawn(move || {
+        let params = [
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_FILENAME", sleeper.as_str()),
+        ];
+        let _ = fastcgi::request(&Address::Unix(sock), &params, b"", Duration::from_secs(40));
+    });
+    // Clients queue until the kernel refuses one: the worker is busy, the backlog full.
+    let mut queued = Vec::new();
+    let full = wait_until(10, || {
+        let fd = switchfs::sys::unix_stream_socket_nonblocking().unwrap();
+        match switchfs::sys::unix_connect_nonblocking(fd.as_fd(), &fpm.sock) {
+            Ok(true) => {
+                queued.push(fd);
+                false
+            }
+            Ok(false) => true,
+            Err(e) => panic!("connect to {}: {e}", fpm.sock.display()),
+        }
+    });
+    assert!(full, "the backlog never filled ({} queued)", queued.len());
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&fpm.arg()) && err.contains("timed out"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "activate took {took:?}");
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+}
+
+/// README "PHP, nginx and Apache settings": the pool's user owns the socket's directory, so
+/// it could put a symlink there pointing at another root service's socket (which would pass
+/// the uid check). The daemon does not follow it: exit 3, "not a socket", nothing sent.
+#[test]
+fn symlink_in_place_of_the_socket_is_refused() {
+    let fx = Fixture::new("opc-symlink");
+    fx.two_releases();
+    let dir = run_dir(&fx);
+    let elsewhere = fx.root.join("root-service.sock");
+    let pool = FakePool::start(&elsewhere, 0, Vec::new(), Duration::ZERO);
+    let sock = dir.join("php-fpm.sock");
+    std::os::unix::fs::symlink(&elsewhere, &sock).unwrap();
+    let _d = start_with_pool(&fx, &sock, &[]);
+    let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+    assert_eq!(out.status.code(), Some(3), "took {took:?}: {out:?}");
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("not a socket"),
+        "{err}"
+    );
+    assert!(
+        pool.steps().is_empty(),
+        "followed the symlink: {:?}",
+        pool.steps()
+    );
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
 }
