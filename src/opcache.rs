@@ -356,6 +356,36 @@ impl Php {
         };
         let waited = wait_for_compiles(core, new, &processes, COMPILE_WAIT.min(self.timeout));
         let deadline = deadline + waited;
+        self.list_and_invalidate(core, pool, first, old, new, run, deadline)?;
+        // A request that resolved a script before the switch can open and compile it only
+        // after the wait above looked (the path lookup and the open are two steps), and store
+        // the old bytecode after our invalidation. Look once more: if a pool process has an
+        // old script open now, wait for it and invalidate again.
+        if !processes.is_empty() && !old_scripts_open(core, new, &processes).is_empty() {
+            let late = wait_for_compiles(core, new, &processes, COMPILE_WAIT.min(self.timeout));
+            log::info!(
+                "{}: a compilation of an earlier release started during the switch; \
+                 invalidating again after waiting {late:?} for it",
+                pool.endpoint
+            );
+            self.list_and_invalidate(core, pool, None, old, new, run, deadline + late)?;
+        }
+        Ok(())
+    }
+
+    /// Lists what `pool` caches under the mount and invalidates the scripts the switch from
+    /// `old` to `new` changed (see `script_changed`), adding to `run`'s counts.
+    #[allow(clippy::too_many_arguments)] // one pass of `invalidate_changed`, its state passed in
+    fn list_and_invalidate(
+        &self,
+        core: &Core,
+        pool: &Pool,
+        first: Option<fastcgi::Connection>,
+        old: Option<&Arc<Release>>,
+        new: &Arc<Release>,
+        run: &mut LastRun,
+        deadline: Instant,
+    ) -> Result<(), String> {
         let listing = self.call(&pool.endpoint, first, "list", &[], deadline)?;
         let (cached, capped) = parse_list(&listing, MAX_LISTED)?;
         if capped {
@@ -372,13 +402,13 @@ impl Php {
             .iter()
             .filter_map(|&(ts, path)| Some((ts, under_mount(path, prefix)?, path)))
             .collect();
-        run.cached = under.len();
+        run.cached = run.cached.max(under.len());
         let changed: Vec<&[u8]> = under
             .iter()
             .filter(|(ts, rel, _)| script_changed(core, old, new, rel, *ts))
             .map(|(_, _, path)| *path)
             .collect();
-        run.changed = changed.len();
+        run.changed = run.changed.max(changed.len());
         for chunk in changed.chunks(PATHS_PER_REQUEST) {
             let body = chunk.join(&0u8);
             let answer = self.call(&pool.endpoint, None, "invalidate", &body, deadline)?;
@@ -575,15 +605,7 @@ fn wait_for_compiles(
         return Duration::ZERO;
     }
     loop {
-        let held: Vec<PathBuf> = core
-            .open_paths_outside(new, processes)
-            .into_iter()
-            .filter(|p| {
-                p.extension()
-                    .and_then(OsStr::to_str)
-                    .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
-            })
-            .collect();
+        let held = old_scripts_open(core, new, processes);
         if held.is_empty() {
             return started.elapsed();
         }
@@ -597,6 +619,18 @@ fn wait_for_compiles(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The PHP scripts of releases other than `new` that `processes` hold open.
+fn old_scripts_open(core: &Core, new: &Arc<Release>, processes: &[i32]) -> Vec<PathBuf> {
+    core.open_paths_outside(new, processes)
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .and_then(OsStr::to_str)
+                .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
+        })
+        .collect()
 }
 
 /// The part of an OPcache key `path` under the mount point `prefix`, when it is made of
