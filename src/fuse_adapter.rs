@@ -17,8 +17,9 @@ use fuser::{
 
 use crate::attr::empty_root_attr;
 use crate::caller::Caller;
-use crate::core::{Core, DirPlusSink, DirSink, Lookup, follows_active};
+use crate::core::{Core, DirPlusSink, DirSink, Lookup};
 use crate::errno::errno_of;
+use crate::portals::follows_active;
 use crate::sys::XattrAnswer;
 
 /// Serves a `Core` to the kernel.

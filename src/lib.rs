@@ -27,11 +27,14 @@ pub mod mtimes;
 pub mod names;
 pub mod opcache;
 pub mod paths;
+pub mod portals;
 pub mod procscan;
 pub mod prune;
 pub mod release;
 pub mod state;
+pub mod switch;
 pub mod sys;
+pub mod usage;
 
 #[cfg(test)]
 mod core_tests;
