@@ -81,10 +81,12 @@ impl FdBudget {
     }
 
     /// Descriptors currently held by inodes.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
     pub fn cap(&self) -> usize {
         self.cap
     }
