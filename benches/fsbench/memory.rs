@@ -1,8 +1,9 @@
 //! `memory`: the daemon's RSS and descriptors on a big tree, through walks and switches.
 
+use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use std::time::Instant;
 use switchfs::control::render::json_str;
@@ -14,18 +15,38 @@ use crate::tree::scan_tree;
 use crate::workloads::{cpaths, drop_caches, lstat_tolerant};
 use crate::{Res, ctx};
 
+/// The daemon's figures at each stage, printed and kept for the JSON.
+struct Stages {
+    pid: u32,
+    json: Vec<String>,
+}
+
+impl Stages {
+    fn record(&mut self, name: &str, extra: &str) -> Res<()> {
+        let st = proc_stats(self.pid)?;
+        println!("  {name:<34} {}{extra}", st.text());
+        self.json.push(format!(
+            "{{\"stage\":{},\"stats\":{}}}",
+            json_str(name),
+            st.json()
+        ));
+        Ok(())
+    }
+}
+
+/// `memory`: walks the big tree through the mount `walks` times (caches dropped before
+/// each), switches `switches` times, drops the caches, switches once more; the daemon's RSS,
+/// descriptors and threads after each stage.
 pub(crate) fn memory(args: &Args) -> Res<()> {
     let mount = PathBuf::from(args.req("mount")?);
     let native = PathBuf::from(args.req("native")?);
-    let bin = args.req("switchctl")?;
-    let sock = args.req("control")?;
+    let (bin, sock) = (args.req("switchctl")?, args.req("control")?);
     let pid: u32 = args
         .req("pid")?
         .parse()
         .map_err(|_| "--pid: not a number")?;
     let walks = args.num("walks", 3)? as usize;
     let switches = args.num("switches", 20)? as usize;
-    let json_path = args.get("json").map(PathBuf::from);
 
     let tree = scan_tree(&native)?;
     let paths = cpaths(&mount, &tree.files, "");
@@ -34,18 +55,44 @@ pub(crate) fn memory(args: &Args) -> Res<()> {
         with_commas(paths.len() as u64),
         with_commas(tree.dirs as u64)
     );
-    let mut stages: Vec<String> = vec![];
-    let mut stage = |name: &str, extra: &str| -> Res<()> {
-        let st = proc_stats(pid)?;
-        println!("  {name:<34} {}{extra}", st.text());
-        stages.push(format!(
-            "{{\"stage\":{},\"stats\":{}}}",
-            json_str(name),
-            st.json()
-        ));
-        Ok(())
-    };
-    let limit = fs::read_to_string(format!("/proc/{pid}/limits"))
+    let limit = open_file_limit(pid);
+    println!("  daemon's open-file limit (soft / hard): {limit}");
+    let mut stages = Stages { pid, json: vec![] };
+    stages.record("started", "")?;
+    let walk_failures = walk(&paths, walks, &mut stages)?;
+    let (sw, switch_failures, active) = switch_many(bin, sock, &mount, switches, &mut stages)?;
+    drop_caches()?;
+    std::thread::sleep(Duration::from_millis(500));
+    stages.record("after drop_caches", "")?;
+    let after_drop = switch_after_drop(bin, sock, 3 - active);
+    let status = print_status(bin, sock);
+    let json = format!(
+        "{{\"files\":{},\"dirs\":{},\"walks\":{},\"switches\":{},\"open_file_limit\":{},\"stages\":[{}],\"walk_failures\":[{}],\"activate_median_s\":{},\"activate_failures\":[{}],\"activate_after_drop_error\":{},\"status_text\":{}}}\n",
+        paths.len(),
+        tree.dirs,
+        walks,
+        switches,
+        json_str(&limit),
+        stages.json.join(","),
+        walk_failures.join(","),
+        jnum(median(&sw)),
+        switch_failures
+            .iter()
+            .map(|e| json_str(e))
+            .collect::<Vec<_>>()
+            .join(","),
+        after_drop,
+        json_str(&status)
+    );
+    if let Some(p) = args.get("json").map(PathBuf::from) {
+        fs::write(&p, json).map_err(ctx(p.display()))?;
+    }
+    Ok(())
+}
+
+/// The daemon's "Max open files" (soft / hard), as /proc shows it.
+fn open_file_limit(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/limits"))
         .ok()
         .and_then(|l| {
             l.lines()
@@ -58,14 +105,16 @@ pub(crate) fn memory(args: &Args) -> Res<()> {
                         .join(" / ")
                 })
         })
-        .unwrap_or_default();
-    println!("  daemon's open-file limit (soft / hard): {limit}");
-    stage("started", "")?;
-    let mut failures: Vec<String> = vec![];
+        .unwrap_or_default()
+}
+
+/// `walks` walks, each after a cache drop; returns the JSON of the walks that had failures.
+fn walk(paths: &[CString], walks: usize, stages: &mut Stages) -> Res<Vec<String>> {
+    let mut failures = vec![];
     for w in 1..=walks {
         drop_caches()?;
         let t = Instant::now();
-        let (failed, first) = lstat_tolerant(&paths);
+        let (failed, first) = lstat_tolerant(paths);
         let s = t.elapsed().as_secs_f64();
         let mut extra = format!("  (walk took {})", ms(s));
         if let Some(e) = first {
@@ -75,12 +124,23 @@ pub(crate) fn memory(args: &Args) -> Res<()> {
                 json_str(&e)
             ));
         }
-        stage(&format!("after walk {w}"), &extra)?;
+        stages.record(&format!("after walk {w}"), &extra)?;
     }
-    // A failed switch is reported, not fatal: it is what this workload is meant to find.
+    Ok(failures)
+}
+
+/// `switches` switches between releases 1 and 2: their times, the failures (reported, not
+/// fatal: they are what this workload is meant to find), and the release active after.
+fn switch_many(
+    bin: &str,
+    sock: &str,
+    mount: &Path,
+    switches: usize,
+    stages: &mut Stages,
+) -> Res<(Vec<f64>, Vec<String>, u32)> {
     let mut active = 1;
     let mut sw = vec![];
-    let mut switch_failures: Vec<String> = vec![];
+    let mut failures: Vec<String> = vec![];
     for _ in 0..switches {
         let want = (3 - active).to_string();
         match switchctl(bin, sock, &["activate", &want]) {
@@ -88,27 +148,28 @@ pub(crate) fn memory(args: &Args) -> Res<()> {
                 sw.push(s);
                 active = 3 - active;
             }
-            Err(e) => switch_failures.push(e),
+            Err(e) => failures.push(e),
         }
     }
-    if switch_failures.is_empty() {
-        check_version(&mount, &active.to_string())?;
+    if failures.is_empty() {
+        check_version(mount, &active.to_string())?;
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut extra = format!("  (activate median {})", us(median(&sw)));
-    if let Some(e) = switch_failures.first() {
+    if let Some(e) = failures.first() {
         let _ = write!(
             extra,
             "  {} of {switches} activate FAILED, first: {e}",
-            switch_failures.len()
+            failures.len()
         );
     }
-    stage(&format!("after {switches} switches"), &extra)?;
-    drop_caches()?;
-    std::thread::sleep(Duration::from_millis(500));
-    stage("after drop_caches", "")?;
-    let want = (3 - active).to_string();
-    let after_drop = match switchctl(bin, sock, &["activate", &want]) {
+    stages.record(&format!("after {switches} switches"), &extra)?;
+    Ok((sw, failures, active))
+}
+
+/// One switch once the kernel dropped its caches: JSON `null`, or the error.
+fn switch_after_drop(bin: &str, sock: &str, want: u32) -> String {
+    match switchctl(bin, sock, &["activate", &want.to_string()]) {
         Ok(_) => {
             println!("  activate {want} after drop_caches: ok");
             "null".to_string()
@@ -117,37 +178,18 @@ pub(crate) fn memory(args: &Args) -> Res<()> {
             println!("  activate {want} after drop_caches: FAILED: {e}");
             json_str(&e)
         }
+    }
+}
+
+/// `switchctl status`, its lines about inodes printed; empty if it failed.
+fn print_status(bin: &str, sock: &str) -> String {
+    let Ok((_, status)) = switchctl(bin, sock, &["status"]) else {
+        return String::new();
     };
-    let mut status = String::new();
-    if let Ok((_, s)) = switchctl(bin, sock, &["status"]) {
-        status = s;
-        let held: Vec<&str> = status.lines().filter(|l| l.contains("inodes")).collect();
-        for l in held {
-            println!("  switchctl status: {}", l.trim());
-        }
+    for l in status.lines().filter(|l| l.contains("inodes")) {
+        println!("  switchctl status: {}", l.trim());
     }
-    let json = format!(
-        "{{\"files\":{},\"dirs\":{},\"walks\":{},\"switches\":{},\"open_file_limit\":{},\"stages\":[{}],\"walk_failures\":[{}],\"activate_median_s\":{},\"activate_failures\":[{}],\"activate_after_drop_error\":{},\"status_text\":{}}}\n",
-        paths.len(),
-        tree.dirs,
-        walks,
-        switches,
-        json_str(&limit),
-        stages.join(","),
-        failures.join(","),
-        jnum(median(&sw)),
-        switch_failures
-            .iter()
-            .map(|e| json_str(e))
-            .collect::<Vec<_>>()
-            .join(","),
-        after_drop,
-        json_str(&status)
-    );
-    if let Some(p) = json_path {
-        fs::write(&p, json).map_err(ctx(p.display()))?;
-    }
-    Ok(())
+    status
 }
 
 pub(crate) struct ProcStats {

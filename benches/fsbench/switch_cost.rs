@@ -1,6 +1,7 @@
 //! The switch cost: `switchctl activate` and in-process socket activations with nothing and
 //! with ~10,000 entries cached, the first passes after a switch, and the native symlink flip.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::report::{jarr, jnum, median, ms, percentile, us, with_commas};
-use crate::trace::{Tracer, counts_json, counts_text};
+use crate::trace::{OpCount, Tracer, counts_json, counts_text};
 use crate::workloads::{Target, lstat_all, lstat_missing};
 use crate::{Res, ctx};
 
@@ -67,6 +68,43 @@ pub(crate) fn check_version(mount: &Path, want: &str) -> Res<()> {
     Ok(())
 }
 
+/// The switch's control endpoint: `switchctl` and the socket it talks to.
+#[derive(Clone, Copy)]
+struct Ctl<'a> {
+    bin: &'a str,
+    sock: &'a str,
+}
+
+impl Ctl<'_> {
+    /// `switchctl activate N`, timed.
+    fn activate(self, n: u32) -> Res<f64> {
+        Ok(switchctl(self.bin, self.sock, &["activate", &n.to_string()])?.0)
+    }
+
+    /// `activate N` over the socket in process, timed.
+    fn socket(self, n: u32) -> Res<f64> {
+        socket_activate(self.sock, &n.to_string())
+    }
+}
+
+/// Every series the switch cost measures, in seconds.
+#[derive(Default)]
+struct Series {
+    noop: Vec<f64>,
+    noop_socket: Vec<f64>,
+    floor: Vec<f64>,
+    empty: Vec<f64>,
+    empty_socket: Vec<f64>,
+    loaded: Vec<f64>,
+    loaded_socket: Vec<f64>,
+    first_pass: Vec<f64>,
+    neg_pass: Vec<f64>,
+    flips: Vec<f64>,
+    dentries_added: i64,
+    trace_switch: Option<BTreeMap<String, OpCount>>,
+    trace_first: Option<BTreeMap<String, OpCount>>,
+}
+
 /// Alternates releases 1 and 2 with `switchctl activate`, each time with the tree walked
 /// first (every file stat'ed plus negative lookups, about 10,000 kernel entries), and times
 /// the round trip and the first stat pass after each switch.
@@ -77,53 +115,58 @@ pub(crate) fn switch_cost(
     switches: usize,
     scratch: &Path,
     tracer: Option<&Tracer>,
-    (warm_stat_native, warm_stat_sw, cold_stat_sw): (f64, f64, f64),
+    stat_passes: (f64, f64, f64),
 ) -> Res<String> {
     println!(
         "\nswitch cost ({}; `switchctl activate` alternating 1 and 2)",
         sw.name
     );
-    switchctl(bin, sock, &["activate", "1"])?;
+    let ctl = Ctl { bin, sock };
+    ctl.activate(1)?;
     check_version(&sw.root, "1")?;
-
-    // Baseline: the same process spawn and socket round trip without a switch
-    // (activating the release that is already active changes nothing).
+    let mut series = Series::default();
     let n_base = switches.clamp(10, 50);
-    let mut noop = vec![];
-    for _ in 0..n_base {
-        noop.push(switchctl(bin, sock, &["activate", "1"])?.0);
-    }
+    baselines(ctl, n_base, &mut series)?;
+    switches_empty(ctl, sw, n_base, &mut series)?;
+    switches_loaded(ctl, sw, switches, tracer, &mut series)?;
+    series.flips = symlink_flips(scratch, switches.max(10))?;
+    print_series(sw, &series, stat_passes);
+    Ok(series_json(sw, &series, stat_passes))
+}
 
-    let mut noop_socket = vec![];
-    for _ in 0..n_base {
-        noop_socket.push(socket_activate(sock, "1")?);
+/// The same process spawn and socket round trip without a switch (activating the release
+/// that is already active changes nothing), and the cost of starting any process.
+fn baselines(ctl: Ctl<'_>, n: usize, series: &mut Series) -> Res<()> {
+    for _ in 0..n {
+        series.noop.push(ctl.activate(1)?);
     }
-    let floor = spawn_floor(n_base)?;
+    for _ in 0..n {
+        series.noop_socket.push(ctl.socket(1)?);
+    }
+    series.floor = spawn_floor(n)?;
+    Ok(())
+}
 
-    // Switches with nothing cached under the root (no walk in between).
-    let mut empty = vec![];
-    let mut empty_socket = vec![];
+/// Switches with nothing cached under the root (no walk in between); ends on release 1.
+fn switches_empty(ctl: Ctl<'_>, sw: &Target, n: usize, series: &mut Series) -> Res<()> {
+    for _ in 0..n {
+        series.empty.push(ctl.activate(2)?);
+        series.empty_socket.push(ctl.socket(1)?);
+    }
+    check_version(&sw.root, "1")
+}
+
+/// Switches with ~10,000 entries cached: walk, switch, walk (timed: the first pass), ...
+/// Every other switch goes over the socket in process, so both costs are measured under the
+/// same cache. The second walk and the first switch are traced when `tracer` is given.
+fn switches_loaded(
+    ctl: Ctl<'_>,
+    sw: &Target,
+    switches: usize,
+    tracer: Option<&Tracer>,
+    series: &mut Series,
+) -> Res<()> {
     let mut active = 1;
-    for _ in 0..n_base {
-        active = 3 - active;
-        empty.push(switchctl(bin, sock, &["activate", &active.to_string()])?.0);
-        active = 3 - active;
-        empty_socket.push(socket_activate(sock, &active.to_string())?);
-    }
-    if active != 1 {
-        switchctl(bin, sock, &["activate", "1"])?;
-        active = 1;
-    }
-    check_version(&sw.root, "1")?;
-
-    // Switches with ~10,000 entries cached: walk, switch, walk (timed: first pass), ...
-    let mut loaded = vec![];
-    let mut loaded_socket = vec![];
-    let mut first_pass = vec![];
-    let mut neg_pass = vec![];
-    let mut dentries_added = 0i64;
-    let mut trace_switch = None;
-    let mut trace_first = None;
     for i in 0..=switches {
         let d0 = nr_dentries();
         let trace_this = tracer.filter(|_| i == 1);
@@ -134,16 +177,16 @@ pub(crate) fn switch_cost(
         lstat_all(&sw.files)?;
         let stat_s = t0.elapsed().as_secs_f64();
         if let Some(tr) = trace_this {
-            trace_first = Some(tr.stop()?.remove(&sw.kdev).unwrap_or_default());
+            series.trace_first = Some(tr.stop()?.remove(&sw.kdev).unwrap_or_default());
         }
         let t1 = Instant::now();
         lstat_missing(&sw.missing)?;
         let neg_s = t1.elapsed().as_secs_f64();
         if i == 0 {
-            dentries_added = nr_dentries() as i64 - d0 as i64;
+            series.dentries_added = nr_dentries() as i64 - d0 as i64;
         } else {
-            first_pass.push(stat_s);
-            neg_pass.push(neg_s);
+            series.first_pass.push(stat_s);
+            series.neg_pass.push(neg_s);
         }
         if i == switches {
             break;
@@ -153,29 +196,30 @@ pub(crate) fn switch_cost(
         if let Some(tr) = trace_this {
             tr.start()?;
         }
-        // Every other switch goes over the socket in process, so both costs are measured
-        // under the same cache.
         if i % 2 == 0 {
-            loaded.push(switchctl(bin, sock, &["activate", &active.to_string()])?.0);
+            series.loaded.push(ctl.activate(active)?);
         } else {
-            loaded_socket.push(socket_activate(sock, &active.to_string())?);
+            series.loaded_socket.push(ctl.socket(active)?);
         }
         if let Some(tr) = trace_this {
-            trace_switch = Some(tr.stop()?.remove(&sw.kdev).unwrap_or_default());
+            series.trace_switch = Some(tr.stop()?.remove(&sw.kdev).unwrap_or_default());
         }
         check_version(&sw.root, &active.to_string())?;
     }
     if active != 1 {
-        switchctl(bin, sock, &["activate", "1"])?;
+        ctl.activate(1)?;
     }
+    Ok(())
+}
 
-    // The native equivalent: flipping a `current` symlink (in process, no spawn).
+/// The native equivalent of a switch: flipping a `current` symlink (in process, no spawn).
+fn symlink_flips(scratch: &Path, n: usize) -> Res<Vec<f64>> {
     fs::create_dir_all(scratch).map_err(ctx(scratch.display()))?;
     let link = scratch.join("current");
     let tmp = scratch.join("current.tmp");
     let _ = fs::remove_file(&link);
     let mut flips = vec![];
-    for i in 0..switches.max(10) {
+    for i in 0..n {
         let t = Instant::now();
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(format!("releases/{}", 1 + i % 2), &tmp)
@@ -184,67 +228,77 @@ pub(crate) fn switch_cost(
         flips.push(t.elapsed().as_secs_f64());
     }
     let _ = fs::remove_file(&link);
+    Ok(flips)
+}
 
-    let dirs = sw.dirs;
-    let entries = sw.files.len() + dirs + sw.missing.len();
-    let line = |label: &str, v: &[f64]| {
-        println!(
-            "  {label:<62} median {:>9}  p99 {:>9}  max {:>9}  (n={})",
-            us(median(v)),
-            us(percentile(v, 99.0)),
-            us(v.iter().cloned().fold(0.0, f64::max)),
-            v.len()
-        );
-    };
-    line(
+fn print_line(label: &str, v: &[f64]) {
+    println!(
+        "  {label:<62} median {:>9}  p99 {:>9}  max {:>9}  (n={})",
+        us(median(v)),
+        us(percentile(v, 99.0)),
+        us(v.iter().cloned().fold(0.0, f64::max)),
+        v.len()
+    );
+}
+
+/// Entries looked up under the mount before each switch: files, directories, missing names.
+fn entries(sw: &Target) -> usize {
+    sw.files.len() + sw.dirs + sw.missing.len()
+}
+
+fn print_series(
+    sw: &Target,
+    s: &Series,
+    (warm_stat_native, warm_stat_sw, cold_stat_sw): (f64, f64, f64),
+) {
+    let entries = with_commas(entries(sw) as u64);
+    print_line(
         "switchctl activate of the active release (no-op round trip)",
-        &noop,
+        &s.noop,
     );
-    line("switchctl activate, nothing cached under the root", &empty);
-    line(
-        &format!(
-            "switchctl activate, {} entries cached under the root",
-            with_commas(entries as u64)
-        ),
-        &loaded,
+    print_line(
+        "switchctl activate, nothing cached under the root",
+        &s.empty,
     );
-    line("  of which starting a process (`true`, the floor)", &floor);
-    line(
+    print_line(
+        &format!("switchctl activate, {entries} entries cached under the root"),
+        &s.loaded,
+    );
+    print_line(
+        "  of which starting a process (`true`, the floor)",
+        &s.floor,
+    );
+    print_line(
         "socket activate (in process), no-op round trip",
-        &noop_socket,
+        &s.noop_socket,
     );
-    line(
+    print_line(
         "socket activate, nothing cached under the root",
-        &empty_socket,
+        &s.empty_socket,
     );
-    line(
-        &format!(
-            "socket activate, {} entries cached under the root",
-            with_commas(entries as u64)
-        ),
-        &loaded_socket,
+    print_line(
+        &format!("socket activate, {entries} entries cached under the root"),
+        &s.loaded_socket,
     );
-    line(
+    print_line(
         "native reference: symlink + rename of `current` (in process)",
-        &flips,
+        &s.flips,
     );
     println!(
-        "  entries looked up under the mount before each switch: {} ({} files, {} dirs, {} missing names)",
-        with_commas(entries as u64),
+        "  entries looked up under the mount before each switch: {entries} ({} files, {} dirs, {} missing names)",
         with_commas(sw.files.len() as u64),
-        with_commas(dirs as u64),
+        with_commas(sw.dirs as u64),
         with_commas(sw.missing.len() as u64),
     );
     println!(
         "  dentries the whole kernel gained in the first walk: {} (mount + the daemon's own lookups in the release)",
-        with_commas(dentries_added.max(0) as u64)
+        with_commas(s.dentries_added.max(0) as u64)
     );
-    let fp = median(&first_pass);
     println!(
         "  first stat pass after a switch ({} files): median {}  p99 {}   vs warm {} (native warm {}, switchfs cold {})",
         with_commas(sw.files.len() as u64),
-        ms(fp),
-        ms(percentile(&first_pass, 99.0)),
+        ms(median(&s.first_pass)),
+        ms(percentile(&s.first_pass, 99.0)),
         ms(warm_stat_sw),
         ms(warm_stat_native),
         ms(cold_stat_sw)
@@ -252,52 +306,60 @@ pub(crate) fn switch_cost(
     println!(
         "  first negative pass after a switch ({} missing names): median {}",
         with_commas(sw.missing.len() as u64),
-        ms(median(&neg_pass))
+        ms(median(&s.neg_pass))
     );
-    if let Some(c) = &trace_switch {
+    if let Some(c) = &s.trace_switch {
         println!(
             "  FUSE requests during one activate:        {}",
             counts_text(c)
         );
     }
-    if let Some(c) = &trace_first {
+    if let Some(c) = &s.trace_first {
         println!(
             "  FUSE requests in the first stat pass after: {}",
             counts_text(c)
         );
     }
-    let stat = |v: &[f64]| {
-        format!(
-            "{{\"n\":{},\"median_s\":{},\"p99_s\":{},\"max_s\":{},\"runs_s\":{}}}",
-            v.len(),
-            jnum(median(v)),
-            jnum(percentile(v, 99.0)),
-            jnum(v.iter().cloned().fold(0.0, f64::max)),
-            jarr(v)
-        )
-    };
-    Ok(format!(
+}
+
+fn stat_json(v: &[f64]) -> String {
+    format!(
+        "{{\"n\":{},\"median_s\":{},\"p99_s\":{},\"max_s\":{},\"runs_s\":{}}}",
+        v.len(),
+        jnum(median(v)),
+        jnum(percentile(v, 99.0)),
+        jnum(v.iter().cloned().fold(0.0, f64::max)),
+        jarr(v)
+    )
+}
+
+fn series_json(
+    sw: &Target,
+    s: &Series,
+    (warm_stat_native, warm_stat_sw, cold_stat_sw): (f64, f64, f64),
+) -> String {
+    format!(
         "{{\"cached_entries_walked\":{},\"dentries_added_by_walk\":{},\"noop_roundtrip\":{},\"activate_empty\":{},\"activate_loaded\":{},\"process_spawn_floor\":{},\"socket_noop_roundtrip\":{},\"socket_activate_empty\":{},\"socket_activate_loaded\":{},\
          \"native_symlink_flip\":{},\"first_stat_pass_after_switch\":{},\"first_negative_pass_after_switch\":{},\
          \"warm_stat_pass_s\":{},\"cold_stat_pass_s\":{},\"native_warm_stat_pass_s\":{},\"requests_during_activate\":{},\"requests_first_pass\":{}}}",
-        entries,
-        dentries_added,
-        stat(&noop),
-        stat(&empty),
-        stat(&loaded),
-        stat(&floor),
-        stat(&noop_socket),
-        stat(&empty_socket),
-        stat(&loaded_socket),
-        stat(&flips),
-        stat(&first_pass),
-        stat(&neg_pass),
+        entries(sw),
+        s.dentries_added,
+        stat_json(&s.noop),
+        stat_json(&s.empty),
+        stat_json(&s.loaded),
+        stat_json(&s.floor),
+        stat_json(&s.noop_socket),
+        stat_json(&s.empty_socket),
+        stat_json(&s.loaded_socket),
+        stat_json(&s.flips),
+        stat_json(&s.first_pass),
+        stat_json(&s.neg_pass),
         jnum(warm_stat_sw),
         jnum(cold_stat_sw),
         jnum(warm_stat_native),
-        trace_switch.as_ref().map_or("null".into(), counts_json),
-        trace_first.as_ref().map_or("null".into(), counts_json),
-    ))
+        s.trace_switch.as_ref().map_or("null".into(), counts_json),
+        s.trace_first.as_ref().map_or("null".into(), counts_json),
+    )
 }
 
 pub(crate) fn nr_dentries() -> u64 {

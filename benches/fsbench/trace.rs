@@ -51,57 +51,63 @@ impl Tracer {
     pub(crate) fn stop(&self) -> Res<HashMap<u32, BTreeMap<String, OpCount>>> {
         self.write("events/fuse/enable", "0")?;
         let text = fs::read_to_string(self.dir.join("trace")).map_err(ctx("read trace"))?;
-        let mut pending: HashMap<(u32, u64), (f64, String)> = HashMap::new();
-        let mut out: HashMap<u32, BTreeMap<String, OpCount>> = HashMap::new();
-        for line in text.lines() {
-            if line.starts_with('#') {
-                continue;
-            }
-            let (head, send, body) = if let Some(i) = line.find(": fuse_request_send: ") {
-                (&line[..i], true, &line[i + 21..])
-            } else if let Some(i) = line.find(": fuse_request_end: ") {
-                (&line[..i], false, &line[i + 20..])
-            } else {
-                continue;
-            };
-            let ts: f64 = head
-                .rsplit(' ')
-                .next()
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0.0);
-            let tok: Vec<&str> = body.split_whitespace().collect();
-            let val = |key: &str| -> Option<u64> {
-                let i = tok.iter().position(|t| *t == key)?;
-                tok.get(i + 1)?.parse().ok()
-            };
-            let (Some(conn), Some(uniq)) = (val("connection"), val("req")) else {
-                continue;
-            };
-            let conn = conn as u32;
-            if send {
-                let op = tok
-                    .iter()
-                    .find(|t| t.starts_with("(FUSE_"))
-                    .map(|t| {
-                        t.trim_matches(|c| c == '(' || c == ')')
-                            .trim_start_matches("FUSE_")
-                    })
-                    .unwrap_or("?")
-                    .to_string();
-                out.entry(conn)
-                    .or_default()
-                    .entry(op.clone())
-                    .or_default()
-                    .n += 1;
-                pending.insert((conn, uniq), (ts, op));
-            } else if let Some((t0, op)) = pending.remove(&(conn, uniq)) {
-                let c = out.entry(conn).or_default().entry(op).or_default();
-                c.replied += 1;
-                c.latency_s += ts - t0;
-            }
-        }
-        Ok(out)
+        Ok(parse_trace(&text))
     }
+}
+
+/// Per-connection (kernel dev_t), per-opcode counts and in-flight time of the requests in the
+/// text of a tracefs `trace` file with fuse_request_send/end events.
+pub(crate) fn parse_trace(text: &str) -> HashMap<u32, BTreeMap<String, OpCount>> {
+    let mut pending: HashMap<(u32, u64), (f64, String)> = HashMap::new();
+    let mut out: HashMap<u32, BTreeMap<String, OpCount>> = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (head, send, body) = if let Some(i) = line.find(": fuse_request_send: ") {
+            (&line[..i], true, &line[i + 21..])
+        } else if let Some(i) = line.find(": fuse_request_end: ") {
+            (&line[..i], false, &line[i + 20..])
+        } else {
+            continue;
+        };
+        let ts: f64 = head
+            .rsplit(' ')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0);
+        let tok: Vec<&str> = body.split_whitespace().collect();
+        let val = |key: &str| -> Option<u64> {
+            let i = tok.iter().position(|t| *t == key)?;
+            tok.get(i + 1)?.parse().ok()
+        };
+        let (Some(conn), Some(uniq)) = (val("connection"), val("req")) else {
+            continue;
+        };
+        let conn = conn as u32;
+        if send {
+            let op = tok
+                .iter()
+                .find(|t| t.starts_with("(FUSE_"))
+                .map(|t| {
+                    t.trim_matches(|c| c == '(' || c == ')')
+                        .trim_start_matches("FUSE_")
+                })
+                .unwrap_or("?")
+                .to_string();
+            out.entry(conn)
+                .or_default()
+                .entry(op.clone())
+                .or_default()
+                .n += 1;
+            pending.insert((conn, uniq), (ts, op));
+        } else if let Some((t0, op)) = pending.remove(&(conn, uniq)) {
+            let c = out.entry(conn).or_default().entry(op).or_default();
+            c.replied += 1;
+            c.latency_s += ts - t0;
+        }
+    }
+    out
 }
 
 impl Drop for Tracer {
