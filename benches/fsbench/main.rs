@@ -11,26 +11,31 @@
 //!   ratio of each target to the first one (the native directory), writes JSON.
 //! - `memory --mount DIR --native DIR --pid PID ...`: RSS and open descriptors of the
 //!   switchfs daemon while walking a big tree and switching.
+//! - `http-report`, `deploy-report`, `http-trace`: read what wrk (and tracefs) wrote for the
+//!   HTTP and deploy-under-load workloads, print their tables, write their JSON (see `wrk`).
+//! - `meta`, `results`: the run's description and the assembled `results.json` (see `results`).
 //!
 //! It measures and reports; it never fails on speed. It fails only when a workload does not
 //! see what it must (a missing file, a switch that did not take effect).
 //!
 //! Modules, by concern: `args` (the command line), `tree` (generated trees and their scan),
-//! `workloads` (what is timed), `run` (the workloads on every target), `switch_cost`,
-//! `memory`, `trace` (FUSE request counts), `report` (statistics and formatting),
-//! `sys` (the raw syscalls timed).
+//! `workloads` (what is timed), `sys` (the raw syscalls timed), `run` (the workloads on every
+//! target), `switch_cost`, `memory`, `trace` (FUSE request counts), `wrk` (HTTP figures from
+//! wrk output), `report` (statistics and formatting), `results` (the JSON of the whole run).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod args;
 mod memory;
 mod report;
+mod results;
 mod run;
 mod switch_cost;
 mod sys;
 mod trace;
 mod tree;
 mod workloads;
+mod wrk;
 
 use std::io;
 
@@ -54,6 +59,11 @@ fn main() {
         "gen-many" => tree::gen_many(&args),
         "run" => run::run(&args),
         "memory" => memory::memory(&args),
+        "http-report" => wrk::http_report(&args),
+        "deploy-report" => wrk::deploy_report(&args),
+        "http-trace" => wrk::http_trace(&args),
+        "meta" => results::meta(&args),
+        "results" => results::assemble(&args),
         _ => usage(),
     };
     if let Err(e) = result {
@@ -65,7 +75,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench fsbench -- \
-         gen-app|gen-many|run|memory [OPTIONS]\n\
+         gen-app|gen-many|run|memory|http-report|deploy-report|http-trace|meta|results [OPTIONS]\n\
          (see the comment at the top of benches/fsbench/main.rs; scripts/bench runs everything)"
     );
     std::process::exit(2);
