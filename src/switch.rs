@@ -346,3 +346,196 @@ fn same_dir(a: &OwnedFd, b: &OwnedFd) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The whole sequence of `perform` on a real core over temporary releases (no mount):
+    //! README "How it works, and the rules it keeps", *Switch = validate, persist, publish,
+    //! invalidate, acknowledge* and *Bad input changes nothing*.
+
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::core::CoreConfig;
+    use crate::inodes::ROOT_INO;
+    use crate::testutil::TempDir;
+
+    struct Setup {
+        tmp: TempDir,
+        core: Core,
+    }
+
+    fn setup() -> Setup {
+        let tmp = TempDir::new("switch");
+        for rel in ["1", "2"] {
+            let dir = tmp.path().join("releases").join(rel);
+            std::fs::create_dir_all(&dir).expect("release dir");
+            std::fs::write(dir.join("index.php"), rel).expect("index.php");
+        }
+        let config = CoreConfig {
+            releases: tmp.path().join("releases"),
+            state_path: tmp.path().join("state"),
+            mount_point: tmp.path().join("mnt"),
+            control_path: tmp.path().join("ctl.sock"),
+            ttl: Duration::from_secs(3600),
+            track_opens: true,
+            inode_fds: 1000,
+            mtimes_path: None,
+        };
+        let core = Core::new(config, Some("1")).expect("core");
+        Setup { tmp, core }
+    }
+
+    impl Setup {
+        fn log(&self) -> PathBuf {
+            self.tmp.path().join("hooks.log")
+        }
+
+        /// A hook that records what it was told, and whether the state file already named
+        /// the new release when it ran; then runs `tail` (e.g. `exit 1`).
+        fn hooks(&self, tail: &str) -> Hooks {
+            let cmd = format!(
+                "if grep -q \"^active=$SWITCHFS_NEW_RELEASE$\" {state}; then p=persisted; \
+                 else p=not-persisted; fi; \
+                 echo \"$SWITCHFS_OLD_RELEASE $SWITCHFS_NEW_RELEASE $p\" >> {log}; {tail}",
+                state = self.tmp.path().join("state").display(),
+                log = self.log().display(),
+            );
+            Hooks::new(
+                vec![cmd],
+                Duration::from_secs(10),
+                self.tmp.path().join("mnt"),
+                self.tmp.path().join("releases"),
+            )
+        }
+
+        fn hook_runs(&self) -> Vec<String> {
+            std::fs::read_to_string(self.log())
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+
+        fn active(&self) -> Option<String> {
+            self.core.active().name().map(str::to_string)
+        }
+    }
+
+    fn still_here(_: Duration) -> bool {
+        false
+    }
+
+    fn run(s: &Setup, hooks: &Hooks, target: Target<'_>, drain: Option<u32>) -> Outcome {
+        perform(&s.core, hooks, target, "test", drain, &still_here)
+    }
+
+    #[test]
+    fn hooks_run_after_the_switch_is_persisted_and_only_when_something_changed() {
+        let s = setup();
+        let hooks = s.hooks("");
+        assert_eq!(
+            run(&s, &hooks, Target::Release("2"), None),
+            Outcome::Done("switched from 1 to 2".into())
+        );
+        assert_eq!(s.hook_runs(), ["1 2 persisted"]);
+        assert_eq!(s.active().as_deref(), Some("2"));
+        assert_eq!(
+            run(&s, &hooks, Target::Release("2"), None),
+            Outcome::Done("release 2 is already active".into())
+        );
+        assert_eq!(s.hook_runs().len(), 1, "nothing changed, no hook");
+        assert_eq!(
+            run(&s, &hooks, Target::Back, None),
+            Outcome::Done("switched from 2 to 1".into())
+        );
+        assert_eq!(s.hook_runs(), ["1 2 persisted", "2 1 persisted"]);
+    }
+
+    #[test]
+    fn a_refused_switch_changes_nothing_and_runs_no_hook() {
+        let s = setup();
+        let hooks = s.hooks("");
+        for target in [Target::Release("9"), Target::Release("../1"), Target::Back] {
+            match run(&s, &hooks, target, Some(5)) {
+                Outcome::Refused(msg) => assert!(!msg.contains('\n'), "{msg}"),
+                other => panic!("{target:?}: {other:?}"),
+            }
+        }
+        assert_eq!(s.active().as_deref(), Some("1"));
+        assert!(s.hook_runs().is_empty());
+    }
+
+    #[test]
+    fn a_failing_hook_makes_the_answer_partial_and_the_switch_stays() {
+        let s = setup();
+        let hooks = s.hooks("exit 3");
+        match run(&s, &hooks, Target::Release("2"), None) {
+            Outcome::Partial(msg) => {
+                assert!(msg.starts_with("switched from 1 to 2, but "), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.active().as_deref(), Some("2"));
+    }
+
+    /// Opens `index.php` of the active release: a handle that keeps that release in use.
+    fn hold_index(s: &Setup) -> u64 {
+        let ino = match s
+            .core
+            .lookup(&crate::caller::Caller::ROOT, ROOT_INO, "index.php".as_ref())
+            .expect("lookup")
+        {
+            crate::core::Lookup::Entry(attr, _) => attr.ino.0,
+            other => panic!("{other:?}"),
+        };
+        s.core.open(ino, libc::O_RDONLY).expect("open")
+    }
+
+    #[test]
+    fn the_drain_waits_for_the_previous_release_and_ends_when_the_client_hangs_up() {
+        let s = setup();
+        let hooks = s.hooks("");
+        let in_1 = hold_index(&s);
+        assert_eq!(
+            run(&s, &hooks, Target::Release("2"), Some(0)),
+            Outcome::Partial(
+                "switched from 1 to 2, but release 1 is still in use after 0 s".into()
+            )
+        );
+        let in_2 = hold_index(&s);
+        let asked = AtomicBool::new(false);
+        let hung_up = |_: Duration| {
+            asked.store(true, Ordering::Relaxed);
+            true
+        };
+        let started = Instant::now();
+        let out = perform(
+            &s.core,
+            &hooks,
+            Target::Release("1"),
+            "test",
+            Some(600),
+            &hung_up,
+        );
+        assert_eq!(
+            out,
+            Outcome::Partial(
+                "switched from 2 to 1, but the client hung up during the drain wait".into()
+            )
+        );
+        assert!(asked.load(Ordering::Relaxed));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the wait ended early"
+        );
+        assert_eq!(s.active().as_deref(), Some("1"), "the switch stays");
+        s.core.release(in_2);
+        s.core.release(in_1);
+        assert_eq!(
+            run(&s, &hooks, Target::Release("2"), Some(5)),
+            Outcome::Done("switched from 1 to 2; release 1 is no longer in use".into())
+        );
+    }
+}
