@@ -37,16 +37,13 @@ use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
 use crate::history::History;
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
 use crate::links;
+use crate::mounts::CONTROL_XATTR;
 use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
 use crate::portals::{Portals, is_portal};
 use crate::release::{Release, ReleaseSet};
 use crate::state::{PersistedState, StateFile};
 use crate::sys;
-
-/// The extended attribute of the mount root that tells `switchctl` where the control socket
-/// is. It is answered only on the root and never listed.
-pub const CONTROL_XATTR: &str = "user.switchfs.control";
 
 /// How many root names (mostly negative entries) are remembered for invalidation between two
 /// switches. Past it, negative answers under the root are given with no cache timeout, so a

@@ -9,8 +9,9 @@ use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
 use crate::caller::Caller;
-use crate::core::{CONTROL_XATTR, Core, CoreConfig, DirPlusSink, DirSink, Invalidator, Lookup};
+use crate::core::{Core, CoreConfig, DirPlusSink, DirSink, Invalidator, Lookup};
 use crate::inodes::ROOT_INO;
+use crate::mounts::CONTROL_XATTR;
 use crate::state;
 use crate::sys::XattrAnswer;
 use crate::testutil::TempDir;
