@@ -1,5 +1,7 @@
-//! The filesystem core: the active release pointer, lookups, attributes, reads, listings and
-//! the switch. It knows nothing of fuser's reply types, so tests drive it without a mount.
+//! The filesystem core: the active release pointer, lookups, attributes, reads and listings.
+//! It knows nothing of fuser's reply types, so tests drive it without a mount. The switch is
+//! in `switch`, usage and status in `usage`, prune in `prune`, portals in `portals`: each an
+//! `impl Core` block or a type of its own, next to the reasons for its steps.
 //!
 //! Invariants:
 //! - Only the root (inode 1) looks at the active pointer. Every other inode is bound to the
@@ -35,16 +37,13 @@ use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
 use crate::history::History;
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
 use crate::links;
+use crate::mounts::CONTROL_XATTR;
 use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
-use crate::procscan;
+use crate::portals::{Portals, is_portal};
 use crate::release::{Release, ReleaseSet};
 use crate::state::{PersistedState, StateFile};
 use crate::sys;
-
-/// The extended attribute of the mount root that tells `switchctl` where the control socket
-/// is. It is answered only on the root and never listed.
-pub const CONTROL_XATTR: &str = "user.switchfs.control";
 
 /// How many root names (mostly negative entries) are remembered for invalidation between two
 /// switches. Past it, negative answers under the root are given with no cache timeout, so a
@@ -103,31 +102,6 @@ struct RootState {
     names: HashSet<(u64, OsString)>,
 }
 
-/// Inode numbers of portals carry this bit; table inodes count up from 2 and never reach it.
-const PORTAL_BIT: u64 = 1 << 62;
-
-/// Whether `ino` shows whatever release is active (the root and the portals), so its
-/// attributes and listing change at each switch.
-pub fn follows_active(ino: u64) -> bool {
-    ino == ROOT_INO || ino & PORTAL_BIT != 0
-}
-
-/// The top-level directories of the mount, as "portals": one stable inode per name that
-/// always shows that directory of the active release.
-///
-/// Why: PHP-FPM and mod_php chdir() into the front controller's directory (`public/`) for
-/// each request. Were `public` bound to a release like every other inode, the next lookup of
-/// `public` after a switch would make the kernel unhash the old dentry, and `getcwd()` in a
-/// request still running there fails (ENOENT); PHP then caches includes under relative keys
-/// that serve the wrong release until an OPcache reset. A portal's dentry survives switches,
-/// so `getcwd()` always works; entries under it are bound to their release as usual and are
-/// expired at each switch like the root's.
-#[derive(Debug, Default)]
-struct Portals {
-    by_name: HashMap<OsString, u64>,
-    by_ino: HashMap<u64, OsString>,
-}
-
 /// The answer to a lookup: an entry, or a negative entry the kernel may cache for `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -147,76 +121,6 @@ pub trait DirPlusSink {
     fn add(&mut self, offset: u64, name: &OsStr, attr: &FileAttr, ttl: Duration) -> bool;
 }
 
-/// What a successful `activate` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Switched {
-    /// The line shown to the operator.
-    pub message: String,
-    pub from: Option<String>,
-    pub to: String,
-    /// False when `to` was already active.
-    pub changed: bool,
-}
-
-/// Selects one counter of a `Use`.
-type UseField = fn(&mut Use) -> &mut usize;
-
-/// What uses one release right now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Use {
-    active: bool,
-    open_handles: usize,
-    open_files: usize,
-    dirs: usize,
-    maps: usize,
-    live_inodes: usize,
-}
-
-impl Use {
-    /// Cached inodes alone do not count: the kernel keeps unused ones until memory is short.
-    fn in_use(&self) -> bool {
-        self.active || self.open_handles + self.open_files + self.dirs + self.maps > 0
-    }
-}
-
-/// Per-release usage, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReleaseUsage {
-    pub name: String,
-    pub active: bool,
-    /// Active, or held by a handle or a process.
-    pub in_use: bool,
-    /// Handles the daemon gave out (directories; files too with --track-opens).
-    pub open_handles: usize,
-    /// Descriptors processes hold on its files.
-    pub open_files: usize,
-    /// Processes whose working or root directory is in it.
-    pub dirs: usize,
-    /// Memory maps of its files.
-    pub maps: usize,
-    /// Inodes the kernel still caches (informational: unused ones linger).
-    pub live_inodes: usize,
-    /// When it stopped being used; `None` if in use or not used since the daemon started.
-    pub unused_since: Option<SystemTime>,
-    /// Whether its directory is still in the releases directory.
-    pub present: bool,
-}
-
-/// A snapshot of the daemon's state, for `status`.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub active: Option<String>,
-    pub since: SystemTime,
-    pub previous: Option<String>,
-    /// Activations (oldest first) and rollback marks.
-    pub history: History,
-    pub releases_dir: PathBuf,
-    pub mount_point: PathBuf,
-    /// Set when the active release's directory was deleted or renamed away while served.
-    pub active_problem: Option<String>,
-    pub usage: Vec<ReleaseUsage>,
-}
-
 enum Node {
     Root(Arc<Active>),
     /// A top-level directory of the active release (see `Portals`).
@@ -233,29 +137,29 @@ struct ActiveDir {
 }
 
 pub struct Core {
-    releases: ReleaseSet,
-    config: CoreConfig,
+    pub(crate) releases: ReleaseSet,
+    pub(crate) config: CoreConfig,
     root: Mutex<RootState>,
-    portals: parking_lot::RwLock<Portals>,
+    pub(crate) portals: Portals,
     /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
     /// notifications. Reentrant so that `rollback` can choose its target and switch to it
     /// under one hold (it calls `activate`).
-    switch_lock: parking_lot::ReentrantMutex<()>,
+    pub(crate) switch_lock: parking_lot::ReentrantMutex<()>,
     /// Activations and rollback marks, as persisted with the state (see `history`).
-    history: Mutex<History>,
+    pub(crate) history: Mutex<History>,
     /// The history a rollback in progress wants recorded instead of a plain activation;
     /// set and consumed under the switch lock.
-    planned_history: Mutex<Option<History>>,
+    pub(crate) planned_history: Mutex<Option<History>>,
     /// Set once shutdown has begun: no switch or prune after it (see `stop_switching`).
-    stopping: std::sync::atomic::AtomicBool,
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Where the active release is made durable before a switch is acknowledged.
-    state: StateFile,
+    pub(crate) state: StateFile,
     pub(crate) inodes: InodeTable,
-    handles: HandleTable,
-    mtimes: MtimeRegistry,
+    pub(crate) handles: HandleTable,
+    pub(crate) mtimes: MtimeRegistry,
     /// When each release was last seen in use (or stopped being active).
-    last_used: Mutex<HashMap<String, SystemTime>>,
-    invalidator: OnceLock<Box<dyn Invalidator>>,
+    pub(crate) last_used: Mutex<HashMap<String, SystemTime>>,
+    pub(crate) invalidator: OnceLock<Box<dyn Invalidator>>,
     next_generation: AtomicU64,
     uid: u32,
     gid: u32,
@@ -291,7 +195,7 @@ impl Core {
             releases,
             state: StateFile::new(config.state_path.clone()),
             config,
-            portals: parking_lot::RwLock::new(Portals::default()),
+            portals: Portals::default(),
             root: Mutex::new(RootState {
                 active: empty,
                 names: HashSet::new(),
@@ -365,22 +269,6 @@ impl Core {
         Ok(())
     }
 
-    /// Ends switching for good and gives the state file up: called at shutdown once the mount
-    /// is detached, so a successor started while this daemon drains can lock and resume the
-    /// state. Waits for a switch in progress to finish.
-    pub fn stop_switching(&self) {
-        let _serial = self.switch_lock.lock();
-        self.stopping.store(true, Ordering::Relaxed);
-        self.state.unlock();
-    }
-
-    fn refuse_if_stopping(&self) -> Result<(), String> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err("this switchfs is shutting down; nothing was changed".into());
-        }
-        Ok(())
-    }
-
     /// Installs the notifier. Called once, after the mount is up.
     pub fn set_invalidator(&self, invalidator: Box<dyn Invalidator>) {
         if self.invalidator.set(invalidator).is_err() {
@@ -399,7 +287,7 @@ impl Core {
 
     /// Publishes release `name` as active and returns the root names the kernel may still
     /// cache from before, which the caller must invalidate.
-    fn publish(
+    pub(crate) fn publish(
         &self,
         name: &str,
         fd: std::os::fd::OwnedFd,
@@ -423,8 +311,8 @@ impl Core {
         if ino == ROOT_INO {
             return Ok(Node::Root(self.active()));
         }
-        if ino & PORTAL_BIT != 0 {
-            let name = self.portals.read().by_ino.get(&ino).cloned();
+        if is_portal(ino) {
+            let name = self.portals.name(ino);
             return name
                 .map(|n| Node::Portal(n, self.active()))
                 .ok_or_else(|| os_error(libc::ESTALE));
@@ -461,21 +349,6 @@ impl Core {
             }
             Node::Inode(_) => Err(os_error(libc::EINVAL)),
         }
-    }
-
-    /// The stable inode number of the portal for top-level directory `name`.
-    fn portal_ino(&self, name: &OsStr) -> u64 {
-        if let Some(ino) = self.portals.read().by_name.get(name) {
-            return *ino;
-        }
-        let mut portals = self.portals.write();
-        if let Some(ino) = portals.by_name.get(name) {
-            return *ino;
-        }
-        let ino = PORTAL_BIT | (portals.by_name.len() as u64 + 1);
-        portals.by_name.insert(name.to_os_string(), ino);
-        portals.by_ino.insert(ino, name.to_os_string());
-        ino
     }
 
     /// Looks up `name` in directory `parent`.
@@ -561,7 +434,7 @@ impl Core {
             let fd = sys::open_path_beneath(dir.fd.as_fd(), name)?;
             let st = sys::fstat(fd.as_fd())?;
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                return Ok((None, attr_of_stat(self.portal_ino(name), &st)));
+                return Ok((None, attr_of_stat(self.portals.ino(name), &st)));
             }
         }
         let (inode, attr) = self.lookup_in(&dir.release, dir.fd.as_fd(), &dir.path, name)?;
@@ -637,7 +510,7 @@ impl Core {
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         // Portals live as long as the daemon: nothing to count.
-        if ino & PORTAL_BIT == 0 {
+        if !is_portal(ino) {
             self.inodes.forget(ino, n);
         }
     }
@@ -1005,258 +878,6 @@ impl Core {
         Ok(())
     }
 
-    /// Makes release `name` active: validate, persist, publish, invalidate. Returns the line
-    /// to show the operator. `who` says who asked, for the log.
-    ///
-    /// # Errors
-    /// A one-line message; the active release is then unchanged.
-    pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
-        let _serial = self.switch_lock.lock();
-        self.refuse_if_stopping()?;
-        let current = self.active();
-        // Validated even when `name` is already active: its directory may have been replaced
-        // (`mv R/7 R/7.bak; mkdir R/7`) or made a symlink since it was activated.
-        let fd = self.releases.open_release(name)?;
-        let reactivated = current.name() == Some(name);
-        if reactivated
-            && current
-                .release
-                .as_ref()
-                .is_some_and(|r| same_dir(&r.root, &fd))
-        {
-            return Ok(Switched {
-                message: format!("release {name} is already active"),
-                from: Some(name.to_string()),
-                to: name.to_string(),
-                changed: false,
-            });
-        }
-        // Re-activating a replaced directory keeps the previous release as it was.
-        let previous = if reactivated {
-            current.previous.clone()
-        } else {
-            current.name().map(str::to_string)
-        };
-        if let Some(prev) = previous.as_ref().filter(|_| !reactivated) {
-            self.last_used
-                .lock()
-                .insert(prev.clone(), SystemTime::now());
-        }
-        let persisted = PersistedState {
-            active: name.to_string(),
-            previous: previous.clone(),
-            history: self.next_history(name),
-        };
-        // The mtimes served so far must outlive a crash right after this switch: a rollback
-        // after a restart must not hand OPcache an mtime it already saw with other content.
-        self.mtimes.sync();
-        self.state.save(&persisted).map_err(|e| {
-            format!(
-                "cannot persist the switch to {}: {e}; release {} stays active",
-                self.config.state_path.display(),
-                previous.as_deref().unwrap_or("(none)")
-            )
-        })?;
-        *self.history.lock() = persisted.history;
-        self.pin_held_inodes();
-        let stale = self.publish(name, fd, previous.clone());
-        self.invalidate_root(stale);
-        if reactivated {
-            log::info!("re-activated {name} from its replaced directory (requested by {who})");
-            return Ok(Switched {
-                message: format!("release {name} re-activated: its directory was replaced"),
-                from: Some(name.to_string()),
-                to: name.to_string(),
-                changed: true,
-            });
-        }
-        let from = previous.as_deref().unwrap_or("(none)");
-        log::info!("switched from {from} to {name} (requested by {who})");
-        Ok(Switched {
-            message: format!("switched from {from} to {name}"),
-            from: previous.clone(),
-            to: name.to_string(),
-            changed: true,
-        })
-    }
-
-    /// Waits until nothing uses release `name` any more (no inode the kernel holds, no open
-    /// handle, not active), at most `timeout`. Returns whether it drained.
-    pub fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if !self.usage().get(name).is_some_and(Use::in_use) {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// What uses each release right now: the active pointer, open handles, and what
-    /// processes hold under the mount (descriptors, working directories, maps). Also
-    /// records when each was last seen in use.
-    fn usage(&self) -> HashMap<String, Use> {
-        let active = self.active();
-        let mut usage: HashMap<String, Use> = HashMap::new();
-        if let Some(name) = active.name() {
-            usage.entry(name.to_string()).or_default().active = true;
-        }
-        for (name, n) in self.handles.count_by_release() {
-            usage.entry(name).or_default().open_handles = n;
-        }
-        for (name, n) in self.inodes.count_by_release() {
-            usage.entry(name).or_default().live_inodes = n;
-        }
-        if let Some(refs) = self.scan_mount() {
-            self.pin(&refs);
-            let owner = |ino: &u64| -> Option<String> {
-                if *ino == ROOT_INO {
-                    active.name().map(str::to_string)
-                } else {
-                    self.inodes.get(*ino).map(|i| i.release.name.clone())
-                }
-            };
-            let tallies: [(&HashMap<u64, usize>, UseField); 3] = [
-                (&refs.open_files, |u| &mut u.open_files),
-                (&refs.dirs, |u| &mut u.dirs),
-                (&refs.maps, |u| &mut u.maps),
-            ];
-            for (counts, field) in tallies {
-                for (ino, n) in counts {
-                    if let Some(name) = owner(ino) {
-                        *field(usage.entry(name).or_default()) += n;
-                    }
-                }
-            }
-        }
-        let now = SystemTime::now();
-        let mut last_used = self.last_used.lock();
-        for (name, u) in &usage {
-            if u.in_use() {
-                last_used.insert(name.clone(), now);
-            }
-        }
-        usage
-    }
-
-    /// What processes hold under the mount right now (see `procscan`).
-    fn scan_mount(&self) -> Option<procscan::ProcRefs> {
-        let (dev, _) = procscan::dev_ino(&self.config.mount_point)?;
-        Some(procscan::scan(dev))
-    }
-
-    /// Pins the descriptor of every inode a process holds (see `FdSlot::set_pinned`), once
-    /// the descriptor budget has ever had to close one; before that nothing can be lost.
-    /// Run at each switch, before the old release can be deleted, and with every usage
-    /// scan. Never from a FUSE worker: reading /proc/PID/maps can wait on a process that
-    /// is itself waiting for a FUSE reply.
-    fn pin_held_inodes(&self) {
-        if self.inodes.evicted_any()
-            && let Some(refs) = self.scan_mount()
-        {
-            self.pin(&refs);
-        }
-    }
-
-    fn pin(&self, refs: &procscan::ProcRefs) {
-        if !self.inodes.evicted_any() {
-            return;
-        }
-        let held: HashSet<u64> = [&refs.open_files, &refs.dirs, &refs.maps]
-            .into_iter()
-            .flat_map(|m| m.keys().copied())
-            .collect();
-        let n = self.inodes.pin_only(&held);
-        log::debug!("{n} inodes held by processes are pinned");
-    }
-
-    /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
-    /// previous release and any release still in use (through the mount here, through its
-    /// real path in `prune`, which also does the deleting without following links). Without
-    /// `apply`, only says what it would delete. Serialised with switches, so a release cannot
-    /// be activated while it is being deleted.
-    ///
-    /// # Errors
-    /// The releases directory cannot be listed; a deletion failed (the message says which
-    /// were deleted before).
-    pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
-        let _serial = self.switch_lock.lock();
-        self.refuse_if_stopping()?;
-        let names = self.list()?;
-        let active = self.active();
-        let usage = self.usage();
-        let spared = [active.name(), active.previous.as_deref()];
-        let kept = |name: &str| {
-            if spared.contains(&Some(name)) {
-                Some("active or previous".to_string())
-            } else if usage.get(name).is_some_and(Use::in_use) {
-                Some("still in use".to_string())
-            } else {
-                None
-            }
-        };
-        crate::prune::prune(&self.releases, &names, keep, apply, &kept)
-    }
-
-    /// Rolls back like the deploy tools: to the release activated before the active one,
-    /// one step further at each call, never to a release rolled back from since it was last
-    /// activated (see `history`). With `to`, back to that release of the history.
-    ///
-    /// # Errors
-    /// Nothing to roll back to, or the switch fails; the history is then unchanged.
-    pub fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
-        let _serial = self.switch_lock.lock();
-        let current = self.active();
-        let current = current
-            .name()
-            .ok_or("no release is active, so there is nothing to roll back from")?;
-        let exists = |name: &str| self.releases.open_release(name).is_ok();
-        let (target, after) = self.history.lock().rollback(current, to, exists)?;
-        *self.planned_history.lock() = Some(after);
-        let switched = self.activate(&target, who);
-        self.planned_history.lock().take();
-        switched
-    }
-
-    /// The history to persist with a switch to `name`: what a rollback in progress planned,
-    /// else `name` appended. Called with the switch lock held.
-    fn next_history(&self, name: &str) -> History {
-        let planned = self.planned_history.lock().take();
-        match planned {
-            Some(planned) if planned.entries().last().map(String::as_str) == Some(name) => planned,
-            _ => self.history.lock().activated(name),
-        }
-    }
-
-    /// The activation history and rollback marks, as of now.
-    pub fn history(&self) -> History {
-        self.history.lock().clone()
-    }
-
-    /// Tells the kernel to forget every root name it may cache from before a switch, then
-    /// the root's own attributes and listing. Runs with no core lock held: a notification can
-    /// wait for an in-flight lookup, which may need those locks to finish.
-    fn invalidate_root(&self, names: HashSet<(u64, OsString)>) {
-        let Some(inv) = self.invalidator.get() else {
-            return;
-        };
-        for (parent, name) in &names {
-            if let Err(e) = inv.inval_entry(*parent, name) {
-                log::warn!("invalidating {name:?} failed: {e}");
-            }
-        }
-        let portals: Vec<u64> = self.portals.read().by_ino.keys().copied().collect();
-        for ino in std::iter::once(ROOT_INO).chain(portals) {
-            if let Err(e) = inv.inval_inode(ino) {
-                log::warn!("invalidating the attributes of inode {ino} failed: {e}");
-            }
-        }
-        log::debug!("invalidated {} names", names.len());
-    }
-
     /// The release names present, natural order.
     ///
     /// # Errors
@@ -1268,74 +889,6 @@ impl Core {
                 self.releases.path().display()
             )
         })
-    }
-
-    /// Everything `switchctl status` shows.
-    pub fn status(&self) -> Status {
-        let active = self.active();
-        let active_problem = active.release.as_ref().and_then(|rel| {
-            let missing = match sys::fstat(rel.root.as_fd()) {
-                Ok(st) => st.st_nlink == 0,
-                Err(_) => true,
-            };
-            let renamed = self
-                .releases
-                .open_dir(&rel.name)
-                .ok()
-                .and_then(|fd| sys::fstat(fd.as_fd()).ok())
-                .zip(sys::fstat(rel.root.as_fd()).ok())
-                .is_none_or(|(now, served)| {
-                    now.st_ino != served.st_ino || now.st_dev != served.st_dev
-                });
-            if missing {
-                Some(format!("the directory of release {} was deleted", rel.name))
-            } else if renamed {
-                Some(format!(
-                    "the directory of release {} was renamed or replaced",
-                    rel.name
-                ))
-            } else {
-                None
-            }
-        });
-        let now_used = self.usage();
-        let present: HashSet<String> = self.list().unwrap_or_default().into_iter().collect();
-        let last_used = self.last_used.lock().clone();
-        let mut usage: Vec<ReleaseUsage> = present
-            .iter()
-            .chain(now_used.keys())
-            .cloned()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .map(|name| {
-                let u = now_used.get(&name).cloned().unwrap_or_default();
-                ReleaseUsage {
-                    active: u.active,
-                    in_use: u.in_use(),
-                    unused_since: (!u.in_use())
-                        .then(|| last_used.get(&name).copied())
-                        .flatten(),
-                    present: present.contains(&name),
-                    name,
-                    open_handles: u.open_handles,
-                    open_files: u.open_files,
-                    dirs: u.dirs,
-                    maps: u.maps,
-                    live_inodes: u.live_inodes,
-                }
-            })
-            .collect();
-        usage.sort_by(|a, b| crate::release::natural_cmp(&a.name, &b.name));
-        Status {
-            active: active.name().map(str::to_string),
-            since: active.since,
-            previous: active.previous.clone(),
-            history: self.history(),
-            releases_dir: self.releases.path().to_path_buf(),
-            mount_point: self.config.mount_point.clone(),
-            active_problem,
-            usage,
-        }
     }
 
     /// Live inode count (for leak checks in tests).
@@ -1386,14 +939,6 @@ fn xattr_value(value: Vec<u8>, size: u32) -> io::Result<sys::XattrAnswer> {
         return Err(os_error(libc::ERANGE));
     }
     Ok(sys::XattrAnswer::Data(value))
-}
-
-/// Whether two descriptors are the same directory (device and inode).
-fn same_dir(a: &OwnedFd, b: &OwnedFd) -> bool {
-    match (sys::fstat(a.as_fd()), sys::fstat(b.as_fd())) {
-        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
-        _ => false,
-    }
 }
 
 /// Checks `caller` may access `dir` for `mask` by the modes of the directory actually
@@ -1458,39 +1003,4 @@ impl Core {
             fd,
         })
     }
-}
-
-impl Core {
-    /// Paths (relative to their release root) of the files of releases other than `except`
-    /// that one of `pids` holds open right now, per /proc. PHP holds a script open while it
-    /// compiles it, so this shows compilations of the pool's processes still reading an old
-    /// release. A file of `except`'s own directory (switched away and back since it was
-    /// opened) is not "other": its bytecode is the active release's.
-    pub fn open_paths_outside(&self, except: &Arc<Release>, pids: &[i32]) -> Vec<PathBuf> {
-        let Some((dev, _)) = procscan::dev_ino(&self.config.mount_point) else {
-            return Vec::new();
-        };
-        pids.iter()
-            .flat_map(|pid| open_inodes_of(*pid, dev))
-            .filter_map(|ino| self.inodes.get(ino))
-            .filter(|inode| {
-                inode.release.generation != except.generation
-                    && !same_dir(&inode.release.root, &except.root)
-            })
-            .map(|inode| inode.path.clone())
-            .collect()
-    }
-}
-
-/// The inode numbers on device `dev` (the mount) of the files process `pid` holds open; none
-/// when it has gone or cannot be inspected.
-fn open_inodes_of(pid: i32, dev: u64) -> Vec<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| procscan::dev_ino(&fd.path()))
-        .filter(|&(d, _)| d == dev)
-        .map(|(_, ino)| ino)
-        .collect()
 }

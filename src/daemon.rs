@@ -322,8 +322,8 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
     }
     let signals = block_signals();
-    // SAFETY: geteuid cannot fail.
     let access = server::Access {
+        // SAFETY: geteuid cannot fail.
         owner_uid: unsafe { libc::geteuid() },
         control_group: args.control_group.map(server_group),
         status_group: args.status_group.map(server_group),

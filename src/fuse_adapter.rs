@@ -17,8 +17,9 @@ use fuser::{
 
 use crate::attr::empty_root_attr;
 use crate::caller::Caller;
-use crate::core::{Core, DirPlusSink, DirSink, Lookup, follows_active};
+use crate::core::{Core, DirPlusSink, DirSink, Lookup};
 use crate::errno::errno_of;
+use crate::portals::follows_active;
 use crate::sys::XattrAnswer;
 
 /// Serves a `Core` to the kernel.
@@ -74,7 +75,17 @@ impl DirPlusSink for PlusSink<'_> {
     }
 }
 
-const EROFS: Errno = Errno::EROFS;
+/// Writes trait methods that answer EROFS and ignore their arguments: the mount is read-only,
+/// and fuser's default (ENOSYS) would make tools report "function not implemented".
+macro_rules! erofs {
+    ($($name:ident($($arg:ty),* $(,)?) -> $reply:ty;)*) => {
+        $(
+            fn $name(&self, $(_: $arg),*, reply: $reply) {
+                reply.error(Errno::EROFS);
+            }
+        )*
+    };
+}
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -129,100 +140,11 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(EROFS);
-    }
-
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.core.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(log_err("readlink", &e)),
         }
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(EROFS);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -253,21 +175,6 @@ impl Filesystem for FuseAdapter {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(log_err("read", &e)),
         }
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(EROFS);
     }
 
     fn flush(
@@ -391,19 +298,6 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(EROFS);
-    }
-
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.core.getxattr(&caller(req), ino.0, name, size) {
             Ok(XattrAnswer::Size(n)) => reply.size(n),
@@ -420,10 +314,6 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(EROFS);
-    }
-
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.core.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
@@ -431,29 +321,26 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(EROFS);
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(EROFS);
+    // Everything that would write: EROFS, as a read-only host filesystem answers.
+    erofs! {
+        setattr(
+            &Request, INodeNo, Option<u32>, Option<u32>, Option<u32>, Option<u64>,
+            Option<TimeOrNow>, Option<TimeOrNow>, Option<SystemTime>, Option<FileHandle>,
+            Option<SystemTime>, Option<SystemTime>, Option<SystemTime>, Option<BsdFileFlags>,
+        ) -> ReplyAttr;
+        mknod(&Request, INodeNo, &OsStr, u32, u32, u32) -> ReplyEntry;
+        mkdir(&Request, INodeNo, &OsStr, u32, u32) -> ReplyEntry;
+        unlink(&Request, INodeNo, &OsStr) -> ReplyEmpty;
+        rmdir(&Request, INodeNo, &OsStr) -> ReplyEmpty;
+        symlink(&Request, INodeNo, &OsStr, &std::path::Path) -> ReplyEntry;
+        rename(&Request, INodeNo, &OsStr, INodeNo, &OsStr, RenameFlags) -> ReplyEmpty;
+        link(&Request, INodeNo, INodeNo, &OsStr) -> ReplyEntry;
+        write(
+            &Request, INodeNo, FileHandle, u64, &[u8], WriteFlags, OpenFlags, Option<LockOwner>,
+        ) -> ReplyWrite;
+        setxattr(&Request, INodeNo, &OsStr, &[u8], i32, u32) -> ReplyEmpty;
+        removexattr(&Request, INodeNo, &OsStr) -> ReplyEmpty;
+        create(&Request, INodeNo, &OsStr, u32, u32, i32) -> ReplyCreate;
+        fallocate(&Request, INodeNo, FileHandle, u64, u64, i32) -> ReplyEmpty;
     }
 }

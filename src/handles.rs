@@ -102,8 +102,4 @@ impl HandleTable {
     pub fn len(&self) -> usize {
         self.map.lock().len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

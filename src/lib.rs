@@ -1,37 +1,45 @@
 //! switchfs: a FUSE docroot that shows one release directory and switches between releases
 //! atomically, so web servers and PHP caches that key on paths never see a stale release.
 //!
-//! Layout: `core` holds the logic (release pointer, lookups, switch) and is tested without a
-//! mount; `fuse_adapter` is the thin fuser binding; `control` is the socket protocol;
-//! `daemon` wires them together.
+//! Layout (docs/architecture.md draws it): `core` holds the filesystem logic (release pointer,
+//! lookups, reads) and is tested without a mount; `switch` is the switch, step by step;
+//! `fuse_adapter` is the thin fuser binding; `control` is the socket protocol; `daemon` wires
+//! them together. Modules are `pub` only where a binary, a test or the bench uses them.
+//!
+//! Every `unsafe` block says why it is sound (`// SAFETY:`), and clippy enforces it.
 
-pub mod attr;
-pub mod caller;
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub(crate) mod attr;
+pub(crate) mod caller;
 pub mod control;
-pub mod core;
+pub(crate) mod core;
 pub mod daemon;
 pub mod docs;
-pub mod errno;
+pub(crate) mod errno;
 pub mod fastcgi;
-pub mod fds;
-pub mod fuse_adapter;
-pub mod handles;
-pub mod history;
-pub mod hooks;
-pub mod inodes;
-pub mod invalidate;
-pub mod links;
+pub(crate) mod fds;
+pub(crate) mod fuse_adapter;
+pub(crate) mod handles;
+pub(crate) mod history;
+pub(crate) mod hooks;
+pub(crate) mod inodes;
+pub(crate) mod invalidate;
+pub(crate) mod links;
 pub mod mount_helper;
 pub mod mounts;
-pub mod mtimes;
+pub(crate) mod mtimes;
 pub mod names;
 pub mod opcache;
-pub mod paths;
-pub mod procscan;
-pub mod prune;
-pub mod release;
+pub(crate) mod paths;
+pub(crate) mod portals;
+pub(crate) mod procscan;
+pub(crate) mod prune;
+pub(crate) mod release;
 pub mod state;
+pub(crate) mod switch;
 pub mod sys;
+pub(crate) mod usage;
 
 #[cfg(test)]
 mod core_tests;

@@ -19,6 +19,22 @@ use crate::sys;
 /// `fuse`, without the subtype.
 pub const FSNAME_PREFIX: &str = "switchfs:";
 
+/// The extended attribute of a switchfs mount's root that names its control socket. The
+/// daemon answers it only on the root and never lists it.
+pub const CONTROL_XATTR: &str = "user.switchfs.control";
+
+/// Asks the mount's root for the control socket path. The kernel never caches xattrs, so
+/// this always reaches the daemon: ENOTCONN means the daemon is dead.
+///
+/// # Errors
+/// The OS error of getxattr (ENODATA/ENOTSUP: not a switchfs; ENOTCONN: dead).
+pub fn query_control_xattr(mount: &Path) -> io::Result<PathBuf> {
+    let value = sys::get_xattr_of_path(mount, CONTROL_XATTR, 4096)?;
+    Ok(PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&value).into_owned(),
+    )))
+}
+
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -176,8 +192,8 @@ pub fn identify(mount_point: &Path, fsname: &str, control: &Path) -> Result<OurM
     let listed = entries
         .iter()
         .any(|e| ours.is(e) && e.is_fuse() && e.mount_point == mount_point);
-    let answers = crate::control::client::query_control_xattr(&sys::fd_path(root.as_fd()))
-        .is_ok_and(|socket| socket == control);
+    let answers =
+        query_control_xattr(&sys::fd_path(root.as_fd())).is_ok_and(|socket| socket == control);
     if listed && answers {
         Ok(ours)
     } else {
@@ -195,8 +211,8 @@ pub fn detach_if_serving(mount_point: &Path, control: &Path) -> bool {
     let Ok(root) = sys::open_dir_path(mount_point, true) else {
         return false;
     };
-    let answers = crate::control::client::query_control_xattr(&sys::fd_path(root.as_fd()))
-        .is_ok_and(|socket| socket == control);
+    let answers =
+        query_control_xattr(&sys::fd_path(root.as_fd())).is_ok_and(|socket| socket == control);
     answers && detach(root, mount_point).is_ok()
 }
 

@@ -489,13 +489,10 @@ impl MtimeRegistry {
         reported
     }
 
-    /// Number of paths tracked (for tests and status).
+    /// Number of paths tracked (for tests).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.paths.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -567,8 +564,8 @@ mod tests {
                 tv_nsec: 0,
             },
         ];
-        // SAFETY: valid path and times array.
         assert_eq!(
+            // SAFETY: valid path and times array.
             unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
             0
         );
@@ -800,7 +797,7 @@ mod tests {
         // Not a log at all: ignored and started afresh, with a valid header.
         std::fs::write(&log, b"\x00\xffnot a log\n").unwrap();
         let reg = MtimeRegistry::open(&log).unwrap();
-        assert!(reg.is_empty());
+        assert_eq!(reg.len(), 0);
         drop(reg);
         let (records, damage) = store::parse(&std::fs::read(&log).unwrap());
         assert_eq!((records.len(), damage), (0, store::Damage::default()));

@@ -32,8 +32,7 @@ pub fn mount_key(mount_point: &Path) -> String {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    crate::sys::euid() == 0
 }
 
 fn user_dir(var: &str, fallback: &str) -> PathBuf {

@@ -273,6 +273,27 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr, size: usize) -> io::Result<Xa
     xattr_answer(n, buf, size)
 }
 
+/// Value (at most `size` bytes) of extended attribute `name` of `path`, as getxattr(2) on a
+/// path: for asking a mount's root over its mount point, not for files the daemon serves.
+pub fn get_xattr_of_path(path: &std::path::Path, name: &str, size: usize) -> io::Result<Vec<u8>> {
+    let c_path = cstring(path.as_os_str().as_bytes())?;
+    let c_name = cstring(name.as_bytes())?;
+    let mut buf = vec![0u8; size];
+    // SAFETY: valid C strings; buf is writable for `size` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            size,
+        )
+    };
+    match xattr_answer(n, buf, size)? {
+        XattrAnswer::Data(d) => Ok(d),
+        XattrAnswer::Size(_) => Ok(Vec::new()),
+    }
+}
+
 /// Names of the extended attributes of the file or directory behind `fd`, NUL separated.
 pub fn list_xattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<XattrAnswer> {
     let path = proc_fd_path(fd);

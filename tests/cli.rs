@@ -1,6 +1,7 @@
 //! The command line and the control socket: status, list, bad input of every kind
-//! (rule 7), persistence across restarts and kills (rule 6), the socket's permissions and
-//! stale sockets (rule 8).
+//! (README "How it works, and the rules it keeps": *Bad input changes nothing*), persistence
+//! across restarts and kills (*The state file*), the socket's permissions and stale sockets
+//! (README "Usage", `--control`).
 
 mod common;
 

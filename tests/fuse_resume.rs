@@ -264,10 +264,8 @@ impl Servers {
         assert_eq!(euid, 0, "run as root: the probe mounts with mount(2)");
         // Adopt the resumed server when the fresh one dies, so it can be reaped.
         // SAFETY: prctl with plain integer arguments.
-        assert_eq!(
-            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-            0
-        );
+        let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(subreaper, 0);
         let dir = std::env::temp_dir().join(format!("sfs-{tag}-{}", std::process::id()));
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).expect("mount point");

@@ -1,4 +1,6 @@
-//! The mount as a read-only mirror of the active release (rules 1, 4 and 5 of the core issue).
+//! The mount as a read-only mirror of the active release (README "How it works, and the rules
+//! it keeps": *Only the root and the top-level directories follow the pointer*,
+//! *Confinement*, *Symlinks resolve as through `current -> releases/N`*, *Read-only*).
 
 mod common;
 

@@ -185,8 +185,8 @@ fn an_fstab_line_mounts_serves_switches_and_umount_stops_the_daemon() {
 
     // Detached from mount(8): its own session, not our child.
     let pid = daemon_pid(&fx.mnt()).expect("no switchfs process serves the mount");
-    // SAFETY: getsid on a pid only reads.
     assert_eq!(
+        // SAFETY: getsid on a pid only reads.
         unsafe { libc::getsid(pid) },
         pid,
         "daemon not in its own session"

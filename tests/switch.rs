@@ -1,6 +1,7 @@
-//! Atomic switches (rules 2 and 3 of the core issue): after `activate` returns, every new
-//! lookup sees the new release whatever the kernel had cached; what was opened before keeps
-//! its release.
+//! Atomic switches (README "How it works, and the rules it keeps": *Switch = validate,
+//! persist, publish, invalidate, acknowledge* and *Long kernel caches are safe*): after
+//! `activate` returns, every new lookup sees the new release whatever the kernel had cached;
+//! what was opened before keeps its release.
 
 mod common;
 
@@ -22,7 +23,8 @@ fn listing(fx: &Fixture, dir: &str) -> Vec<String> {
     names
 }
 
-/// Fills every kernel cache the issue names, for release `rel` being active.
+/// Fills every kernel cache a switch must invalidate (entries, negative entries, deep paths,
+/// attributes, file pages), for release `rel` being active.
 fn warm_caches(fx: &Fixture) {
     for _ in 0..3 {
         let _ = fs::metadata(fx.m("index.php"));

@@ -346,3 +346,41 @@ EOF
   done
   return 1
 }
+
+# ---- shared with scripts/bench and scripts/web/deploy-tools-test ---------------------------------
+
+# start_switchfs_named NAME RELEASES MOUNT [switchfs options...]: one more switchfs daemon,
+# recorded as switchfs-NAME (stop it with `stop_one switchfs-NAME`), control socket and state
+# in $W/NAME.sock and $W/NAME.state, output in $W/logs/switchfs-NAME.out, log level
+# $SWITCHFS_LOG (default warn). Returns 0 once the mount answers `switchctl status`, 1 when the
+# daemon exits first or after 10 s.
+start_switchfs_named() {
+  local name=$1 releases=$2 mount=$3 _
+  shift 3
+  spawn "switchfs-$name" env -u NOTIFY_SOCKET RUST_LOG=${SWITCHFS_LOG:-warn} "$BIN/switchfs" \
+    --releases "$releases" --control "$W/$name.sock" --state "$W/$name.state" "$@" "$mount"
+  for _ in $(seq 100); do
+    kill -0 "${PIDS[switchfs-$name]}" 2>/dev/null || return 1
+    if mountpoint -q "$mount" \
+      && "$BIN/switchctl" --control "$W/$name.sock" status >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# run_recorded NAME COMMAND...: runs COMMAND in the background (output where the caller sends
+# it), recorded as NAME so a cleanup can `stop_one NAME` while it runs, and waits for it;
+# returns its status. Waiting on a background job lets SIGINT/SIGTERM reach the caller's trap
+# at once.
+run_recorded() {
+  local name=$1
+  shift
+  "$@" &
+  PIDS[$name]=$!
+  local rc=0
+  wait "${PIDS[$name]}" || rc=$?
+  unset "PIDS[$name]"
+  return "$rc"
+}

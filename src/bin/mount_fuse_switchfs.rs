@@ -70,8 +70,7 @@ struct Cli {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    switchfs::sys::euid() == 0
 }
 
 /// The `switchfs` binary: next to this helper (a build tree, a package putting both in one

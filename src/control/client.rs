@@ -1,14 +1,14 @@
 //! `switchctl`'s side: find the daemon, send one request, return its answer.
 
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::control::protocol::{self, Failure, Request};
-use crate::core::CONTROL_XATTR;
 use crate::mounts;
+// Kept here for callers that find it beside the other client functions.
+pub use crate::mounts::query_control_xattr;
 
 /// How long `request` keeps retrying while the daemon answers `busy` (too many clients).
 const BUSY_RETRY: Duration = Duration::from_secs(10);
@@ -77,34 +77,6 @@ pub fn socket_for_mount(mount: &Path) -> Result<PathBuf, String> {
         Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!("{shown} is not a switchfs mount"),
         _ => format!("cannot query {shown}: {e}"),
     })
-}
-
-/// Asks the mount's root for the control socket path. The kernel never caches xattrs, so
-/// this always reaches the daemon: ENOTCONN means the daemon is dead.
-///
-/// # Errors
-/// The OS error of getxattr (ENODATA/ENOTSUP: not a switchfs; ENOTCONN: dead).
-pub fn query_control_xattr(mount: &Path) -> std::io::Result<PathBuf> {
-    let c_path = CString::new(mount.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let c_name = CString::new(CONTROL_XATTR).unwrap_or_default();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings; buf is writable for its length.
-    let n = unsafe {
-        libc::getxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(std::ffi::OsString::from(
-        String::from_utf8_lossy(&buf).into_owned(),
-    )))
 }
 
 /// The control socket to use when the operator named neither a mount nor a socket: the one

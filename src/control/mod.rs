@@ -4,4 +4,4 @@
 pub mod client;
 pub mod protocol;
 pub mod render;
-pub mod server;
+pub(crate) mod server;

@@ -4,8 +4,8 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::core::Status;
 use crate::history::History;
+use crate::usage::Status;
 
 /// `s` as a JSON string literal.
 pub fn json_str(s: &str) -> String {

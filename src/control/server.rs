@@ -28,8 +28,9 @@ use parking_lot::Mutex;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
 use crate::control::render;
-use crate::core::{Core, Switched};
+use crate::core::Core;
 use crate::hooks::Hooks;
+use crate::switch::{self, Outcome, Target};
 use crate::sys::{self, PeerCred};
 
 /// The whole request line must arrive within this, from `accept` on.
@@ -399,14 +400,11 @@ impl Server {
         let who = format!("uid={} gid={} pid={}", peer.uid, peer.gid, peer.pid);
         let result = match request {
             Request::Activate { name, drain } => {
-                return after_switch(core, hooks, core.activate(&name, &who), drain, client);
+                return self.switch(Target::Release(&name), drain, &who, client);
             }
-            Request::Rollback { drain } => {
-                return after_switch(core, hooks, core.rollback(None, &who), drain, client);
-            }
+            Request::Rollback { drain } => return self.switch(Target::Back, drain, &who, client),
             Request::RollbackTo { name, drain } => {
-                let switched = core.rollback(Some(&name), &who);
-                return after_switch(core, hooks, switched, drain, client);
+                return self.switch(Target::BackTo(&name), drain, &who, client);
             }
             Request::Prune { keep, apply } => core.prune(keep, apply),
             Request::Status { json } => {
@@ -439,6 +437,23 @@ impl Server {
                 );
                 protocol::error_response(&msg)
             }
+        }
+    }
+
+    /// Runs the whole switch (see `switch::perform`) and renders its outcome. A client that
+    /// hangs up ends a drain wait early.
+    fn switch(
+        &self,
+        target: Target<'_>,
+        drain: Option<u32>,
+        who: &str,
+        client: &UnixStream,
+    ) -> String {
+        let hung_up = |pause| !matches!(sys::wait_hangup(client.as_fd(), pause), Ok(false));
+        match switch::perform(&self.core, &self.hooks, target, who, drain, &hung_up) {
+            Outcome::Done(msg) => protocol::ok_response(&msg),
+            Outcome::Partial(msg) => protocol::partial_response(&msg),
+            Outcome::Refused(msg) => protocol::error_response(&msg),
         }
     }
 }
@@ -541,88 +556,4 @@ fn timed_out() -> String {
         "timed out waiting for the request line (send it within {} s)",
         REQUEST_DEADLINE.as_secs()
     )
-}
-
-/// How a `drain=` wait ended.
-enum Drain {
-    Drained,
-    StillUsed,
-    ClientGone,
-}
-
-/// Waits up to `secs` for `previous` to be unused, checking between /proc scans whether the
-/// client is still there: nobody would read the answer, so a client that gave up (Ctrl-C on
-/// `switchctl --wait-drain=600`) ends the wait instead of leaving the daemon scanning /proc
-/// ten times a second for the rest of it. The switch itself stays.
-fn wait_drained(core: &Core, previous: &str, secs: u32, client: &UnixStream) -> Drain {
-    let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
-    loop {
-        if core.wait_unused(previous, Duration::ZERO) {
-            return Drain::Drained;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Drain::StillUsed;
-        }
-        let pause = left.min(Duration::from_millis(100));
-        match sys::wait_hangup(client.as_fd(), pause) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => return Drain::ClientGone,
-        }
-    }
-}
-
-/// Runs the hooks and the optional drain wait after a switch, and words the answer.
-fn after_switch(
-    core: &Core,
-    hooks: &Hooks,
-    switched: Result<Switched, String>,
-    drain: Option<u32>,
-    client: &UnixStream,
-) -> String {
-    let sw = match switched {
-        Ok(sw) => sw,
-        Err(msg) => {
-            log::warn!("switch refused: {msg}");
-            return protocol::error_response(&msg);
-        }
-    };
-    let mut message = sw.message.clone();
-    let mut problems = Vec::new();
-    // OPcache first, so hooks (cache warmers) already run the new code.
-    if sw.changed
-        && let Some(php) = &hooks.php
-        && let Err(e) = php.sync(core)
-    {
-        problems.push(e);
-    }
-    if sw.changed
-        && let Err(e) = hooks.run(sw.from.as_deref(), &sw.to)
-    {
-        log::warn!("{e}");
-        problems.push(e);
-    }
-    if let (Some(secs), Some(previous), true) = (drain, sw.from.as_deref(), sw.changed) {
-        match wait_drained(core, previous, secs, client) {
-            Drain::Drained => {
-                message.push_str(&format!("; release {previous} is no longer in use"));
-            }
-            Drain::StillUsed => {
-                problems.push(format!("release {previous} is still in use after {secs} s"));
-            }
-            Drain::ClientGone => {
-                log::info!(
-                    "stopped waiting for release {previous} to drain: the client hung up \
-                     (the switch to {} stays)",
-                    sw.to
-                );
-                problems.push("the client hung up during the drain wait".into());
-            }
-        }
-    }
-    if problems.is_empty() {
-        protocol::ok_response(&message)
-    } else {
-        protocol::partial_response(&format!("{message}, but {}", problems.join("; ")))
-    }
 }
