@@ -256,6 +256,8 @@ pub struct Core {
     /// When each release was last seen in use (or stopped being active).
     last_used: Mutex<HashMap<String, SystemTime>>,
     invalidator: OnceLock<Box<dyn Invalidator>>,
+    /// Where node ids are recorded for a successor process (see `nodelog`).
+    nodelog: OnceLock<Arc<crate::nodelog::NodeLog>>,
     next_generation: AtomicU64,
     uid: u32,
     gid: u32,
@@ -305,6 +307,7 @@ impl Core {
             mtimes,
             last_used: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
+            nodelog: OnceLock::new(),
             next_generation: AtomicU64::new(1),
             uid,
             gid,
@@ -416,6 +419,9 @@ impl Core {
         });
         let mut root = self.root.lock();
         root.active = active;
+        if let Some(log) = self.nodelog.get() {
+            log.switch();
+        }
         std::mem::take(&mut root.names)
     }
 
@@ -475,6 +481,9 @@ impl Core {
         let ino = PORTAL_BIT | (portals.by_name.len() as u64 + 1);
         portals.by_name.insert(name.to_os_string(), ino);
         portals.by_ino.insert(ino, name.to_os_string());
+        if let Some(log) = self.nodelog.get() {
+            log.portal(ino, name);
+        }
         ino
     }
 
@@ -533,12 +542,12 @@ impl Core {
             }
             return match found {
                 Ok((_, attr)) => {
-                    root.names.insert((parent, name.to_os_string()));
+                    self.remember_root_name(&mut root, parent, name);
                     Ok(Lookup::Entry(attr, self.config.ttl))
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     if root.names.len() < MAX_ROOT_NAMES {
-                        root.names.insert((parent, name.to_os_string()));
+                        self.remember_root_name(&mut root, parent, name);
                         Ok(Lookup::Negative(self.config.ttl))
                     } else {
                         Ok(Lookup::Negative(Duration::ZERO))
@@ -1474,5 +1483,69 @@ impl Core {
             .filter(|inode| inode.release.generation != except.generation)
             .map(|inode| inode.path.clone())
             .collect()
+    }
+}
+
+// Node ids across a restart or an upgrade of the serving process (see `nodelog`, `keeper`).
+impl Core {
+    /// Records `(parent, name)` for expiry at the next switch, and for a successor.
+    fn remember_root_name(&self, root: &mut RootState, parent: u64, name: &OsStr) {
+        if root.names.insert((parent, name.to_os_string()))
+            && let Some(log) = self.nodelog.get()
+        {
+            log.root_name(parent, name);
+        }
+    }
+
+    /// Restores the node ids, portals and names to expire that the previous serving
+    /// process recorded in `log`, then records in it from now on. Called before serving.
+    /// Each release a node belongs to is opened again by name; nodes of a release that is
+    /// gone are left out (the kernel gets ESTALE for them, which is the truth). Handle
+    /// numbers start at `first_handle`, so a handle the kernel kept from a predecessor
+    /// is never mistaken for a new one.
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn resume_nodes(
+        &self,
+        log: Arc<crate::nodelog::NodeLog>,
+        first_handle: u64,
+    ) -> io::Result<usize> {
+        let restored = log.load_and_compact()?;
+        let mut releases: HashMap<u64, Option<Arc<Release>>> = HashMap::new();
+        let mut count = 0;
+        for n in &restored.nodes {
+            let release = releases.entry(n.generation).or_insert_with(|| {
+                match self.releases.open_release(&n.release) {
+                    Ok(fd) => {
+                        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                        Some(Arc::new(Release::new(&n.release, generation, fd)))
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "node ids of release {:?} cannot be restored: {e}",
+                            n.release
+                        );
+                        None
+                    }
+                }
+            });
+            if let Some(release) = release {
+                self.inodes.restore(n, release);
+                count += 1;
+            }
+        }
+        {
+            let mut portals = self.portals.write();
+            for (ino, name) in restored.portals {
+                portals.by_name.insert(name.clone(), ino);
+                portals.by_ino.insert(ino, name);
+            }
+        }
+        self.root.lock().names.extend(restored.root_names);
+        self.handles.start_at(first_handle);
+        self.inodes.set_log(log.clone());
+        let _ = self.nodelog.set(log);
+        Ok(count)
     }
 }

@@ -5,7 +5,6 @@
 use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -24,19 +23,13 @@ use crate::sys::XattrAnswer;
 /// Serves a `Core` to the kernel.
 pub struct FuseAdapter {
     core: Arc<Core>,
-    /// Set at init when the kernel can expire entries without dropping them.
-    expire_only: Arc<AtomicBool>,
     /// Ask the kernel to enforce POSIX ACLs (see `--acl`).
     acl: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Core>, expire_only: Arc<AtomicBool>, acl: bool) -> Self {
-        FuseAdapter {
-            core,
-            expire_only,
-            acl,
-        }
+    pub fn new(core: Arc<Core>, acl: bool) -> Self {
+        FuseAdapter { core, acl }
     }
 }
 
@@ -78,10 +71,6 @@ const EROFS: Errno = Errno::EROFS;
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let expire = config
-            .capabilities()
-            .contains(InitFlags::FUSE_HAS_EXPIRE_ONLY);
-        self.expire_only.store(expire, Ordering::Relaxed);
         // Each is an optimisation the kernel may lack; without it we are merely slower.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,

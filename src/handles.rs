@@ -80,6 +80,12 @@ impl HandleTable {
         fh
     }
 
+    /// Numbers new handles from `first` on (if higher): a successor process must not give
+    /// out a number the kernel still holds from its predecessor.
+    pub fn start_at(&self, first: u64) {
+        self.next.fetch_max(first, Ordering::Relaxed);
+    }
+
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.lock().get(&fh).cloned()
     }

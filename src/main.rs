@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         },
     };
     match daemon::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("switchfs: {msg}");
             ExitCode::FAILURE

@@ -1,0 +1,573 @@
+//! The daemon's own life: a keeper process holds the mount's `/dev/fuse` connection, and the
+//! process that serves it can die or be upgraded without a request failing.
+//!
+//! The process started as `switchfs ...` (systemd's main pid) is the **keeper**. It never
+//! serves a request and never touches the mount (a stat of its own mount while no server runs
+//! would hang it). It starts the **server**, the same binary with the same arguments, which
+//! does everything switchfs does: checks, mount, control socket, requests. Once mounted, the
+//! server hands the keeper the `/dev/fuse` descriptor, the control socket's listener and what
+//! `FUSE_INIT` settled (one `SCM_RIGHTS` message). From then on:
+//!
+//! - **Crash** (SIGKILL, panic, abort, OOM): the connection stays open in the keeper, so the
+//!   kernel keeps the requests instead of failing them. The keeper starts a new server at
+//!   once with the descriptors inherited; it resumes the session (`Session::resume`), sends
+//!   `FUSE_NOTIFY_RESEND` for the requests the dead one had read, and restores the node ids
+//!   the kernel holds (`nodelog`, a memfd the keeper also holds). Control clients wait in the
+//!   listener's backlog meanwhile.
+//! - **Upgrade** (SIGHUP to the keeper, `systemctl reload`): the keeper `exec`s the binary now
+//!   installed at its path, keeping its pid (systemd's main pid does not change) and its
+//!   descriptors; the new keeper asks the old server to retire (SIGUSR2: finish a switch in
+//!   progress, exit without unmounting) and starts a server of the new binary, which resumes
+//!   as after a crash.
+//! - **Stop** (SIGTERM/SIGINT): forwarded to the server, which unmounts and exits; the keeper
+//!   exits with its status.
+//! - **Keeper killed**: the server gets SIGKILL too (`PR_SET_PDEATHSIG`): a server nobody
+//!   supervises would leave a mount that dies for good at its next crash. The mount goes dead
+//!   and the next start detaches it, as before keepers existed.
+//!
+//! Descriptors cross `exec` with close-on-exec cleared, named in the environment
+//! (`SWITCHFS_SERVER`, `SWITCHFS_RESUME`, `SWITCHFS_KEEPER`); each process takes them and
+//! sets close-on-exec again at once, so no hook ever inherits them.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::InitParams;
+
+use crate::sys;
+
+const SERVER_ENV: &str = "SWITCHFS_SERVER";
+const RESUME_ENV: &str = "SWITCHFS_RESUME";
+const KEEPER_ENV: &str = "SWITCHFS_KEEPER";
+
+/// The signal the keeper sends a server to retire for an upgrade.
+pub const RETIRE: i32 = libc::SIGUSR2;
+
+/// Handle numbers of the n-th server start at n << 40, so no two servers give out the same.
+const HANDLE_SHIFT: u32 = 40;
+
+/// A server restarted this many times in a row within a second of its start is given up on.
+const MAX_QUICK_DEATHS: u32 = 10;
+
+/// Where a server process stands in the daemon's life, for `status`.
+#[derive(Debug, Clone)]
+pub struct Life {
+    /// This process, which serves FUSE requests.
+    pub pid: u32,
+    /// The keeper: the process to signal for a reload, the one systemd tracks.
+    pub main_pid: u32,
+    /// When this process started serving.
+    pub started: SystemTime,
+    /// Servers restarted after a crash, and upgrades, since the mount was made.
+    pub restarts: u64,
+    pub upgrades: u64,
+}
+
+static LIFE: OnceLock<Life> = OnceLock::new();
+
+/// The serving process's place in the daemon's life, once it runs under a keeper.
+pub fn life() -> Option<&'static Life> {
+    LIFE.get()
+}
+
+/// What this process is, from its environment.
+pub enum Role {
+    /// Started by the user or systemd: become the keeper (or, after an upgrade's `exec`,
+    /// carry on as the keeper the earlier binary was).
+    Keeper(Option<Box<Keeper>>),
+    /// Started by the keeper to serve.
+    Server(ServerLink),
+}
+
+/// A resumed server's inherited connection.
+pub struct Resume {
+    pub fuse: OwnedFd,
+    pub listener: OwnedFd,
+    pub params: InitParams,
+}
+
+/// A server's ties to its keeper.
+pub struct ServerLink {
+    keeper: OwnedFd,
+    /// The node id log (see `nodelog`).
+    pub nodes: OwnedFd,
+    /// Set when the connection is already mounted and initialised: resume it.
+    pub resume: Option<Resume>,
+    serial: u64,
+}
+
+impl ServerLink {
+    /// The first handle number this server may give out.
+    pub fn first_handle(&self) -> u64 {
+        (self.serial << HANDLE_SHIFT) + 1
+    }
+
+    /// Gives the keeper the connection and the control listener, so they outlive this
+    /// process.
+    ///
+    /// # Errors
+    /// The keeper is gone.
+    pub fn hand_over(
+        &self,
+        fuse: BorrowedFd<'_>,
+        listener: BorrowedFd<'_>,
+        params: &InitParams,
+    ) -> Result<(), String> {
+        let text = params.to_string();
+        sys::send_with_fds(
+            self.keeper.as_fd(),
+            None,
+            text.as_bytes(),
+            &[fuse, listener],
+        )
+        .map_err(|e| format!("cannot hand the connection to the keeper: {e}"))
+    }
+}
+
+/// Reads this process's role from the environment and removes the variables, so nothing
+/// this process starts sees them. Call while the process has one thread.
+///
+/// # Errors
+/// A variable names descriptors this process does not have.
+pub fn role() -> Result<Role, String> {
+    if let Some(server) = take_env(SERVER_ENV) {
+        let resume = take_env(RESUME_ENV);
+        return server_role(&server, resume.as_deref()).map(Role::Server);
+    }
+    match take_env(KEEPER_ENV) {
+        Some(text) => Keeper::adopt(&text).map(|k| Role::Keeper(Some(Box::new(k)))),
+        None => Ok(Role::Keeper(None)),
+    }
+}
+
+fn take_env(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok()?;
+    // SAFETY: called from `role`, while the process still has one thread, so no other
+    // thread reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+    Some(value)
+}
+
+fn fd_of(word: Option<&str>) -> Result<OwnedFd, String> {
+    let raw: RawFd = word
+        .and_then(|w| w.parse().ok())
+        .ok_or("malformed descriptor list from the keeper")?;
+    sys::adopt_inherited_fd(raw).map_err(|e| format!("inherited descriptor {raw}: {e}"))
+}
+
+fn num(word: Option<&str>) -> Result<u64, String> {
+    word.and_then(|w| w.parse().ok())
+        .ok_or_else(|| "malformed state from the keeper".to_string())
+}
+
+fn server_role(server: &str, resume: Option<&str>) -> Result<ServerLink, String> {
+    let mut w = server.split(' ');
+    let keeper = fd_of(w.next())?;
+    let nodes = fd_of(w.next())?;
+    let main_pid = num(w.next())? as u32;
+    let (restarts, upgrades, serial) = (num(w.next())?, num(w.next())?, num(w.next())?);
+    let resume = match resume {
+        Some(text) => {
+            let mut w = text.splitn(3, ' ');
+            let fuse = fd_of(w.next())?;
+            let listener = fd_of(w.next())?;
+            let params = w
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or("malformed FUSE_INIT parameters from the keeper")?;
+            Some(Resume {
+                fuse,
+                listener,
+                params,
+            })
+        }
+        None => None,
+    };
+    let _ = LIFE.set(Life {
+        pid: std::process::id(),
+        main_pid,
+        started: SystemTime::now(),
+        restarts,
+        upgrades,
+    });
+    Ok(ServerLink {
+        keeper,
+        nodes,
+        resume,
+        serial,
+    })
+}
+
+/// What the keeper holds once the first server handed the connection over.
+struct Held {
+    fuse: OwnedFd,
+    listener: OwnedFd,
+    params: InitParams,
+}
+
+/// The server process now running.
+struct Server {
+    pid: i32,
+    started: Instant,
+}
+
+/// The keeper process (see the module doc).
+pub struct Keeper {
+    binary: PathBuf,
+    args: Vec<OsString>,
+    /// Our end of the handover socket, and the end every server inherits.
+    sock: OwnedFd,
+    server_sock: OwnedFd,
+    nodes: OwnedFd,
+    held: Option<Held>,
+    server: Option<Server>,
+    restarts: u64,
+    upgrades: u64,
+    serial: u64,
+    stopping: bool,
+    retiring: bool,
+    quick_deaths: u32,
+}
+
+impl Keeper {
+    fn new() -> Result<Keeper, String> {
+        let binary =
+            std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
+        let (sock, server_sock) =
+            sys::seqpacket_pair().map_err(|e| format!("cannot create the keeper socket: {e}"))?;
+        let nodes = sys::memfd("switchfs-nodes")
+            .map_err(|e| format!("cannot create the node id log: {e}"))?;
+        Ok(Keeper {
+            binary,
+            args: std::env::args_os().skip(1).collect(),
+            sock,
+            server_sock,
+            nodes,
+            held: None,
+            server: None,
+            restarts: 0,
+            upgrades: 0,
+            serial: 0,
+            stopping: false,
+            retiring: false,
+            quick_deaths: 0,
+        })
+    }
+
+    /// The keeper an earlier binary was, continued after its `exec` (an upgrade): same
+    /// descriptors, same server, which it now retires.
+    fn adopt(text: &str) -> Result<Keeper, String> {
+        let mut w = text.splitn(10, ' ');
+        // The binary we were exec'd from: the one installed at the daemon's path now.
+        let binary =
+            std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
+        let sock = fd_of(w.next())?;
+        let server_sock = fd_of(w.next())?;
+        let nodes = fd_of(w.next())?;
+        let fuse = fd_of(w.next())?;
+        let listener = fd_of(w.next())?;
+        let pid = num(w.next())? as i32;
+        let (restarts, upgrades, serial) = (num(w.next())?, num(w.next())?, num(w.next())?);
+        let params = w
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or("malformed FUSE_INIT parameters from the previous keeper")?;
+        Ok(Keeper {
+            binary,
+            args: std::env::args_os().skip(1).collect(),
+            sock,
+            server_sock,
+            nodes,
+            held: Some(Held {
+                fuse,
+                listener,
+                params,
+            }),
+            server: Some(Server {
+                pid,
+                started: Instant::now(),
+            }),
+            restarts,
+            upgrades: upgrades + 1,
+            serial,
+            stopping: false,
+            retiring: false,
+            quick_deaths: 0,
+        })
+    }
+
+    /// Runs the keeper until the daemon stops; returns the exit code.
+    ///
+    /// # Errors
+    /// The first server cannot be started.
+    pub fn run(keeper: Option<Box<Keeper>>) -> Result<u8, String> {
+        let signals = block_keeper_signals();
+        let mut keeper = match keeper {
+            Some(k) => {
+                let mut k = *k;
+                k.retire_server();
+                k
+            }
+            None => {
+                let mut k = Keeper::new()?;
+                k.spawn_server()?;
+                k
+            }
+        };
+        loop {
+            match wait_signal(&signals, Duration::from_millis(100)) {
+                Some(libc::SIGTERM | libc::SIGINT) => keeper.stop(),
+                Some(libc::SIGHUP) => keeper.upgrade(),
+                _ => {}
+            }
+            keeper.take_handover();
+            while let Some((pid, status)) = sys::reap_child() {
+                if keeper.server.as_ref().is_some_and(|s| s.pid == pid)
+                    && let Some(code) = keeper.server_ended(status)
+                {
+                    return Ok(code);
+                }
+            }
+        }
+    }
+
+    fn spawn_server(&mut self) -> Result<(), String> {
+        self.serial += 1;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args);
+        let mut inherit = vec![self.server_sock.as_fd(), self.nodes.as_fd()];
+        cmd.env(
+            SERVER_ENV,
+            format!(
+                "{} {} {} {} {} {}",
+                self.server_sock.as_raw_fd(),
+                self.nodes.as_raw_fd(),
+                std::process::id(),
+                self.restarts,
+                self.upgrades,
+                self.serial
+            ),
+        );
+        if let Some(held) = &self.held {
+            cmd.env(
+                RESUME_ENV,
+                format!(
+                    "{} {} {}",
+                    held.fuse.as_raw_fd(),
+                    held.listener.as_raw_fd(),
+                    held.params
+                ),
+            );
+            inherit.extend([held.fuse.as_fd(), held.listener.as_fd()]);
+        }
+        sys::die_with_parent_on_spawn(&mut cmd);
+        let spawned = with_inheritable(&inherit, || cmd.spawn());
+        let child = spawned.map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        self.server = Some(Server {
+            pid: child.id() as i32,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Takes the connection a freshly mounted server hands over.
+    fn take_handover(&mut self) {
+        loop {
+            match sys::recv_with_fds(self.sock.as_fd()) {
+                Ok(Some((data, fds))) => self.accept_handover(&data, fds),
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("keeper socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_handover(&mut self, data: &[u8], fds: Vec<OwnedFd>) {
+        let params = std::str::from_utf8(data)
+            .ok()
+            .and_then(|t| t.parse::<InitParams>().ok());
+        let mut fds = fds.into_iter();
+        match (params, fds.next(), fds.next()) {
+            (Some(params), Some(fuse), Some(listener)) => {
+                self.held = Some(Held {
+                    fuse,
+                    listener,
+                    params,
+                });
+            }
+            _ => log::warn!("keeper: ignored a malformed handover message"),
+        }
+    }
+
+    /// The server ended with wait status `status`: restart it, or end with the code to
+    /// exit with.
+    fn server_ended(&mut self, status: i32) -> Option<u8> {
+        let server = self.server.take()?;
+        let code = exit_code(status);
+        if self.stopping || self.held.is_none() {
+            // Stopping, or it never got to mount: its own message said why.
+            return Some(code);
+        }
+        if self.retiring {
+            self.retiring = false;
+            log::info!(
+                "upgrade: server {} retired; starting {}",
+                server.pid,
+                self.binary.display()
+            );
+        } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            // It unmounted (someone ran umount) or the connection was aborted: done.
+            return Some(0);
+        } else {
+            self.restarts += 1;
+            log::error!(
+                "server {} died ({}); resuming the mount in a new server",
+                server.pid,
+                describe(status)
+            );
+            if server.started.elapsed() < Duration::from_secs(1) {
+                self.quick_deaths += 1;
+                if self.quick_deaths > MAX_QUICK_DEATHS {
+                    log::error!("the server keeps dying at start; giving up");
+                    return Some(1);
+                }
+                std::thread::sleep(Duration::from_millis(100) * self.quick_deaths);
+            } else {
+                self.quick_deaths = 0;
+            }
+        }
+        match self.spawn_server() {
+            Ok(()) => None,
+            Err(e) => {
+                log::error!("{e}");
+                Some(1)
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
+        match &self.server {
+            Some(server) => {
+                if let Err(e) = sys::signal(server.pid, libc::SIGTERM) {
+                    log::warn!("cannot stop server {}: {e}", server.pid);
+                }
+            }
+            None => std::process::exit(0),
+        }
+    }
+
+    fn retire_server(&mut self) {
+        if let Some(server) = &self.server {
+            self.retiring = true;
+            if let Err(e) = sys::signal(server.pid, RETIRE) {
+                log::warn!("cannot retire server {}: {e}", server.pid);
+            }
+        }
+    }
+
+    /// Continues as the binary now installed at our path, keeping pid and descriptors.
+    fn upgrade(&mut self) {
+        let (Some(held), Some(server)) = (&self.held, &self.server) else {
+            log::warn!("SIGHUP while no server is up: ignored");
+            return;
+        };
+        if self.retiring || self.stopping {
+            log::warn!("SIGHUP during an upgrade or a stop: ignored");
+            return;
+        }
+        let state = format!(
+            "{} {} {} {} {} {} {} {} {} {}",
+            self.sock.as_raw_fd(),
+            self.server_sock.as_raw_fd(),
+            self.nodes.as_raw_fd(),
+            held.fuse.as_raw_fd(),
+            held.listener.as_raw_fd(),
+            server.pid,
+            self.restarts,
+            self.upgrades,
+            self.serial,
+            held.params
+        );
+        log::info!("SIGHUP: upgrading to {}", self.binary.display());
+        let fds = [
+            self.sock.as_fd(),
+            self.server_sock.as_fd(),
+            self.nodes.as_fd(),
+            held.fuse.as_fd(),
+            held.listener.as_fd(),
+        ];
+        let err = with_inheritable(&fds, || {
+            use std::os::unix::process::CommandExt;
+            Command::new(&self.binary)
+                .args(&self.args)
+                .env(KEEPER_ENV, state)
+                .exec()
+        });
+        log::error!(
+            "upgrade: cannot run {}: {err}; the running version goes on serving",
+            self.binary.display()
+        );
+    }
+}
+
+/// Runs `f` with close-on-exec cleared on `fds`, then sets it again. The keeper has one
+/// thread, so nothing else can start a process meanwhile.
+fn with_inheritable<T>(fds: &[BorrowedFd<'_>], f: impl FnOnce() -> T) -> T {
+    for fd in fds {
+        if let Err(e) = sys::set_cloexec(*fd, false) {
+            log::warn!("cannot pass descriptor {} on: {e}", fd.as_raw_fd());
+        }
+    }
+    let result = f();
+    for fd in fds {
+        let _ = sys::set_cloexec(*fd, true);
+    }
+    result
+}
+
+fn exit_code(status: i32) -> u8 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u8
+    } else {
+        128u8.wrapping_add(libc::WTERMSIG(status) as u8)
+    }
+}
+
+fn describe(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    }
+}
+
+fn block_keeper_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; the keeper has one thread, and the servers
+    // it starts get a clean mask (std resets it before exec).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let tick = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and tick are initialised; a null info pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
+    (sig > 0).then_some(sig)
+}
