@@ -493,6 +493,7 @@ struct Serving {
     background: ManuallyDrop<fuser::BackgroundSession>,
     ours: mounts::OurMount,
     core: Arc<Core>,
+    control: server::Control,
     cleanup_socket: SocketFile,
     control_path: PathBuf,
 }
@@ -588,11 +589,12 @@ fn mount(
         notifier, dev_fuse, &params,
     )));
     raise_readahead(ours.dev);
-    start_control(args, &mount_point, listener, &core, php, access).inspect_err(|_| {
-        if !resumed {
-            unmount(&ours);
-        }
-    })?;
+    let control =
+        start_control(args, &mount_point, listener, &core, php, access).inspect_err(|_| {
+            if !resumed {
+                unmount(&ours);
+            }
+        })?;
     if !resumed {
         sd_notify("READY=1");
     }
@@ -601,6 +603,7 @@ fn mount(
         background,
         ours,
         core,
+        control,
         cleanup_socket,
         control_path: paths.control_path,
     })
@@ -613,7 +616,7 @@ fn start_control(
     core: &Arc<Core>,
     php: Option<crate::opcache::Php>,
     access: server::Access,
-) -> Result<(), String> {
+) -> Result<server::Control, String> {
     let mut hooks = Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
@@ -627,6 +630,9 @@ fn start_control(
         .map_err(|e| format!("cannot start the control server: {e}"))
 }
 
+/// How long a retiring server waits for control clients it accepted to be answered.
+const RETIRE_CLIENTS: Duration = Duration::from_secs(30);
+
 /// Stops as `stop` says: unmount and drain (a signal), clean up after an unmount from
 /// outside, or leave the mount to the successor (an upgrade).
 fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
@@ -634,6 +640,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
         background,
         ours,
         core,
+        control,
         cleanup_socket,
         ..
     } = serving;
@@ -641,6 +648,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
         Stop::Retire => {
             // The successor serves the same mount and control socket: remove neither. A
             // switch in progress finishes first; requests a worker holds are resent.
+            control.hand_over(RETIRE_CLIENTS);
             core.stop_switching();
             std::mem::forget(cleanup_socket);
             log::info!("retiring: the new binary takes over the mount");

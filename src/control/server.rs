@@ -218,17 +218,19 @@ pub fn spawn(
     core: Arc<Core>,
     hooks: Arc<Hooks>,
     access: Access,
-) -> io::Result<()> {
+) -> io::Result<Control> {
     let server = Arc::new(Server {
         core,
         hooks,
         access,
         slots: Mutex::new(Slots::default()),
+        handover: Handover::default(),
     });
+    let accepting = server.clone();
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || server.accept_loop(&listener))?;
-    Ok(())
+        .spawn(move || accepting.accept_loop(&listener))?;
+    Ok(Control(server))
 }
 
 struct Server {
@@ -236,6 +238,7 @@ struct Server {
     hooks: Arc<Hooks>,
     access: Access,
     slots: Mutex<Slots>,
+    handover: Handover,
 }
 
 /// Clients being served: in total and per user without switching rights.
@@ -255,9 +258,13 @@ impl Server {
     fn accept_loop(self: Arc<Self>, listener: &UnixListener) {
         let mut lingering: Vec<Lingering> = Vec::new();
         loop {
-            // Wake up now and then while refused clients wait to be closed.
+            if self.handover.stopped_accepting() {
+                return;
+            }
+            // Wake up now and then while refused clients wait to be closed, and to see a
+            // handover to a successor.
             let wait = if lingering.is_empty() {
-                Duration::from_secs(3600)
+                HANDOVER_TICK
             } else {
                 Duration::from_millis(100)
             };
@@ -624,5 +631,47 @@ fn after_switch(
         protocol::ok_response(&message)
     } else {
         protocol::partial_response(&format!("{message}, but {}", problems.join("; ")))
+    }
+}
+
+// Handing the control socket to a successor server (an upgrade, see `keeper`).
+
+/// How often an idle accept loop looks whether it must stop for a successor.
+const HANDOVER_TICK: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct Handover {
+    requested: std::sync::atomic::AtomicBool,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Handover {
+    /// Whether the accept loop must stop now (and says so).
+    fn stopped_accepting(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.requested.load(Ordering::SeqCst) {
+            self.stopped.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+}
+
+/// The running control server.
+pub struct Control(Arc<Server>);
+
+impl Control {
+    /// Stops accepting clients and waits (at most `timeout`) until every accepted one is
+    /// answered. The listener itself stays open in the keeper: clients arriving now wait in
+    /// its backlog for the successor, none is accepted here and then dropped.
+    pub fn hand_over(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering;
+        let deadline = Instant::now() + timeout;
+        self.0.handover.requested.store(true, Ordering::SeqCst);
+        while Instant::now() < deadline
+            && (!self.0.handover.stopped.load(Ordering::SeqCst) || self.0.slots.lock().total > 0)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
