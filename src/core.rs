@@ -723,7 +723,8 @@ impl Core {
                 HandleKind::File(file) => sys::pread_full(file.as_fd(), &mut buf, offset)?,
                 HandleKind::Dir { .. } => return Err(os_error(libc::EISDIR)),
             },
-            None if fh == 0 => {
+            // A predecessor's file handle was bound to the inode's release, as the inode is.
+            None if fh == 0 || self.handles.from_predecessor(fh) => {
                 let fd = self.regular_file(ino)?.read_fd()?;
                 sys::pread_full(fd.as_fd(), &mut buf, offset)?
             }
@@ -746,7 +747,7 @@ impl Core {
 
     /// Closes handle `fh` (file or directory).
     pub fn release(&self, fh: u64) {
-        if self.handles.remove(fh).is_none() {
+        if self.handles.remove(fh).is_none() && !self.handles.from_predecessor(fh) {
             log::warn!("release of unknown handle {fh}");
         }
     }

@@ -62,6 +62,8 @@ pub struct Handle {
 pub struct HandleTable {
     map: Mutex<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
+    /// Handles below this were given out by a predecessor process (see `start_at`).
+    first: AtomicU64,
 }
 
 impl Default for HandleTable {
@@ -69,6 +71,7 @@ impl Default for HandleTable {
         HandleTable {
             map: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            first: AtomicU64::new(1),
         }
     }
 }
@@ -84,6 +87,12 @@ impl HandleTable {
     /// out a number the kernel still holds from its predecessor.
     pub fn start_at(&self, first: u64) {
         self.next.fetch_max(first, Ordering::Relaxed);
+        self.first.fetch_max(first, Ordering::Relaxed);
+    }
+
+    /// Whether `fh` was given out by a predecessor process: the kernel may still use it.
+    pub fn from_predecessor(&self, fh: u64) -> bool {
+        fh != 0 && fh < self.first.load(Ordering::Relaxed) && self.get(fh).is_none()
     }
 
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {

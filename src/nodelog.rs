@@ -69,37 +69,33 @@ const SWITCH: u8 = b'S';
 /// The append-only log of node facts (see the module doc).
 #[derive(Debug)]
 pub struct NodeLog {
-    file: Mutex<File>,
+    file: Mutex<Appender>,
 }
+
+/// The memfd and the size past which it is compacted next.
+#[derive(Debug)]
+struct Appender {
+    file: File,
+    compact_at: u64,
+}
+
+/// The log is compacted once it is this large and twice what was live at the last
+/// compaction: forgotten nodes and names of old switches go, at a cost proportional to the
+/// log, paid on a cold lookup once per doubling.
+const MIN_COMPACT: u64 = 1 << 20;
 
 impl NodeLog {
     pub fn new(fd: OwnedFd) -> NodeLog {
         NodeLog {
-            file: Mutex::new(File::from(fd)),
+            file: Mutex::new(Appender {
+                file: File::from(fd),
+                compact_at: MIN_COMPACT,
+            }),
         }
     }
 
     pub fn node(&self, n: &NodeRecord) {
-        let mut p = Vec::with_capacity(64 + n.path.as_os_str().len());
-        p.extend_from_slice(&n.ino.to_le_bytes());
-        p.extend_from_slice(&n.generation.to_le_bytes());
-        p.push(kind_code(n.kind));
-        p.extend_from_slice(&n.host.0.to_le_bytes());
-        p.extend_from_slice(&n.host.1.to_le_bytes());
-        p.extend_from_slice(&n.host.2.to_le_bytes());
-        p.extend_from_slice(&n.host.3.to_le_bytes());
-        match n.mtime {
-            Some(m) => {
-                p.push(1);
-                p.extend_from_slice(&m.real.0.to_le_bytes());
-                p.extend_from_slice(&m.real.1.to_le_bytes());
-                p.extend_from_slice(&m.reported.to_le_bytes());
-            }
-            None => p.push(0),
-        }
-        put_bytes(&mut p, n.release.as_bytes());
-        put_bytes(&mut p, n.path.as_os_str().as_bytes());
-        self.append(NODE, &p);
+        self.append(NODE, &node_payload(n));
     }
 
     pub fn forget(&self, ino: u64) {
@@ -107,15 +103,11 @@ impl NodeLog {
     }
 
     pub fn portal(&self, ino: u64, name: &std::ffi::OsStr) {
-        let mut p = ino.to_le_bytes().to_vec();
-        put_bytes(&mut p, name.as_bytes());
-        self.append(PORTAL, &p);
+        self.append(PORTAL, &name_payload(ino, name));
     }
 
     pub fn root_name(&self, parent: u64, name: &std::ffi::OsStr) {
-        let mut p = parent.to_le_bytes().to_vec();
-        put_bytes(&mut p, name.as_bytes());
-        self.append(ROOT_NAME, &p);
+        self.append(ROOT_NAME, &name_payload(parent, name));
     }
 
     /// A switch published a new release: the names recorded before it were handed to the
@@ -126,13 +118,20 @@ impl NodeLog {
 
     fn append(&self, tag: u8, payload: &[u8]) {
         let rec = encode(tag, payload);
-        let mut file = self.file.lock();
+        let mut log = self.file.lock();
         // One write per record: a reader sees it whole or, torn by a kill, not at all.
-        if let Err(e) = file
+        let written = log
+            .file
             .seek(SeekFrom::End(0))
-            .and_then(|_| file.write_all(&rec))
-        {
-            log::warn!("cannot record a node id for a successor: {e}");
+            .and_then(|at| log.file.write_all(&rec).map(|()| at + rec.len() as u64));
+        match written {
+            Ok(end) if end > log.compact_at => {
+                if let Err(e) = compact(&mut log) {
+                    log::warn!("cannot compact the node id log: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot record a node id for a successor: {e}"),
         }
     }
 
@@ -141,34 +140,63 @@ impl NodeLog {
     /// # Errors
     /// The memfd cannot be read or rewritten.
     pub fn load_and_compact(&self) -> io::Result<Restored> {
-        let mut file = self.file.lock();
-        let mut bytes = Vec::new();
-        file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut bytes)?;
-        let (restored, torn) = parse(&bytes);
-        if torn {
-            log::warn!("the node id log ends in a torn record (a kill mid-write); ignored it");
-        }
-        let mut out = Vec::new();
-        for (ino, name) in &restored.portals {
-            let mut p = ino.to_le_bytes().to_vec();
-            put_bytes(&mut p, name.as_bytes());
-            out.extend(encode(PORTAL, &p));
-        }
-        for (parent, name) in &restored.root_names {
-            let mut p = parent.to_le_bytes().to_vec();
-            put_bytes(&mut p, name.as_bytes());
-            out.extend(encode(ROOT_NAME, &p));
-        }
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&out)?;
-        drop(file);
-        for n in &restored.nodes {
-            self.node(n);
-        }
-        Ok(restored)
+        compact(&mut self.file.lock())
     }
+}
+
+/// Reads the log, rewrites it with only what is live, and returns that.
+fn compact(log: &mut Appender) -> io::Result<Restored> {
+    let mut bytes = Vec::new();
+    log.file.seek(SeekFrom::Start(0))?;
+    log.file.read_to_end(&mut bytes)?;
+    let (restored, torn) = parse(&bytes);
+    if torn {
+        log::warn!("the node id log ends in a torn record (a kill mid-write); ignored it");
+    }
+    let mut out = Vec::new();
+    for (ino, name) in &restored.portals {
+        out.extend(encode(PORTAL, &name_payload(*ino, name)));
+    }
+    for (parent, name) in &restored.root_names {
+        out.extend(encode(ROOT_NAME, &name_payload(*parent, name)));
+    }
+    for n in &restored.nodes {
+        out.extend(encode(NODE, &node_payload(n)));
+    }
+    log.file.set_len(0)?;
+    log.file.seek(SeekFrom::Start(0))?;
+    log.file.write_all(&out)?;
+    log.compact_at = MIN_COMPACT.max(2 * out.len() as u64);
+    Ok(restored)
+}
+
+fn name_payload(ino: u64, name: &std::ffi::OsStr) -> Vec<u8> {
+    let mut p = ino.to_le_bytes().to_vec();
+    put_bytes(&mut p, name.as_bytes());
+    p
+}
+
+fn node_payload(n: &NodeRecord) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64 + n.path.as_os_str().len());
+    p.extend_from_slice(&n.ino.to_le_bytes());
+    p.extend_from_slice(&n.generation.to_le_bytes());
+    p.push(kind_code(n.kind));
+    p.extend_from_slice(&n.host.0.to_le_bytes());
+    p.extend_from_slice(&n.host.1.to_le_bytes());
+    p.extend_from_slice(&n.host.2.to_le_bytes());
+    p.extend_from_slice(&n.host.3.to_le_bytes());
+    match n.mtime {
+        Some(m) => {
+            p.push(1);
+            p.extend_from_slice(&m.real.0.to_le_bytes());
+            p.extend_from_slice(&m.real.1.to_le_bytes());
+            p.extend_from_slice(&m.reported.to_le_bytes());
+        }
+        None => p.push(0),
+    }
+    put_bytes(&mut p, n.release.as_bytes());
+    put_bytes(&mut p, n.path.as_os_str().as_bytes());
+    p
 }
 
 fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
@@ -375,14 +403,30 @@ mod tests {
     }
 
     #[test]
+    fn the_log_is_compacted_as_it_grows() {
+        let log = log();
+        for round in 0..20_000u64 {
+            log.node(&node(2 + round, "some/deeper/path/of/a/file.php"));
+            log.forget(2 + round);
+        }
+        log.node(&node(1_000_000, "kept"));
+        let size = log.file.lock().file.metadata().unwrap().len();
+        assert!(size < 2 * MIN_COMPACT, "the log grew to {size} bytes");
+        assert_eq!(
+            log.load_and_compact().unwrap().nodes,
+            vec![node(1_000_000, "kept")]
+        );
+    }
+
+    #[test]
     fn a_torn_tail_ends_the_log_there() {
         let log = log();
         log.node(&node(2, "a"));
         log.node(&node(3, "b"));
         {
             let f = log.file.lock();
-            let len = f.metadata().unwrap().len();
-            f.set_len(len - 3).unwrap();
+            let len = f.file.metadata().unwrap().len();
+            f.file.set_len(len - 3).unwrap();
         }
         let r = log.load_and_compact().unwrap();
         assert_eq!(r.nodes, vec![node(2, "a")]);

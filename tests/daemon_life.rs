@@ -312,3 +312,19 @@ fn sighup_hands_the_mount_to_the_binary_now_installed() {
     assert!(d.stop_with(libc::SIGTERM).success(), "{}", d.log_text());
     assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");
 }
+
+#[test]
+fn a_file_opened_with_track_opens_reads_on_after_a_crash() {
+    let fx = Fixture::new("life-fh");
+    releases(&fx);
+    let _d = fx.start(&["--initial", "1", "--track-opens"]);
+    let held = fs::File::open(fx.m("app/deep/dir/held.txt")).expect("open the held file");
+    assert_eq!(read_uncached(&held), "held in release 1\n");
+    let server = serving_pid(&fx);
+    signal(server, libc::SIGKILL);
+    wait_for_successor(&fx, server);
+    // The kernel reads with the handle the dead server gave out.
+    assert_eq!(read_uncached(&held), "held in release 1\n");
+    let again = fs::File::open(fx.m("app/deep/dir/held.txt")).expect("open again");
+    assert_eq!(read_uncached(&again), "held in release 1\n");
+}
