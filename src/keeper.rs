@@ -314,6 +314,11 @@ impl Keeper {
             }
             None => {
                 let mut k = Keeper::new()?;
+                if let Some((held, nodes)) = systemd::stored()? {
+                    log::info!("resuming the mount from systemd's file descriptor store");
+                    k.held = Some(held);
+                    k.nodes = nodes;
+                }
                 k.spawn_server()?;
                 k
             }
@@ -395,11 +400,13 @@ impl Keeper {
         let mut fds = fds.into_iter();
         match (params, fds.next(), fds.next()) {
             (Some(params), Some(fuse), Some(listener)) => {
-                self.held = Some(Held {
+                let held = Held {
                     fuse,
                     listener,
                     params,
-                });
+                };
+                systemd::store(&held, self.nodes.as_fd());
+                self.held = Some(held);
             }
             _ => log::warn!("keeper: ignored a malformed handover message"),
         }
@@ -570,4 +577,128 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     // SAFETY: set and tick are initialised; a null info pointer is allowed.
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
     (sig > 0).then_some(sig)
+}
+
+/// systemd's file descriptor store (`FDSTORE=1`, `FileDescriptorStoreMax=` in the unit):
+/// systemd keeps the connection while the keeper itself is restarted after a crash, and
+/// hands it back in `LISTEN_FDS`. Outside systemd (no `NOTIFY_SOCKET`) nothing is stored.
+mod systemd {
+    use std::io::Write;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+    use super::Held;
+    use crate::sys;
+
+    /// Names of the stored descriptors (`FDNAME=`).
+    const FUSE: &str = "fuse";
+    const CONTROL: &str = "control";
+    const NODES: &str = "nodes";
+    const INIT: &str = "init";
+
+    /// Stores the connection, the control listener, the node log and (in a memfd) the
+    /// `FUSE_INIT` parameters. Best effort: without it, only the keeper's own death loses
+    /// the mount.
+    pub(super) fn store(held: &Held, nodes: BorrowedFd<'_>) {
+        let Some(addr) = notify_addr() else {
+            return;
+        };
+        let init = match params_memfd(held) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("cannot store the FUSE parameters with systemd: {e}");
+                return;
+            }
+        };
+        let sock = match std::os::unix::net::UnixDatagram::unbound() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("sd_notify: {e}");
+                return;
+            }
+        };
+        for (name, fd) in [
+            (FUSE, held.fuse.as_fd()),
+            (CONTROL, held.listener.as_fd()),
+            (NODES, nodes),
+            (INIT, init.as_fd()),
+        ] {
+            let msg = format!("FDSTORE=1\nFDNAME={name}");
+            if let Err(e) = sys::send_with_fds(sock.as_fd(), Some(&addr), msg.as_bytes(), &[fd]) {
+                log::warn!("cannot store {name} with systemd: {e}");
+            }
+        }
+    }
+
+    fn params_memfd(held: &Held) -> std::io::Result<OwnedFd> {
+        let fd = sys::memfd("switchfs-init")?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(held.params.to_string().as_bytes())?;
+        Ok(file.into())
+    }
+
+    fn notify_addr() -> Option<std::os::unix::net::SocketAddr> {
+        use std::os::linux::net::SocketAddrExt;
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name).ok(),
+            None => std::os::unix::net::SocketAddr::from_pathname(path).ok(),
+        }
+    }
+
+    /// The connection systemd kept for us (`LISTEN_FDS` with the names above), and the
+    /// node log; `None` when started afresh.
+    ///
+    /// # Errors
+    /// systemd passed a connection without the rest of it.
+    pub(super) fn stored() -> Result<Option<(Held, OwnedFd)>, String> {
+        let Some(fds) = listen_fds() else {
+            return Ok(None);
+        };
+        let take = |name: &str| fds.iter().position(|(n, _)| n == name);
+        let (Some(fuse), Some(control), Some(nodes), Some(init)) =
+            (take(FUSE), take(CONTROL), take(NODES), take(INIT))
+        else {
+            return Ok(None);
+        };
+        let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(|(_, fd)| Some(fd)).collect();
+        let mut get = |i: usize| fds[i].take().ok_or("systemd passed a descriptor twice");
+        let (fuse, listener, nodes, init) = (get(fuse)?, get(control)?, get(nodes)?, get(init)?);
+        let mut text = String::new();
+        let mut file = std::fs::File::from(init);
+        std::io::Seek::rewind(&mut file)
+            .and_then(|_| std::io::Read::read_to_string(&mut file, &mut text))
+            .map_err(|e| format!("cannot read the stored FUSE parameters: {e}"))?;
+        let params = text
+            .parse()
+            .map_err(|_| "malformed FUSE parameters in systemd's store".to_string())?;
+        Ok(Some((
+            Held {
+                fuse,
+                listener,
+                params,
+            },
+            nodes,
+        )))
+    }
+
+    /// `sd_listen_fds` with names: the descriptors from 3 on, when they are meant for us.
+    fn listen_fds() -> Option<Vec<(String, OwnedFd)>> {
+        let pid: u32 = super::take_env("LISTEN_PID")?.parse().ok()?;
+        let count: i32 = super::take_env("LISTEN_FDS")?.parse().ok()?;
+        let names = super::take_env("LISTEN_FDNAMES").unwrap_or_default();
+        if pid != std::process::id() {
+            return None;
+        }
+        let mut names = names.split(':');
+        let mut fds = Vec::new();
+        for raw in 3..3 + count {
+            let name = names.next().unwrap_or("").to_string();
+            match sys::adopt_inherited_fd(raw) {
+                Ok(fd) => fds.push((name, fd)),
+                Err(e) => log::warn!("descriptor {raw} from systemd: {e}"),
+            }
+        }
+        Some(fds)
+    }
 }

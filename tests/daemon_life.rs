@@ -309,6 +309,7 @@ fn sighup_hands_the_mount_to_the_binary_now_installed() {
         .read_to_string(&mut text)
         .unwrap();
     assert_eq!(text, "top of release 2\n");
+    drop(held);
     assert!(d.stop_with(libc::SIGTERM).success(), "{}", d.log_text());
     assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");
 }
@@ -327,4 +328,145 @@ fn a_file_opened_with_track_opens_reads_on_after_a_crash() {
     assert_eq!(read_uncached(&held), "held in release 1\n");
     let again = fs::File::open(fx.m("app/deep/dir/held.txt")).expect("open again");
     assert_eq!(read_uncached(&again), "held in release 1\n");
+}
+
+/// Waits for systemd's messages from the daemon on `notify`: returns once READY=1 came and
+/// the descriptors stored with FDSTORE=1 are those of `names`, by name.
+fn stored_fds(
+    notify: &std::os::unix::net::UnixDatagram,
+    names: &[&str],
+) -> std::collections::HashMap<String, std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    let mut stored = std::collections::HashMap::new();
+    let mut ready = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(ready && names.iter().all(|n| stored.contains_key(*n))) {
+        assert!(Instant::now() < deadline, "stored only {:?}", stored.keys());
+        let Some((data, fds)) = switchfs::sys::recv_with_fds(notify.as_fd()).unwrap() else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let text = String::from_utf8_lossy(&data).into_owned();
+        ready |= text.lines().any(|l| l == "READY=1");
+        if text.lines().any(|l| l == "FDSTORE=1") {
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .expect("FDSTORE without FDNAME");
+            let mut fds = fds.into_iter();
+            stored.insert(
+                name.to_string(),
+                fds.next().expect("FDSTORE without a descriptor"),
+            );
+        }
+    }
+    stored
+}
+
+/// systemd's part is played by the test: it receives READY=1 and the descriptors the
+/// keeper stores (FDSTORE=1), and after the keeper is killed starts the daemon again with
+/// them in LISTEN_FDS, as `Restart=always` with `FileDescriptorStoreMax=` does.
+#[test]
+fn the_fd_store_keeps_the_mount_while_the_keeper_is_restarted() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let fx = Fixture::new("life-sd");
+    releases(&fx);
+    let notify_path = fx.root.join("sd-notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let log = fx.root.join("sd-daemon.log");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--releases".into(),
+        fx.releases().into(),
+        "--control".into(),
+        fx.socket().into(),
+        "--state".into(),
+        fx.state().into(),
+        "--initial".into(),
+        "1".into(),
+        fx.mnt().into(),
+    ];
+    let logfile = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap()
+    };
+    let first = Command::new(SWITCHFS)
+        .args(&args)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stderr(logfile())
+        .spawn()
+        .expect("start switchfs");
+    let mut d = Daemon {
+        child: Some(first),
+        mnt: fx.mnt(),
+        log: log.clone(),
+    };
+    let names = ["fuse", "control", "nodes", "init"];
+    let stored = stored_fds(&notify, &names);
+    assert_eq!(fx.read("top.txt"), "top of release 1\n");
+    let held = fs::File::open(fx.m("app/deep/dir/held.txt")).expect("open the held file");
+
+    // The keeper dies, and its server with it; only "systemd" holds the connection now.
+    let mut keeper = d.child.take().unwrap();
+    signal(keeper.id() as i32, libc::SIGKILL);
+    keeper.wait().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let waiting = fx.m("app/deep/dir/waiting.txt");
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::read_to_string(&waiting).map_err(|e| e.to_string()));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "answered while nothing served");
+    assert!(is_mounted(&fx.mnt()), "the mount outlives its keeper");
+
+    // The restart: the stored descriptors from 3 on, LISTEN_PID the new main process.
+    let raw: Vec<i32> = names.iter().map(|n| stored[*n].as_raw_fd()).collect();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "export LISTEN_PID=$$; exec \"$0\" \"$@\""])
+        .arg(SWITCHFS)
+        .args(&args)
+        .env("LISTEN_FDS", names.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stderr(logfile());
+    // SAFETY: only fcntl and dup2, both async-signal-safe, run between fork and exec; they
+    // move the stored descriptors to 3.. without clobbering one another (high copies first).
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = Vec::with_capacity(raw.len());
+            for fd in &raw {
+                let h = libc::fcntl(*fd, libc::F_DUPFD, 100);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    d.child = Some(cmd.spawn().expect("restart switchfs"));
+    let answer = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting read never completed after the restart");
+    assert_eq!(answer.as_deref(), Ok("asked while no server ran\n"));
+    assert_eq!(read_uncached(&held), "held in release 1\n");
+    let json = status_json(&fx);
+    assert_eq!(field(&json, "main_pid") as i32, d.pid(), "{json}");
+    drop((stored, held));
+    fx.activate("2");
+    assert_eq!(fx.read("top.txt"), "top of release 2\n");
+    assert!(d.stop_with(libc::SIGTERM).success(), "{}", d.log_text());
+    assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");
+    assert!(d.log_text().contains("systemd's file descriptor store"));
 }
