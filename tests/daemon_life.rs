@@ -104,9 +104,10 @@ fn requests_made_while_the_server_is_down_complete_once_it_is_replaced() {
     let (server, main) = (field(&json, "pid") as i32, field(&json, "main_pid") as i32);
     assert_eq!(
         main,
-        d.pid(),
+        d.main_pid(),
         "the main pid is the process the user started"
     );
+    assert_eq!(server, d.pid(), "the keeper's child serves");
     assert_ne!(server, main, "a separate process serves");
     assert_eq!(field(&json, "restarts"), 0);
 
@@ -271,7 +272,7 @@ fn sighup_hands_the_mount_to_the_binary_now_installed() {
     .expect("start switchfs");
     let held = fs::File::open(fx.m("app/deep/dir/held.txt")).expect("open the held file");
     let cwd = ParkedShell::park(&fx.m("app/deep/dir"), "cat later.txt");
-    let main = d.pid();
+    let main = d.main_pid();
     let load = load_on(&fx);
     for round in 1..=3 {
         let server = serving_pid(&fx);
@@ -462,7 +463,7 @@ fn the_fd_store_keeps_the_mount_while_the_keeper_is_restarted() {
     assert_eq!(answer.as_deref(), Ok("asked while no server ran\n"));
     assert_eq!(read_uncached(&held), "held in release 1\n");
     let json = status_json(&fx);
-    assert_eq!(field(&json, "main_pid") as i32, d.pid(), "{json}");
+    assert_eq!(field(&json, "main_pid") as i32, d.main_pid(), "{json}");
     drop((stored, held));
     fx.activate("2");
     assert_eq!(fx.read("top.txt"), "top of release 2\n");

@@ -264,7 +264,18 @@ impl Daemon {
         })
     }
 
+    /// The process serving the mount: the keeper's child (README, "Crashes and upgrades").
     pub fn pid(&self) -> i32 {
+        let main = self.main_pid();
+        let children = format!("/proc/{main}/task/{main}/children");
+        std::fs::read_to_string(children)
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The process the test started: the keeper, which systemd would track.
+    pub fn main_pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
