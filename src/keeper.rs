@@ -624,7 +624,8 @@ mod systemd {
         ] {
             let msg = format!("FDSTORE=1\nFDNAME={name}");
             if let Err(e) = sys::send_with_fds(sock.as_fd(), Some(&addr), msg.as_bytes(), &[fd]) {
-                log::warn!("cannot store {name} with systemd: {e}");
+                log::warn!("cannot store the FUSE connection with systemd ({name}): {e}");
+                return;
             }
         }
     }

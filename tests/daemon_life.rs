@@ -65,6 +65,27 @@ fn signal(pid: i32, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid} {sig}");
 }
 
+/// Waits until every thread of `pid` is stopped: SIGSTOP takes effect per thread, and one
+/// still running could answer a request the test means to leave waiting.
+fn wait_stopped(pid: i32) {
+    let all_stopped = || {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .map(|r| r.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        })
+    };
+    assert!(wait_until(5, all_stopped), "server {pid} did not stop");
+}
+
 /// Release 1 with a deep directory, release 2 with other content.
 fn releases(fx: &Fixture) {
     fx.write("1", "index.php", "<?php echo 'release 1';");
@@ -113,6 +134,7 @@ fn requests_made_while_the_server_is_down_complete_once_it_is_replaced() {
 
     // The server hangs, then dies: requests made meanwhile wait in the kernel.
     signal(server, libc::SIGSTOP);
+    wait_stopped(server);
     let (tx, rx) = mpsc::channel();
     for path in [
         fx.m("app/deep/dir/waiting.txt"),
