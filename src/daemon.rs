@@ -595,6 +595,7 @@ fn mount(
                 unmount(&ours);
             }
         })?;
+    link.ready();
     if !resumed {
         sd_notify("READY=1");
     }

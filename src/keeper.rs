@@ -34,7 +34,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::InitParams;
 
@@ -50,7 +50,7 @@ pub const RETIRE: i32 = libc::SIGUSR2;
 /// Handle numbers of the n-th server start at n << 40, so no two servers give out the same.
 const HANDLE_SHIFT: u32 = 40;
 
-/// A server restarted this many times in a row within a second of its start is given up on.
+/// A server that died this many times in a row before it served is given up on.
 const MAX_QUICK_DEATHS: u32 = 10;
 
 /// Where a server process stands in the daemon's life, for `status`.
@@ -125,6 +125,13 @@ impl ServerLink {
             &[fuse, listener],
         )
         .map_err(|e| format!("cannot hand the connection to the keeper: {e}"))
+    }
+
+    /// Tells the keeper this server serves: a death from now on is restarted at once.
+    pub fn ready(&self) {
+        if let Err(e) = sys::send_with_fds(self.keeper.as_fd(), None, READY, &[]) {
+            log::warn!("cannot tell the keeper we serve: {e}");
+        }
     }
 }
 
@@ -212,8 +219,12 @@ struct Held {
 /// The server process now running.
 struct Server {
     pid: i32,
-    started: Instant,
+    /// It said it serves (`READY`): a death after that is restarted at once.
+    ready: bool,
 }
+
+/// What a server sends once it serves.
+const READY: &[u8] = b"ready";
 
 /// The keeper process (see the module doc).
 pub struct Keeper {
@@ -287,10 +298,7 @@ impl Keeper {
                 listener,
                 params,
             }),
-            server: Some(Server {
-                pid,
-                started: Instant::now(),
-            }),
+            server: Some(Server { pid, ready: true }),
             restarts,
             upgrades: upgrades + 1,
             serial,
@@ -374,7 +382,7 @@ impl Keeper {
         let child = spawned.map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         self.server = Some(Server {
             pid: child.id() as i32,
-            started: Instant::now(),
+            ready: false,
         });
         Ok(())
     }
@@ -394,6 +402,13 @@ impl Keeper {
     }
 
     fn accept_handover(&mut self, data: &[u8], fds: Vec<OwnedFd>) {
+        if data == READY {
+            if let Some(server) = &mut self.server {
+                server.ready = true;
+            }
+            self.quick_deaths = 0;
+            return;
+        }
         let params = std::str::from_utf8(data)
             .ok()
             .and_then(|t| t.parse::<InitParams>().ok());
@@ -438,15 +453,14 @@ impl Keeper {
                 server.pid,
                 describe(status)
             );
-            if server.started.elapsed() < Duration::from_secs(1) {
+            // A server that dies before it serves would die again at once: back off.
+            if !server.ready {
                 self.quick_deaths += 1;
                 if self.quick_deaths > MAX_QUICK_DEATHS {
-                    log::error!("the server keeps dying at start; giving up");
+                    log::error!("the server keeps dying before it serves; giving up");
                     return Some(1);
                 }
                 std::thread::sleep(Duration::from_millis(100) * self.quick_deaths);
-            } else {
-                self.quick_deaths = 0;
             }
         }
         match self.spawn_server() {

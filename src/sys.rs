@@ -883,3 +883,37 @@ pub fn signal(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: plain syscall; the caller names a process of its own.
     check(unsafe { libc::kill(pid, sig) }).map(drop)
 }
+
+/// A pipe (both ends close-on-exec): one thread wakes another that polls the read end.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: two fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits up to `timeout` for `fd` or `wake` to become readable; returns whether `fd` is.
+pub fn wait_readable_or(
+    fd: BorrowedFd<'_>,
+    wake: BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    let mut pfds = [fd, wake].map(|f| libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: two valid pollfds.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(pfds[0].revents != 0)
+}

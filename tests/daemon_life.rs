@@ -178,6 +178,7 @@ fn requests_made_while_the_server_is_down_complete_once_it_is_replaced() {
         ]
     );
     assert!(waited < Duration::from_secs(1), "resumed after {waited:?}");
+    println!("requests made while the server was down completed {waited:?} after its kill");
     let json = wait_for_successor(&fx, server);
     assert_eq!(field(&json, "restarts"), 1, "{json}");
     assert_eq!(field(&json, "main_pid") as i32, main, "{json}");

@@ -261,14 +261,16 @@ impl Server {
             if self.handover.stopped_accepting() {
                 return;
             }
-            // Wake up now and then while refused clients wait to be closed, and to see a
-            // handover to a successor.
+            // Wake up now and then while refused clients wait to be closed.
             let wait = if lingering.is_empty() {
-                HANDOVER_TICK
+                Duration::from_secs(3600)
             } else {
                 Duration::from_millis(100)
             };
-            let ready = sys::wait_readable(listener.as_fd(), wait).unwrap_or(true);
+            let ready = self.handover.wait(listener, wait);
+            if self.handover.stopped_accepting() {
+                return;
+            }
             lingering.retain_mut(still_lingering);
             if !ready {
                 continue;
@@ -636,16 +638,38 @@ fn after_switch(
 
 // Handing the control socket to a successor server (an upgrade, see `keeper`).
 
-/// How often an idle accept loop looks whether it must stop for a successor.
-const HANDOVER_TICK: Duration = Duration::from_millis(200);
-
-#[derive(Default)]
 struct Handover {
     requested: std::sync::atomic::AtomicBool,
     stopped: std::sync::atomic::AtomicBool,
+    /// Written to wake the accept loop for a handover; `None` if no pipe could be made
+    /// (the loop then looks every 200 ms).
+    wake: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        Handover {
+            requested: Default::default(),
+            stopped: Default::default(),
+            wake: sys::pipe()
+                .inspect_err(|e| log::warn!("control socket: no wake-up pipe: {e}"))
+                .ok(),
+        }
+    }
 }
 
 impl Handover {
+    /// Waits for a client on `listener` (true) or a handover request.
+    fn wait(&self, listener: &UnixListener, wait: Duration) -> bool {
+        match &self.wake {
+            Some((read, _)) => {
+                sys::wait_readable_or(listener.as_fd(), read.as_fd(), wait).unwrap_or(true)
+            }
+            None => sys::wait_readable(listener.as_fd(), wait.min(Duration::from_millis(200)))
+                .unwrap_or(true),
+        }
+    }
+
     /// Whether the accept loop must stop now (and says so).
     fn stopped_accepting(&self) -> bool {
         use std::sync::atomic::Ordering;
@@ -668,6 +692,12 @@ impl Control {
         use std::sync::atomic::Ordering;
         let deadline = Instant::now() + timeout;
         self.0.handover.requested.store(true, Ordering::SeqCst);
+        if let Some((_, write)) = &self.0.handover.wake
+            && let Ok(fd) = write.try_clone()
+        {
+            use std::io::Write;
+            let _ = std::fs::File::from(fd).write_all(b"x");
+        }
         while Instant::now() < deadline
             && (!self.0.handover.stopped.load(Ordering::SeqCst) || self.0.slots.lock().total > 0)
         {
