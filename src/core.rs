@@ -1549,4 +1549,20 @@ impl Core {
         let _ = self.nodelog.set(log);
         Ok(count)
     }
+
+    /// Opens again, under its number, a directory handle a predecessor gave out and the
+    /// kernel still lists with: a release's directory lists the same (releases are
+    /// immutable), the root and the portals the active release, as a new opendir would. The
+    /// caller's permission was checked when the predecessor opened it.
+    ///
+    /// # Errors
+    /// As for `opendir`.
+    pub fn reopen_dir_handle(&self, ino: u64, fh: u64) -> io::Result<()> {
+        if !self.handles.from_predecessor(fh) {
+            return Ok(());
+        }
+        let new = self.opendir(&Caller::ROOT, ino)?;
+        self.handles.renumber(new, fh);
+        Ok(())
+    }
 }

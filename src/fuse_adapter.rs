@@ -313,11 +313,14 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Err(e) = self.core.reopen_dir_handle(ino.0, fh.0) {
+            return reply.error(log_err("readdir", &e));
+        }
         match self.core.readdir(fh.0, offset, &mut PlainSink(&mut reply)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(log_err("readdir", &e)),
@@ -327,11 +330,14 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if let Err(e) = self.core.reopen_dir_handle(ino.0, fh.0) {
+            return reply.error(log_err("readdirplus", &e));
+        }
         match self
             .core
             .readdirplus(fh.0, offset, &mut PlusSink(&mut reply))

@@ -95,6 +95,14 @@ impl HandleTable {
         fh != 0 && fh < self.first.load(Ordering::Relaxed) && self.get(fh).is_none()
     }
 
+    /// Gives handle `from` the number `fh` (a predecessor's handle, opened again).
+    pub fn renumber(&self, from: u64, fh: u64) {
+        let mut map = self.map.lock();
+        if let Some(handle) = map.remove(&from) {
+            map.insert(fh, handle);
+        }
+    }
+
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.lock().get(&fh).cloned()
     }

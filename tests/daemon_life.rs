@@ -494,3 +494,44 @@ fn the_fd_store_keeps_the_mount_while_the_keeper_is_restarted() {
     assert!(!is_mounted(&fx.mnt()), "unmounted on SIGTERM");
     assert!(d.log_text().contains("systemd's file descriptor store"));
 }
+
+#[test]
+fn a_directory_listing_in_progress_goes_on_after_a_crash() {
+    let fx = Fixture::new("life-dir");
+    releases(&fx);
+    for i in 0..600 {
+        fx.write(
+            "1",
+            &format!("app/many/file-with-a-longish-name-{i:04}.txt"),
+            "x",
+        );
+    }
+    let _d = fx.start(&["--initial", "1"]);
+    let mut listing = fs::read_dir(fx.m("app/many")).expect("open the directory");
+    let mut names: Vec<String> = Vec::new();
+    for entry in listing.by_ref().take(10) {
+        names.push(
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let server = serving_pid(&fx);
+    signal(server, libc::SIGKILL);
+    wait_for_successor(&fx, server);
+    // The rest is read with the directory handle the dead server gave out.
+    for entry in listing {
+        names.push(
+            entry
+                .expect("entry after the crash")
+                .file_name()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 600, "every entry listed once");
+}
