@@ -44,6 +44,18 @@ const SERVER_ENV: &str = "SWITCHFS_SERVER";
 const RESUME_ENV: &str = "SWITCHFS_RESUME";
 const KEEPER_ENV: &str = "SWITCHFS_KEEPER";
 
+/// Variables that hand descriptors to a switchfs process. Whoever starts switchfs for
+/// someone else (the mount helper) removes them, so no caller can make the daemon adopt
+/// descriptors of its choosing.
+pub const HANDOFF_ENV: [&str; 6] = [
+    SERVER_ENV,
+    RESUME_ENV,
+    KEEPER_ENV,
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
 /// The signal the keeper sends a server to retire for an upgrade.
 pub const RETIRE: i32 = libc::SIGUSR2;
 
@@ -159,11 +171,23 @@ fn take_env(name: &str) -> Option<String> {
     Some(value)
 }
 
+/// Descriptor numbers this process took from its environment: each is owned once, and
+/// standard input, output and error are never handed over.
+static ADOPTED: parking_lot::Mutex<Vec<RawFd>> = parking_lot::Mutex::new(Vec::new());
+
 fn fd_of(word: Option<&str>) -> Result<OwnedFd, String> {
     let raw: RawFd = word
         .and_then(|w| w.parse().ok())
+        .filter(|raw| *raw > 2)
         .ok_or("malformed descriptor list from the keeper")?;
-    sys::adopt_inherited_fd(raw).map_err(|e| format!("inherited descriptor {raw}: {e}"))
+    let mut adopted = ADOPTED.lock();
+    if adopted.contains(&raw) {
+        return Err(format!("descriptor {raw} handed over twice"));
+    }
+    let fd =
+        sys::adopt_inherited_fd(raw).map_err(|e| format!("inherited descriptor {raw}: {e}"))?;
+    adopted.push(raw);
+    Ok(fd)
 }
 
 fn num(word: Option<&str>) -> Result<u64, String> {
