@@ -596,9 +596,9 @@ fn mount(
             }
         })?;
     link.ready();
-    if !resumed {
-        sd_notify("READY=1");
-    }
+    // Also when resumed: a keeper systemd restarted with its stored connection is not
+    // started until a READY=1 comes (a repeated one after a server crash is ignored).
+    sd_notify("READY=1");
     Ok(Serving {
         signals,
         background,

@@ -480,6 +480,23 @@ fn the_fd_store_keeps_the_mount_while_the_keeper_is_restarted() {
         });
     }
     d.child = Some(cmd.spawn().expect("restart switchfs"));
+    // systemd counts the restart as started only once READY=1 comes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        use std::os::fd::AsFd;
+        assert!(Instant::now() < deadline, "no READY=1 after the restart");
+        match switchfs::sys::recv_with_fds(notify.as_fd()).unwrap() {
+            Some((data, _))
+                if String::from_utf8_lossy(&data)
+                    .lines()
+                    .any(|l| l == "READY=1") =>
+            {
+                break;
+            }
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
     let answer = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the waiting read never completed after the restart");
