@@ -265,6 +265,9 @@ pub struct Keeper {
     serial: u64,
     stopping: bool,
     retiring: bool,
+    /// A stop came while a server retired for an upgrade: its successor must be started
+    /// to unmount, then stopped as soon as it serves.
+    stop_when_ready: bool,
     quick_deaths: u32,
 }
 
@@ -289,6 +292,7 @@ impl Keeper {
             serial: 0,
             stopping: false,
             retiring: false,
+            stop_when_ready: false,
             quick_deaths: 0,
         })
     }
@@ -328,6 +332,7 @@ impl Keeper {
             serial,
             stopping: false,
             retiring: false,
+            stop_when_ready: false,
             quick_deaths: 0,
         })
     }
@@ -356,12 +361,15 @@ impl Keeper {
             }
         };
         loop {
-            match wait_signal(&signals, Duration::from_millis(100)) {
+            let signal = wait_signal(&signals, Duration::from_millis(100));
+            // First what the server sent before the signal came: a SIGHUP right after
+            // READY=1 must find the connection handed over.
+            keeper.take_handover();
+            match signal {
                 Some(libc::SIGTERM | libc::SIGINT) => keeper.stop(),
                 Some(libc::SIGHUP) => keeper.upgrade(),
                 _ => {}
             }
-            keeper.take_handover();
             while let Some((pid, status)) = sys::reap_child() {
                 if keeper.server.as_ref().is_some_and(|s| s.pid == pid)
                     && let Some(code) = keeper.server_ended(status)
@@ -429,6 +437,11 @@ impl Keeper {
         if data == READY {
             if let Some(server) = &mut self.server {
                 server.ready = true;
+                if self.stop_when_ready
+                    && let Err(e) = sys::signal(server.pid, libc::SIGTERM)
+                {
+                    log::warn!("cannot stop server {}: {e}", server.pid);
+                }
             }
             self.quick_deaths = 0;
             return;
@@ -456,11 +469,15 @@ impl Keeper {
     fn server_ended(&mut self, status: i32) -> Option<u8> {
         let server = self.server.take()?;
         let code = exit_code(status);
-        if self.stopping || self.held.is_none() {
+        if self.retiring && self.stopping {
+            // It left the mount to a successor: one must come to take it down.
+            log::info!("stopped during an upgrade: starting a server to unmount");
+            self.retiring = false;
+            self.stop_when_ready = true;
+        } else if self.stopping || self.held.is_none() {
             // Stopping, or it never got to mount: its own message said why.
             return Some(code);
-        }
-        if self.retiring {
+        } else if self.retiring {
             self.retiring = false;
             log::info!(
                 "upgrade: server {} retired; starting {}",
@@ -499,6 +516,9 @@ impl Keeper {
     fn stop(&mut self) {
         self.stopping = true;
         match &self.server {
+            // One still starting is stopped once it serves (its signals are handled from
+            // then on, and it then unmounts what it mounted or resumed).
+            Some(server) if !server.ready => self.stop_when_ready = true,
             Some(server) => {
                 if let Err(e) = sys::signal(server.pid, libc::SIGTERM) {
                     log::warn!("cannot stop server {}: {e}", server.pid);

@@ -552,3 +552,17 @@ fn a_directory_listing_in_progress_goes_on_after_a_crash() {
     names.dedup();
     assert_eq!(names.len(), 600, "every entry listed once");
 }
+
+/// `systemctl stop` right after `systemctl reload`: the stop lands while the old server
+/// retires, and must still unmount (not leave the mount dead behind an exited keeper).
+#[test]
+fn a_stop_during_an_upgrade_still_unmounts() {
+    let fx = Fixture::new("life-upstop");
+    releases(&fx);
+    let mut d = fx.start(&["--initial", "1"]);
+    assert_eq!(fx.read("top.txt"), "top of release 1\n");
+    signal(d.main_pid(), libc::SIGHUP);
+    let status = d.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+    assert!(!is_mounted(&fx.mnt()), "left mounted: {}", d.log_text());
+}
