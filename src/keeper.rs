@@ -20,7 +20,11 @@
 //!   progress, exit without unmounting) and starts a server of the new binary, which resumes
 //!   as after a crash.
 //! - **Stop** (SIGTERM/SIGINT): forwarded to the server, which unmounts and exits; the keeper
-//!   exits with its status.
+//!   exits with its status. A server still starting is stopped once it says it serves (a
+//!   `ready` message); a stop during an upgrade starts the successor anyway, so that one
+//!   unmounts.
+//! - A server that dies before it serves is restarted with a growing pause (given up after
+//!   10 in a row); one that served is restarted at once.
 //! - **Keeper killed**: the server gets SIGKILL too (`PR_SET_PDEATHSIG`): a server nobody
 //!   supervises would leave a mount that dies for good at its next crash. The mount goes dead
 //!   and the next start detaches it, as before keepers existed.
