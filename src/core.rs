@@ -160,6 +160,8 @@ pub struct Core {
     /// When each release was last seen in use (or stopped being active).
     pub(crate) last_used: Mutex<HashMap<String, SystemTime>>,
     pub(crate) invalidator: OnceLock<Box<dyn Invalidator>>,
+    /// Where node ids are recorded for a successor process (see `nodelog`).
+    pub(crate) nodelog: OnceLock<Arc<crate::nodelog::NodeLog>>,
     next_generation: AtomicU64,
     uid: u32,
     gid: u32,
@@ -209,6 +211,7 @@ impl Core {
             mtimes,
             last_used: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
+            nodelog: OnceLock::new(),
             next_generation: AtomicU64::new(1),
             uid,
             gid,
@@ -304,6 +307,9 @@ impl Core {
         });
         let mut root = self.root.lock();
         root.active = active;
+        if let Some(log) = self.nodelog.get() {
+            log.switch();
+        }
         std::mem::take(&mut root.names)
     }
 
@@ -349,6 +355,16 @@ impl Core {
             }
             Node::Inode(_) => Err(os_error(libc::EINVAL)),
         }
+    }
+
+    /// The stable inode number of the portal for top-level directory `name`, recorded for a
+    /// successor process when it is new.
+    pub(crate) fn portal_ino(&self, name: &OsStr) -> u64 {
+        let (ino, new) = self.portals.ino_or_new(name);
+        if new && let Some(log) = self.nodelog.get() {
+            log.portal(ino, name);
+        }
+        ino
     }
 
     /// Looks up `name` in directory `parent`.
@@ -406,12 +422,12 @@ impl Core {
             }
             return match found {
                 Ok((_, attr)) => {
-                    root.names.insert((parent, name.to_os_string()));
+                    self.remember_root_name(&mut root, parent, name);
                     Ok(Lookup::Entry(attr, self.config.ttl))
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     if root.names.len() < MAX_ROOT_NAMES {
-                        root.names.insert((parent, name.to_os_string()));
+                        self.remember_root_name(&mut root, parent, name);
                         Ok(Lookup::Negative(self.config.ttl))
                     } else {
                         Ok(Lookup::Negative(Duration::ZERO))
@@ -434,7 +450,7 @@ impl Core {
             let fd = sys::open_path_beneath(dir.fd.as_fd(), name)?;
             let st = sys::fstat(fd.as_fd())?;
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                return Ok((None, attr_of_stat(self.portals.ino(name), &st)));
+                return Ok((None, attr_of_stat(self.portal_ino(name), &st)));
             }
         }
         let (inode, attr) = self.lookup_in(&dir.release, dir.fd.as_fd(), &dir.path, name)?;
@@ -587,7 +603,8 @@ impl Core {
                 HandleKind::File(file) => sys::pread_full(file.as_fd(), &mut buf, offset)?,
                 HandleKind::Dir { .. } => return Err(os_error(libc::EISDIR)),
             },
-            None if fh == 0 => {
+            // A predecessor's file handle was bound to the inode's release, as the inode is.
+            None if fh == 0 || self.handles.is_from_predecessor(fh) => {
                 let fd = self.regular_file(ino)?.read_fd()?;
                 sys::pread_full(fd.as_fd(), &mut buf, offset)?
             }
@@ -610,7 +627,7 @@ impl Core {
 
     /// Closes handle `fh` (file or directory).
     pub fn release(&self, fh: u64) {
-        if self.handles.remove(fh).is_none() {
+        if self.handles.remove(fh).is_none() && !self.handles.is_from_predecessor(fh) {
             log::warn!("release of unknown handle {fh}");
         }
     }
@@ -1002,5 +1019,80 @@ impl Core {
             reported_mtime,
             fd,
         })
+    }
+}
+// Node ids across a restart or an upgrade of the serving process (see `nodelog`, `keeper`).
+impl Core {
+    /// Records `(parent, name)` for expiry at the next switch, and for a successor.
+    fn remember_root_name(&self, root: &mut RootState, parent: u64, name: &OsStr) {
+        if root.names.insert((parent, name.to_os_string()))
+            && let Some(log) = self.nodelog.get()
+        {
+            log.root_name(parent, name);
+        }
+    }
+
+    /// Restores the node ids, portals and names to expire that the previous serving
+    /// process recorded in `log`, then records in it from now on. Called before serving.
+    /// Each release a node belongs to is opened again by name; nodes of a release that is
+    /// gone are left out (the kernel gets ESTALE for them, which is the truth). Handle
+    /// numbers start at `first_handle`, so a handle the kernel kept from a predecessor
+    /// is never mistaken for a new one.
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn resume_nodes(
+        &self,
+        log: Arc<crate::nodelog::NodeLog>,
+        first_handle: u64,
+    ) -> io::Result<usize> {
+        let restored = log.load_and_compact()?;
+        let mut releases: HashMap<u64, Option<Arc<Release>>> = HashMap::new();
+        let mut count = 0;
+        for n in &restored.nodes {
+            let release = releases.entry(n.generation).or_insert_with(|| {
+                match self.releases.open_release(&n.release) {
+                    Ok(fd) => {
+                        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                        Some(Arc::new(Release::new(&n.release, generation, fd)))
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "node ids of release {:?} cannot be restored: {e}",
+                            n.release
+                        );
+                        None
+                    }
+                }
+            });
+            if let Some(release) = release {
+                self.inodes.restore(n, release);
+                count += 1;
+            }
+        }
+        for (ino, name) in restored.portals {
+            self.portals.restore(ino, name);
+        }
+        self.root.lock().names.extend(restored.root_names);
+        self.handles.start_at(first_handle);
+        self.inodes.set_log(log.clone());
+        let _ = self.nodelog.set(log);
+        Ok(count)
+    }
+
+    /// Opens again, under its number, a directory handle a predecessor gave out and the
+    /// kernel still lists with: a release's directory lists the same (releases are
+    /// immutable), the root and the portals the active release, as a new opendir would. The
+    /// caller's permission was checked when the predecessor opened it.
+    ///
+    /// # Errors
+    /// As for `opendir`.
+    pub fn reopen_dir_handle(&self, ino: u64, fh: u64) -> io::Result<()> {
+        if !self.handles.is_from_predecessor(fh) {
+            return Ok(());
+        }
+        let new = self.opendir(&Caller::ROOT, ino)?;
+        self.handles.renumber(new, fh);
+        Ok(())
     }
 }

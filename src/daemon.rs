@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ use crate::control::{client, server};
 use crate::core::{Core, CoreConfig};
 use crate::hooks::Hooks;
 use crate::invalidate::KernelInvalidator;
+use crate::keeper::{self, Keeper, Role, ServerLink};
+use crate::nodelog::NodeLog;
 use crate::{mounts, paths, sys};
 
 /// Everything the daemon is started with, already validated by the command line parser.
@@ -198,7 +201,7 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, keeper::RETIRE] {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -212,6 +215,8 @@ enum Stop {
     /// The FUSE session ended on its own: someone unmounted us, or the kernel aborted the
     /// connection.
     SessionEnded,
+    /// The keeper starts a new binary in our place (an upgrade): leave the mount to it.
+    Retire,
 }
 
 fn wait_for_stop(set: &libc::sigset_t, session: &fuser::BackgroundSession) -> Stop {
@@ -229,8 +234,11 @@ fn wait_for_stop(set: &libc::sigset_t, session: &fuser::BackgroundSession) -> St
             continue; // timeout or EINTR: look at the session again
         }
         if sig == libc::SIGHUP {
-            log::info!("SIGHUP ignored: switchfs has no configuration to reload");
+            log::info!("SIGHUP goes to the keeper (main pid), which upgrades; ignored here");
             continue;
+        }
+        if sig == keeper::RETIRE {
+            return Stop::Retire;
         }
         return Stop::Signal(sig);
     }
@@ -289,17 +297,56 @@ fn unmount(ours: &mounts::OurMount) -> bool {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT: as the keeper when started by a user or systemd,
+/// as the server when started by the keeper (see `keeper`). Returns the exit code.
 ///
 /// # Errors
 /// A one-line message for anything that prevents serving; nothing is left mounted then.
-pub fn run(args: DaemonArgs) -> Result<(), String> {
+pub fn run(args: DaemonArgs) -> Result<u8, String> {
+    match keeper::role()? {
+        Role::Keeper(adopted) => Keeper::run(adopted),
+        Role::Server(link) => serve(&args, link).map(|()| 0),
+    }
+}
+
+/// The server: resolve paths, configure, mount (or resume the mount), serve, shut down.
+fn serve(args: &DaemonArgs, link: ServerLink) -> Result<(), String> {
     let (fd_limit, inode_fds) = open_file_limit(args.threads)?;
+    let paths = resolve_paths(args, link.resume.is_some())?;
+    let configured = configure(args, &paths, &link, inode_fds)?;
+    let serving = mount(args, paths, configured, link)?;
+    log::info!(
+        "serving {} at {} (control socket {}, {} threads, open file limit {fd_limit}: \
+         inodes hold at most {inode_fds} descriptors)",
+        args.releases.display(),
+        serving.ours.mount_point.display(),
+        serving.control_path.display(),
+        args.threads
+    );
+    let stop = wait_for_stop(&serving.signals, &serving.background);
+    shut_down(serving, stop, args.stop_timeout);
+    Ok(())
+}
+
+/// Where everything is. A resumed server's mount is already up and was checked by the
+/// server that made it: nothing here may touch it (no server answers yet, so a stat of the
+/// mount point would hang).
+struct Paths {
+    mount_point: PathBuf,
+    /// The checked mount point to mount on (a fresh server only).
+    target: Option<OwnedFd>,
+    releases: PathBuf,
+    control_path: PathBuf,
+    state_path: PathBuf,
+}
+
+fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
     let mount_point = absolute_mount_point(&args.mount_point)?;
-    let target = prepare_mount_point(&mount_point)?;
-    let mount_dir = sys::statx_nosync(target.as_fd())
-        .map(|st| (st.dev, st.ino))
-        .map_err(|e| format!("mount point {}: {e}", mount_point.display()))?;
+    let target = if resumed {
+        None
+    } else {
+        Some(prepare_mount_point(&mount_point)?)
+    };
     let releases = std::fs::canonicalize(&args.releases)
         .map_err(|e| format!("releases directory {}: {e}", args.releases.display()))?;
     let control_path = args
@@ -310,55 +357,109 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         .state
         .clone()
         .unwrap_or_else(|| paths::default_state_path(&mount_point));
-    check_layout(
-        &mount_point,
-        mount_dir,
-        &releases,
-        &state_path,
-        &control_path,
-    )?;
+    if let Some(target) = &target {
+        let mount_dir = sys::statx_nosync(target.as_fd())
+            .map(|st| (st.dev, st.ino))
+            .map_err(|e| format!("mount point {}: {e}", mount_point.display()))?;
+        check_layout(
+            &mount_point,
+            mount_dir,
+            &releases,
+            &state_path,
+            &control_path,
+        )?;
+    }
     if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
     }
+    Ok(Paths {
+        mount_point,
+        target,
+        releases,
+        control_path,
+        state_path,
+    })
+}
+
+/// The daemon before it serves: control socket, PHP pools, the core with its state and the
+/// node ids a predecessor handed out.
+struct Configured {
+    signals: libc::sigset_t,
+    access: server::Access,
+    listener: UnixListener,
+    cleanup_socket: SocketFile,
+    php: Option<crate::opcache::Php>,
+    core: Arc<Core>,
+}
+
+fn configure(
+    args: &DaemonArgs,
+    paths: &Paths,
+    link: &ServerLink,
+    inode_fds: usize,
+) -> Result<Configured, String> {
     let signals = block_signals();
     let access = server::Access {
-        // SAFETY: geteuid cannot fail.
-        owner_uid: unsafe { libc::geteuid() },
+        owner_uid: sys::euid(),
         control_group: args.control_group.map(server_group),
         status_group: args.status_group.map(server_group),
     };
-    let listener = server::bind(&control_path, &access)?;
-    let cleanup_socket = SocketFile(control_path.clone());
+    // A resumed server takes the listener the keeper kept: clients that connected while no
+    // server ran are waiting in its backlog.
+    let listener = match &link.resume {
+        Some(resume) => resume
+            .listener
+            .try_clone()
+            .map(UnixListener::from)
+            .map_err(|e| format!("cannot take the control socket from the keeper: {e}"))?,
+        None => server::bind(&paths.control_path, &access)?,
+    };
+    let cleanup_socket = SocketFile(paths.control_path.clone());
     // Checked before anything is persisted or mounted, so a bad --php-* option changes nothing.
     let php = if args.php.fpm.is_empty() && args.php.http.is_empty() {
         None
     } else {
-        Some(crate::opcache::Php::new(&args.php, &mount_point)?)
+        Some(crate::opcache::Php::new(&args.php, &paths.mount_point)?)
     };
     let config = CoreConfig {
-        releases,
-        mtimes_path: Some(crate::mtimes::log_path(&state_path)),
-        state_path,
-        mount_point: mount_point.clone(),
-        control_path: control_path.clone(),
+        releases: paths.releases.clone(),
+        mtimes_path: Some(crate::mtimes::log_path(&paths.state_path)),
+        state_path: paths.state_path.clone(),
+        mount_point: paths.mount_point.clone(),
+        control_path: paths.control_path.clone(),
         ttl: args.cache_timeout,
         track_opens: args.track_opens,
         inode_fds,
     };
     let core = Arc::new(Core::new(config, args.initial.as_deref())?);
+    let nodes = link
+        .nodes
+        .try_clone()
+        .map_err(|e| format!("cannot take the node id log: {e}"))?;
+    let restored = core
+        .resume_nodes(Arc::new(NodeLog::new(nodes)), link.first_handle())
+        .map_err(|e| format!("cannot read the node id log: {e}"))?;
+    if link.resume.is_some() {
+        log::info!("resuming the mount: {restored} node ids restored");
+    }
     if let Some(php) = &php {
         php.assume_in_step_with(&core);
     }
+    Ok(Configured {
+        signals,
+        access,
+        listener,
+        cleanup_socket,
+        php,
+        core,
+    })
+}
 
-    let fsname = format!(
-        "{}{}",
-        mounts::FSNAME_PREFIX,
-        core.config().releases.to_string_lossy()
-    );
+fn fuse_config(args: &DaemonArgs, fsname: &str) -> Config {
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
-        MountOption::FSName(fsname.clone()),
+        MountOption::FSName(fsname.to_string()),
         // fuser passes Subtype only to fusermount3 (not root); as root it calls mount(2)
         // itself with type "fuse", so the kernel option is what makes findmnt and mount(8)
         // say fuse.switchfs there.
@@ -379,25 +480,78 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         SessionACL::Owner
     };
     fuse_config.n_threads = Some(args.threads);
-    fuse_config.clone_fd = true;
-    // As root the kernel mounts on the directory our descriptor holds, so a symlink swapped
-    // in since the checks cannot redirect the mount. The setuid helper (not root) cannot see
-    // our descriptors and gets the checked path.
-    let mount_target = if is_root() {
-        sys::fd_path(target.as_fd())
-    } else {
-        mount_point.clone()
-    };
-    let expire_only = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let session = fuser::Session::new(
-        crate::fuse_adapter::FuseAdapter::new(core.clone(), expire_only.clone(), args.acl),
-        &mount_target,
-        &fuse_config,
-    )
+    // No cloned descriptors: a request read through a clone dies with the clone's last
+    // descriptor, i.e. with a crashed server, instead of waiting for a successor's resend.
+    // The warm path sends no request at all, so one queue costs it nothing.
+    fuse_config.clone_fd = false;
+    fuse_config
+}
+
+/// The daemon serving.
+struct Serving {
+    signals: libc::sigset_t,
+    background: ManuallyDrop<fuser::BackgroundSession>,
+    ours: mounts::OurMount,
+    core: Arc<Core>,
+    control: server::Control,
+    cleanup_socket: SocketFile,
+    control_path: PathBuf,
+}
+
+/// Mounts and answers `FUSE_INIT` (a fresh server, which then hands the connection to the
+/// keeper), or resumes the keeper's connection and has the kernel resend what the dead
+/// server had taken; then starts the control server.
+fn mount(
+    args: &DaemonArgs,
+    paths: Paths,
+    configured: Configured,
+    link: ServerLink,
+) -> Result<Serving, String> {
+    let Configured {
+        signals,
+        access,
+        listener,
+        cleanup_socket,
+        php,
+        core,
+    } = configured;
+    let mount_point = paths.mount_point.clone();
+    let fsname = format!(
+        "{}{}",
+        mounts::FSNAME_PREFIX,
+        core.config().releases.to_string_lossy()
+    );
+    let fuse_config = fuse_config(args, &fsname);
+    let adapter = crate::fuse_adapter::FuseAdapter::new(core.clone(), args.acl);
+    let resumed = link.resume.is_some();
+    let session = match (&link.resume, paths.target) {
+        (Some(resume), _) => {
+            let fd = resume
+                .fuse
+                .try_clone()
+                .map_err(|e| format!("cannot take the FUSE connection from the keeper: {e}"))?;
+            fuser::Session::resume(adapter, fd, fuse_config.acl, fuse_config, resume.params)
+        }
+        (None, Some(target)) => {
+            // As root the kernel mounts on the directory our descriptor holds, so a symlink
+            // swapped in since the checks cannot redirect the mount. The setuid helper (not
+            // root) cannot see our descriptors and gets the checked path.
+            let mount_target = if is_root() {
+                sys::fd_path(target.as_fd())
+            } else {
+                mount_point.clone()
+            };
+            fuser::Session::new(adapter, &mount_target, &fuse_config)
+        }
+        (None, None) => return Err("no mount point to mount on".into()),
+    }
     .map_err(|e| format!("cannot mount {}: {e}", mount_point.display()))?;
-    drop(target);
+    let params = session
+        .init_params()
+        .ok_or("the FUSE session did not initialise")?;
     let notifier = session.notifier();
-    let dev_fuse = std::os::fd::AsFd::as_fd(&session)
+    let dev_fuse = session
+        .as_fd()
         .try_clone_to_owned()
         .map_err(|e| format!("cannot duplicate the FUSE device descriptor: {e}"))?;
     // Never dropped: fuser's unmount-on-drop unmounts the *path*, a second time, taking
@@ -408,11 +562,16 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot start the FUSE session: {e}"))?,
     );
-    let ours = match mounts::identify(&mount_point, &fsname, &control_path) {
+    if resumed && let Err(e) = notifier.resend() {
+        // Before Linux 6.9: requests the dead server took wait until their callers give up.
+        log::warn!("cannot ask the kernel to resend requests the dead server took: {e}");
+    }
+    let ours = match mounts::identify(&mount_point, &fsname, &paths.control_path) {
         Ok(ours) => ours,
+        Err(e) if resumed => return Err(e),
         Err(e) => {
             // Without an identity there is no safe unmount at shutdown: do not serve.
-            mounts::detach_if_serving(&mount_point, &control_path);
+            mounts::detach_if_serving(&mount_point, &paths.control_path);
             return Err(e);
         }
     };
@@ -422,50 +581,91 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         libc::major(ours.dev),
         libc::minor(ours.dev)
     );
-    if expire_only.load(std::sync::atomic::Ordering::Relaxed) {
-        log::debug!("kernel supports expire-only invalidation");
+    if !resumed && let Err(e) = link.hand_over(dev_fuse.as_fd(), listener.as_fd(), &params) {
+        unmount(&ours);
+        return Err(e);
     }
     core.set_invalidator(Box::new(KernelInvalidator::new(
-        notifier,
-        dev_fuse,
-        expire_only,
+        notifier, dev_fuse, &params,
     )));
     raise_readahead(ours.dev);
+    let control =
+        start_control(args, &mount_point, listener, &core, php, access).inspect_err(|_| {
+            if !resumed {
+                unmount(&ours);
+            }
+        })?;
+    link.ready();
+    // Also when resumed: a keeper systemd restarted with its stored connection is not
+    // started until a READY=1 comes (a repeated one after a server crash is ignored).
+    sd_notify("READY=1");
+    Ok(Serving {
+        signals,
+        background,
+        ours,
+        core,
+        control,
+        cleanup_socket,
+        control_path: paths.control_path,
+    })
+}
+
+fn start_control(
+    args: &DaemonArgs,
+    mount_point: &Path,
+    listener: UnixListener,
+    core: &Arc<Core>,
+    php: Option<crate::opcache::Php>,
+    access: server::Access,
+) -> Result<server::Control, String> {
     let mut hooks = Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
-        mount_point.clone(),
+        mount_point.to_path_buf(),
         core.config().releases.clone(),
     );
     if let Some(php) = php {
         hooks = hooks.with_php(php);
     }
-    if let Err(e) = server::spawn(listener, core.clone(), Arc::new(hooks), access) {
-        unmount(&ours);
-        return Err(format!("cannot start the control server: {e}"));
-    }
-    log::info!(
-        "serving {} at {} (control socket {}, {} threads, open file limit {fd_limit}: \
-         inodes hold at most {inode_fds} descriptors)",
-        args.releases.display(),
-        mount_point.display(),
-        control_path.display(),
-        args.threads
-    );
-    sd_notify("READY=1");
+    server::spawn(listener, core.clone(), Arc::new(hooks), access)
+        .map_err(|e| format!("cannot start the control server: {e}"))
+}
 
-    match wait_for_stop(&signals, &background) {
+/// How long a retiring server waits for control clients it accepted to be answered.
+const RETIRE_CLIENTS: Duration = Duration::from_secs(30);
+
+/// Stops as `stop` says: unmount and drain (a signal), clean up after an unmount from
+/// outside, or leave the mount to the successor (an upgrade).
+fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
+    let Serving {
+        background,
+        ours,
+        core,
+        control,
+        cleanup_socket,
+        ..
+    } = serving;
+    match stop {
+        Stop::Retire => {
+            // The successor serves the same mount and control socket: remove neither. A
+            // switch in progress finishes first; requests a worker holds are resent.
+            control.hand_over(RETIRE_CLIENTS);
+            core.stop_switching();
+            std::mem::forget(cleanup_socket);
+            log::info!("retiring: the new binary takes over the mount");
+            return;
+        }
         Stop::Signal(sig) => {
             log::info!(
                 "signal {sig} received: unmounting {}",
-                mount_point.display()
+                ours.mount_point.display()
             );
             sd_notify("STOPPING=1");
             drop(cleanup_socket);
             let unmounted = unmount(&ours);
             core.stop_switching();
             if !unmounted {
-                return Ok(());
+                return;
             }
         }
         Stop::SessionEnded => {
@@ -473,14 +673,14 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             drop(cleanup_socket);
             log::warn!(
                 "{} was unmounted or its connection aborted from outside; exiting",
-                mount_point.display()
+                ours.mount_point.display()
             );
             // An aborted connection leaves our mount in place, dead: take it down.
             unmount(&ours);
-            return Ok(());
+            return;
         }
     }
-    let deadline = Instant::now() + args.stop_timeout;
+    let deadline = Instant::now() + stop_timeout;
     while !background.guard.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -488,11 +688,9 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         log::info!("unmounted; bye");
     } else {
         log::warn!(
-            "files under the detached mount are still open after {:?}; exiting anyway",
-            args.stop_timeout
+            "files under the detached mount are still open after {stop_timeout:?}; exiting anyway"
         );
     }
-    Ok(())
 }
 
 /// The kernel gives a FUSE mount the default 128 KiB readahead, so a cold sequential read

@@ -5,7 +5,6 @@
 use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -25,19 +24,13 @@ use crate::sys::XattrAnswer;
 /// Serves a `Core` to the kernel.
 pub struct FuseAdapter {
     core: Arc<Core>,
-    /// Set at init when the kernel can expire entries without dropping them.
-    expire_only: Arc<AtomicBool>,
     /// Ask the kernel to enforce POSIX ACLs (see `--acl`).
     acl: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Core>, expire_only: Arc<AtomicBool>, acl: bool) -> Self {
-        FuseAdapter {
-            core,
-            expire_only,
-            acl,
-        }
+    pub fn new(core: Arc<Core>, acl: bool) -> Self {
+        FuseAdapter { core, acl }
     }
 }
 
@@ -89,10 +82,6 @@ macro_rules! erofs {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let expire = config
-            .capabilities()
-            .contains(InitFlags::FUSE_HAS_EXPIRE_ONLY);
-        self.expire_only.store(expire, Ordering::Relaxed);
         // Each is an optimisation the kernel may lack; without it we are merely slower.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -231,11 +220,14 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Err(e) = self.core.reopen_dir_handle(ino.0, fh.0) {
+            return reply.error(log_err("readdir", &e));
+        }
         match self.core.readdir(fh.0, offset, &mut PlainSink(&mut reply)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(log_err("readdir", &e)),
@@ -245,11 +237,14 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if let Err(e) = self.core.reopen_dir_handle(ino.0, fh.0) {
+            return reply.error(log_err("readdirplus", &e));
+        }
         match self
             .core
             .readdirplus(fh.0, offset, &mut PlusSink(&mut reply))

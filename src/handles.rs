@@ -62,6 +62,8 @@ pub struct Handle {
 pub struct HandleTable {
     map: Mutex<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
+    /// Handles below this were given out by a predecessor process (see `start_at`).
+    first: AtomicU64,
 }
 
 impl Default for HandleTable {
@@ -69,6 +71,7 @@ impl Default for HandleTable {
         HandleTable {
             map: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            first: AtomicU64::new(1),
         }
     }
 }
@@ -78,6 +81,26 @@ impl HandleTable {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         self.map.lock().insert(fh, Arc::new(handle));
         fh
+    }
+
+    /// Numbers new handles from `first` on (if higher): a successor process must not give
+    /// out a number the kernel still holds from its predecessor.
+    pub fn start_at(&self, first: u64) {
+        self.next.fetch_max(first, Ordering::Relaxed);
+        self.first.fetch_max(first, Ordering::Relaxed);
+    }
+
+    /// Whether `fh` was given out by a predecessor process: the kernel may still use it.
+    pub fn is_from_predecessor(&self, fh: u64) -> bool {
+        fh != 0 && fh < self.first.load(Ordering::Relaxed) && self.get(fh).is_none()
+    }
+
+    /// Gives handle `from` the number `fh` (a predecessor's handle, opened again).
+    pub fn renumber(&self, from: u64, fh: u64) {
+        let mut map = self.map.lock();
+        if let Some(handle) = map.remove(&from) {
+            map.insert(fh, handle);
+        }
     }
 
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {

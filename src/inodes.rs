@@ -19,6 +19,7 @@ use fuser::FileType;
 use parking_lot::RwLock;
 
 use crate::mtimes::MtimeOverride;
+use crate::nodelog::{NodeLog, NodeRecord};
 use crate::release::Release;
 use std::io;
 use std::os::fd::AsFd;
@@ -110,6 +111,8 @@ pub struct InodeTable {
     budget: Arc<FdBudget>,
     /// Inodes whose descriptors are pinned (see `pin_only`).
     pinned: parking_lot::Mutex<HashSet<u64>>,
+    /// Where new and forgotten inodes are recorded for a successor (see `nodelog`).
+    log: std::sync::OnceLock<Arc<NodeLog>>,
 }
 
 impl Default for InodeTable {
@@ -125,6 +128,7 @@ impl InodeTable {
             next_ino: AtomicU64::new(ROOT_INO + 1),
             budget,
             pinned: parking_lot::Mutex::new(HashSet::new()),
+            log: std::sync::OnceLock::new(),
         }
     }
 
@@ -258,6 +262,10 @@ impl InodeTable {
                 nlookup: AtomicU64::new(1),
             },
         );
+        // Before the lookup is answered, so the kernel never holds an id a successor lacks.
+        if let Some(log) = self.log.get() {
+            log.node(&inode.record());
+        }
         inode
     }
 
@@ -277,6 +285,9 @@ impl InodeTable {
             let key = slot.key;
             maps.by_ino.remove(&ino);
             maps.by_key.remove(&key);
+            if let Some(log) = self.log.get() {
+                log.forget(ino);
+            }
         }
     }
 
@@ -292,6 +303,64 @@ impl InodeTable {
             *counts.entry(slot.inode.release.name.clone()).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+// Node ids across a restart or an upgrade (see `nodelog`).
+
+/// A restored inode stays until the daemon stops: its true lookup count died with the
+/// process that counted it, and freeing an id the kernel still uses would make it ESTALE.
+const RESTORED_LOOKUPS: u64 = u64::MAX / 2;
+
+impl Inode {
+    fn record(&self) -> NodeRecord {
+        NodeRecord {
+            ino: self.ino,
+            generation: self.release.generation,
+            release: self.release.name.clone(),
+            kind: self.kind,
+            host: self.host,
+            mtime: self.mtime,
+            path: self.path.clone(),
+        }
+    }
+}
+
+impl InodeTable {
+    /// Records every inode created from now on in `log`.
+    pub fn set_log(&self, log: Arc<NodeLog>) {
+        let _ = self.log.set(log);
+    }
+
+    /// Puts back an inode a predecessor handed to the kernel, bound to `release` (opened
+    /// again by name), without a descriptor: the first use reopens its path and checks the
+    /// host identity, so a file replaced meanwhile answers ESTALE, never another file.
+    pub fn restore(&self, n: &NodeRecord, release: &Arc<Release>) {
+        let key = Key {
+            generation: release.generation,
+            dev: n.host.0,
+            host_ino: n.host.1,
+        };
+        let inode = Arc::new(Inode {
+            ino: n.ino,
+            release: release.clone(),
+            kind: n.kind,
+            path: n.path.clone(),
+            mtime: n.mtime,
+            host: n.host,
+            slot: FdSlot::new(&self.budget),
+        });
+        let mut maps = self.maps.write();
+        maps.by_key.insert(key, n.ino);
+        maps.by_ino.insert(
+            n.ino,
+            Slot {
+                inode,
+                key,
+                nlookup: AtomicU64::new(RESTORED_LOOKUPS),
+            },
+        );
+        self.next_ino.fetch_max(n.ino + 1, Ordering::Relaxed);
     }
 }
 

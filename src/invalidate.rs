@@ -10,15 +10,16 @@
 //!
 //! fuser's `Notifier` cannot set that flag, so the message is written here, on a duplicate
 //! of the session's /dev/fuse descriptor (writes are atomic; the kernel parses each).
+//!
+//! Whether the kernel offers it is read from what `FUSE_INIT` settled (`InitParams`), which a
+//! resumed session has too: the one constructor takes them, nothing else carries it.
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuser::Notifier;
+use fuser::{InitFlags, InitParams, Notifier};
 
 use crate::core::Invalidator;
 
@@ -28,12 +29,17 @@ const FUSE_EXPIRE_ONLY: u32 = 1;
 pub struct KernelInvalidator {
     notifier: Notifier,
     dev_fuse: OwnedFd,
-    /// Set during the FUSE handshake when the kernel supports `FUSE_EXPIRE_ONLY`.
-    expire_only: Arc<AtomicBool>,
+    /// The kernel offered `FUSE_HAS_EXPIRE_ONLY` at INIT.
+    expire_only: bool,
 }
 
 impl KernelInvalidator {
-    pub fn new(notifier: Notifier, dev_fuse: OwnedFd, expire_only: Arc<AtomicBool>) -> Self {
+    /// The invalidator for the connection on `dev_fuse`, initialised with `init`.
+    pub fn new(notifier: Notifier, dev_fuse: OwnedFd, init: &InitParams) -> Self {
+        let expire_only = init.offered.contains(InitFlags::FUSE_HAS_EXPIRE_ONLY);
+        if expire_only {
+            log::debug!("kernel supports expire-only invalidation");
+        }
         KernelInvalidator {
             notifier,
             dev_fuse,
@@ -78,7 +84,7 @@ fn expire_message(parent: u64, name: &OsStr) -> io::Result<Vec<u8>> {
 
 impl Invalidator for KernelInvalidator {
     fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
-        if self.expire_only.load(Ordering::Relaxed) {
+        if self.expire_only {
             self.expire_entry(parent, name)
         } else {
             self.notifier.inval_entry(fuser::INodeNo(parent), name)

@@ -10,7 +10,9 @@ use switchfs::names::validate_release_name;
 
 /// Serve the active release of RELEASES at MOUNTPOINT, read-only, and switch releases
 /// atomically with `switchctl activate NAME`. Runs in the foreground until SIGTERM or SIGINT,
-/// then unmounts and exits 0.
+/// then unmounts and exits 0. SIGHUP hands the live mount to the binary now installed at
+/// this path (an upgrade without a failed request); a crashed server process is replaced at
+/// once by the process you started, which keeps the mount.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -166,7 +168,7 @@ fn main() -> ExitCode {
         },
     };
     match daemon::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("switchfs: {msg}");
             ExitCode::FAILURE

@@ -47,18 +47,40 @@ struct Table {
 impl Portals {
     /// The stable inode number of the portal for top-level directory `name`, given out on
     /// first use and the same for the life of the daemon.
+    #[cfg(test)]
     pub fn ino(&self, name: &OsStr) -> u64 {
+        self.ino_or_new(name).0
+    }
+
+    /// As `ino`, and whether this call gave the number out (a successor process must learn
+    /// it, see `nodelog`).
+    pub fn ino_or_new(&self, name: &OsStr) -> (u64, bool) {
         if let Some(ino) = self.inner.read().by_name.get(name) {
-            return *ino;
+            return (*ino, false);
         }
         let mut table = self.inner.write();
         if let Some(ino) = table.by_name.get(name) {
-            return *ino;
+            return (*ino, false);
         }
-        let ino = PORTAL_BIT | (table.by_name.len() as u64 + 1);
+        // Past the highest number in use, not the count: restored portals may leave gaps.
+        let ino = PORTAL_BIT
+            | (table
+                .by_ino
+                .keys()
+                .map(|i| i & !PORTAL_BIT)
+                .max()
+                .unwrap_or(0)
+                + 1);
         table.by_name.insert(name.to_os_string(), ino);
         table.by_ino.insert(ino, name.to_os_string());
-        ino
+        (ino, true)
+    }
+
+    /// Takes over portal `ino` for `name` as a predecessor process gave it out.
+    pub fn restore(&self, ino: u64, name: OsString) {
+        let mut table = self.inner.write();
+        table.by_name.insert(name.clone(), ino);
+        table.by_ino.insert(ino, name);
     }
 
     /// The name of portal `ino`; `None` if no such portal was handed out.

@@ -765,3 +765,249 @@ pub fn open_socket_nofollow(path: &std::path::Path) -> io::Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+// The daemon's own life (see `keeper`): descriptors handed between processes.
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec): message boundaries are
+/// kept, so one handover is one message.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for the two descriptors socketpair writes.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: two fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends `data` with `fds` attached (`SCM_RIGHTS`) on the Unix socket `sock`, or to `to`
+/// (an unbound datagram socket sending to systemd's notify socket).
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    to: Option<&std::os::unix::net::SocketAddr>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let fd_bytes = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let addr = to.map(sockaddr_un_of);
+    if let Some((sa, len)) = &addr {
+        msg.msg_name = (sa as *const libc::sockaddr_un).cast_mut().cast();
+        msg.msg_namelen = *len;
+    }
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control holds `space` bytes, room for one header and the descriptors.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as usize;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
+        }
+    }
+    // SAFETY: msg and everything it points to live until the call returns.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's address structure for a Unix socket address (path or abstract name).
+fn sockaddr_un_of(addr: &std::os::unix::net::SocketAddr) -> (libc::sockaddr_un, libc::socklen_t) {
+    use std::os::linux::net::SocketAddrExt;
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (bytes, skip): (&[u8], usize) = if let Some(name) = addr.as_abstract_name() {
+        (name, 1)
+    } else if let Some(path) = addr.as_pathname() {
+        (path.as_os_str().as_bytes(), 0)
+    } else {
+        (&[], 0)
+    };
+    let n = bytes.len().min(sa.sun_path.len() - 1 - skip);
+    for (i, b) in bytes[..n].iter().enumerate() {
+        sa.sun_path[i + skip] = *b as libc::c_char;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    let len = if skip == 1 {
+        base + 1 + n
+    } else {
+        base + n + 1
+    };
+    (sa, len as libc::socklen_t)
+}
+
+/// Receives one message and the descriptors attached to it (at most 8) without waiting;
+/// `Ok(None)` when nothing is queued, `Ok(Some((vec![], [])))` at end of stream.
+pub fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut data = vec![0u8; 4096];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((8 * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg and its buffers live until the call returns.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    data.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel filled in; SCM_RIGHTS data holds
+    // descriptors now ours, each taken into an OwnedFd exactly once.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let header = libc::CMSG_LEN(0) as usize;
+                let count = ((*cmsg).cmsg_len as usize - header) / std::mem::size_of::<RawFd>();
+                let first = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(first.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Some((data, fds)))
+}
+
+/// An anonymous memory file (`memfd_create`, close-on-exec): lives as long as a process
+/// holds it, never on disk.
+pub fn memfd(name: &str) -> io::Result<OwnedFd> {
+    let c = cstring(name.as_bytes())?;
+    // SAFETY: valid C string; plain syscall.
+    let fd = check(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets or clears close-on-exec on `fd`: cleared only on descriptors handed to the next
+/// process of the daemon, set again by that process at once.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: plain fcntl on a descriptor we hold.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) }).map(drop)
+}
+
+/// Takes ownership of descriptor number `raw` handed to this process across `exec`, after
+/// checking it is open; sets close-on-exec on it again so no hook inherits it.
+pub fn adopt_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    check(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
+    // SAFETY: the descriptor was handed to this process alone (named in its environment by
+    // the process that exec'd it); nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
+    Ok(fd)
+}
+
+/// Makes the child of `cmd` receive SIGKILL when the process that started it dies, so a
+/// killed keeper never leaves a server behind serving a mount nobody supervises.
+pub fn die_with_parent_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid cannot fail and touches no memory of ours.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only prctl and getppid, both async-signal-safe, run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits for any child without blocking: `Some((pid, status))` for one that ended.
+pub fn reap_child() -> Option<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; the caller names a process of its own.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// A pipe (both ends close-on-exec): one thread wakes another that polls the read end.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: two fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits up to `timeout` for `fd` or `wake` to become readable; returns whether `fd` is.
+pub fn wait_readable_or(
+    fd: BorrowedFd<'_>,
+    wake: BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    let mut pfds = [fd, wake].map(|f| libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: two valid pollfds.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(pfds[0].revents != 0)
+}

@@ -465,3 +465,30 @@ fn the_failure_line_is_read_from_the_log_it_opened_not_from_its_path() {
     );
     assert!(!is_mounted(&fx.mnt()));
 }
+
+// README "Crashes and upgrades": the variables that hand descriptors to switchfs (to a
+// server from its keeper, to a keeper from systemd) are not passed on by the mount helper,
+// so whoever runs mount cannot make the daemon adopt descriptors of their choosing.
+#[test]
+fn handoff_variables_of_the_caller_never_reach_the_daemon() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-env");
+    fx.two_releases();
+    let _cleanup = Detached(fx.mnt());
+    let opts = format!("initial=1,{}", own_paths(&fx));
+    let out = Command::new("mount")
+        .args(["-t", "fuse.switchfs", "-o", &opts])
+        .arg(fx.releases())
+        .arg(fx.mnt())
+        .env("SWITCHFS_SERVER", "0 0 1 0 0 1")
+        .env("SWITCHFS_RESUME", "0 0 7 31 0 0 0 0")
+        .output()
+        .expect("mount (util-linux) must be installed");
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+    umount(&fx.mnt());
+}

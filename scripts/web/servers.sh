@@ -96,7 +96,8 @@ start_switchfs() {
   chmod 0755 "$W/docroot"
   # NOTIFY_SOCKET is cleared so a suite started under systemd does not notify systemd.
   # SWITCHFS_LOG=info logs each OPcache invalidation per pool (with its duration).
-  spawn switchfs env -u NOTIFY_SOCKET RUST_LOG=${SWITCHFS_LOG:-warn} "$BIN/switchfs" \
+  # SWITCHFS_EXE: the copy phase L replaces to upgrade (default: the built binary).
+  spawn switchfs env -u NOTIFY_SOCKET RUST_LOG=${SWITCHFS_LOG:-warn} "${SWITCHFS_EXE:-$BIN/switchfs}" \
     --releases "$W/releases" --initial "$initial" \
     --control "$W/ctl.sock" --state "$W/state" "$@" "$W/docroot"
   for _ in $(seq 100); do

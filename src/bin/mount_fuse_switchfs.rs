@@ -185,6 +185,9 @@ fn spawn_daemon(
         .stdout(Stdio::null())
         .stderr(log)
         .current_dir("/");
+    for name in switchfs::keeper::HANDOFF_ENV {
+        cmd.env_remove(name);
+    }
     if std::env::var_os("PATH").is_none_or(|p| p.is_empty()) {
         cmd.env(
             "PATH",

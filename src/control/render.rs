@@ -80,6 +80,7 @@ pub fn status_text(st: &Status) -> String {
     if let Some(problem) = &st.active_problem {
         let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
     }
+    out.push_str(&life_text());
     let _ = writeln!(out, "releases:");
     for u in &st.usage {
         let mark = if u.active { "*" } else { " " };
@@ -161,7 +162,7 @@ pub fn status_json(st: &Status) -> String {
     format!(
         "{{\"active\":{},\"since\":{},\"since_unix\":{},\"previous\":{},\"releases_dir\":{},\
          \"mount_point\":{},\"problem\":{},\"releases\":[{}],\"history\":{},\
-         \"rollback_to\":{},\"rolled_back\":{}}}\n",
+         \"rollback_to\":{},\"rolled_back\":{}{}}}\n",
         json_opt(st.active.as_deref()),
         json_str(&iso8601(st.since)),
         unix_secs(st.since),
@@ -178,7 +179,42 @@ pub fn status_json(st: &Status) -> String {
                 .as_deref()
         ),
         json_list(st.history.rolled_back()),
+        life_json(),
     )
+}
+
+// The serving process's place in the daemon's life (see `keeper`).
+
+/// `pid:` (the server), `main pid:` (the keeper, to signal for a reload), when the server
+/// started, and the mount's restarts and upgrades.
+fn life_text() -> String {
+    match crate::keeper::life() {
+        Some(l) => format!(
+            "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n",
+            l.pid,
+            iso8601(l.started),
+            l.main_pid,
+            l.restarts,
+            l.upgrades
+        ),
+        None => String::new(),
+    }
+}
+
+fn life_json() -> String {
+    match crate::keeper::life() {
+        Some(l) => format!(
+            ",\"pid\":{},\"main_pid\":{},\"started\":{},\"started_unix\":{},\
+             \"restarts\":{},\"upgrades\":{}",
+            l.pid,
+            l.main_pid,
+            json_str(&iso8601(l.started)),
+            unix_secs(l.started),
+            l.restarts,
+            l.upgrades
+        ),
+        None => String::new(),
+    }
 }
 
 fn newest_first(history: &History) -> Vec<String> {

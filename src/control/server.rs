@@ -219,17 +219,19 @@ pub fn spawn(
     core: Arc<Core>,
     hooks: Arc<Hooks>,
     access: Access,
-) -> io::Result<()> {
+) -> io::Result<Control> {
     let server = Arc::new(Server {
         core,
         hooks,
         access,
         slots: Mutex::new(Slots::default()),
+        handover: Handover::default(),
     });
+    let accepting = server.clone();
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || server.accept_loop(&listener))?;
-    Ok(())
+        .spawn(move || accepting.accept_loop(&listener))?;
+    Ok(Control(server))
 }
 
 struct Server {
@@ -237,6 +239,7 @@ struct Server {
     hooks: Arc<Hooks>,
     access: Access,
     slots: Mutex<Slots>,
+    handover: Handover,
 }
 
 /// Clients being served: in total and per user without switching rights.
@@ -256,13 +259,19 @@ impl Server {
     fn accept_loop(self: Arc<Self>, listener: &UnixListener) {
         let mut lingering: Vec<Lingering> = Vec::new();
         loop {
+            if self.handover.stopped_accepting() {
+                return;
+            }
             // Wake up now and then while refused clients wait to be closed.
             let wait = if lingering.is_empty() {
                 Duration::from_secs(3600)
             } else {
                 Duration::from_millis(100)
             };
-            let ready = sys::wait_readable(listener.as_fd(), wait).unwrap_or(true);
+            let ready = self.handover.wait(listener, wait);
+            if self.handover.stopped_accepting() {
+                return;
+            }
             lingering.retain_mut(still_lingering);
             if !ready {
                 continue;
@@ -556,4 +565,74 @@ fn timed_out() -> String {
         "timed out waiting for the request line (send it within {} s)",
         REQUEST_DEADLINE.as_secs()
     )
+}
+
+// Handing the control socket to a successor server (an upgrade, see `keeper`).
+
+struct Handover {
+    requested: std::sync::atomic::AtomicBool,
+    stopped: std::sync::atomic::AtomicBool,
+    /// Written to wake the accept loop for a handover; `None` if no pipe could be made
+    /// (the loop then looks every 200 ms).
+    wake: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        Handover {
+            requested: Default::default(),
+            stopped: Default::default(),
+            wake: sys::pipe()
+                .inspect_err(|e| log::warn!("control socket: no wake-up pipe: {e}"))
+                .ok(),
+        }
+    }
+}
+
+impl Handover {
+    /// Waits for a client on `listener` (true) or a handover request.
+    fn wait(&self, listener: &UnixListener, wait: Duration) -> bool {
+        match &self.wake {
+            Some((read, _)) => {
+                sys::wait_readable_or(listener.as_fd(), read.as_fd(), wait).unwrap_or(true)
+            }
+            None => sys::wait_readable(listener.as_fd(), wait.min(Duration::from_millis(200)))
+                .unwrap_or(true),
+        }
+    }
+
+    /// Whether the accept loop must stop now (and says so).
+    fn stopped_accepting(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.requested.load(Ordering::SeqCst) {
+            self.stopped.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+}
+
+/// The running control server.
+pub struct Control(Arc<Server>);
+
+impl Control {
+    /// Stops accepting clients and waits (at most `timeout`) until every accepted one is
+    /// answered. The listener itself stays open in the keeper: clients arriving now wait in
+    /// its backlog for the successor, none is accepted here and then dropped.
+    pub fn hand_over(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering;
+        let deadline = Instant::now() + timeout;
+        self.0.handover.requested.store(true, Ordering::SeqCst);
+        if let Some((_, write)) = &self.0.handover.wake
+            && let Ok(fd) = write.try_clone()
+        {
+            use std::io::Write;
+            let _ = std::fs::File::from(fd).write_all(b"x");
+        }
+        while Instant::now() < deadline
+            && (!self.0.handover.stopped.load(Ordering::SeqCst) || self.0.slots.lock().total > 0)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }

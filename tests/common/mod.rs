@@ -184,6 +184,16 @@ impl Daemon {
     }
 
     pub fn start_with(fx: &Fixture, mnt: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        Self::start_exe(fx, Path::new(SWITCHFS), mnt, extra)
+    }
+
+    /// Starts the `switchfs` binary at `exe` (a copy, for upgrades) instead of the built one.
+    pub fn start_exe(
+        fx: &Fixture,
+        exe: &Path,
+        mnt: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let notify_path = fx.root.join(format!("notify-{n}"));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -191,7 +201,7 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let log = fx.root.join(format!("daemon-{n}.log"));
-        let mut cmd = Command::new(SWITCHFS);
+        let mut cmd = Command::new(exe);
         cmd.arg("--releases")
             .arg(fx.releases())
             .arg("--control")
@@ -254,7 +264,18 @@ impl Daemon {
         })
     }
 
+    /// The process serving the mount: the keeper's child (README, "Crashes and upgrades").
     pub fn pid(&self) -> i32 {
+        let main = self.main_pid();
+        let children = format!("/proc/{main}/task/{main}/children");
+        std::fs::read_to_string(children)
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The process the test started: the keeper, which systemd would track.
+    pub fn main_pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
