@@ -524,28 +524,7 @@ fn mount(
     let fuse_config = fuse_config(args, &fsname);
     let adapter = crate::fuse_adapter::FuseAdapter::new(core.clone(), args.acl);
     let resumed = link.resume.is_some();
-    let session = match (&link.resume, paths.target) {
-        (Some(resume), _) => {
-            let fd = resume
-                .fuse
-                .try_clone()
-                .map_err(|e| format!("cannot take the FUSE connection from the keeper: {e}"))?;
-            fuser::Session::resume(adapter, fd, fuse_config.acl, fuse_config, resume.params)
-        }
-        (None, Some(target)) => {
-            // As root the kernel mounts on the directory our descriptor holds, so a symlink
-            // swapped in since the checks cannot redirect the mount. The setuid helper (not
-            // root) cannot see our descriptors and gets the checked path.
-            let mount_target = if is_root() {
-                sys::fd_path(target.as_fd())
-            } else {
-                mount_point.clone()
-            };
-            fuser::Session::new(adapter, &mount_target, &fuse_config)
-        }
-        (None, None) => return Err("no mount point to mount on".into()),
-    }
-    .map_err(|e| format!("cannot mount {}: {e}", mount_point.display()))?;
+    let session = open_session(adapter, &fuse_config, &link, paths.target, &mount_point)?;
     let params = session
         .init_params()
         .ok_or("the FUSE session did not initialise")?;
@@ -566,15 +545,7 @@ fn mount(
         // Before Linux 6.9: requests the dead server took wait until their callers give up.
         log::warn!("cannot ask the kernel to resend requests the dead server took: {e}");
     }
-    let ours = match mounts::identify(&mount_point, &fsname, &paths.control_path) {
-        Ok(ours) => ours,
-        Err(e) if resumed => return Err(e),
-        Err(e) => {
-            // Without an identity there is no safe unmount at shutdown: do not serve.
-            mounts::detach_if_serving(&mount_point, &paths.control_path);
-            return Err(e);
-        }
-    };
+    let ours = identify_ours(&mount_point, &fsname, &paths.control_path, resumed)?;
     log::debug!(
         "our mount: id {}, device {}:{}",
         ours.id,
@@ -607,6 +578,59 @@ fn mount(
         control,
         cleanup_socket,
         control_path: paths.control_path,
+    })
+}
+
+/// The FUSE session: the keeper's connection resumed (`link.resume`), or a new mount.
+fn open_session(
+    adapter: crate::fuse_adapter::FuseAdapter,
+    fuse_config: &fuser::Config,
+    link: &ServerLink,
+    target: Option<OwnedFd>,
+    mount_point: &Path,
+) -> Result<fuser::Session<crate::fuse_adapter::FuseAdapter>, String> {
+    match (&link.resume, target) {
+        (Some(resume), _) => {
+            let fd = resume
+                .fuse
+                .try_clone()
+                .map_err(|e| format!("cannot take the FUSE connection from the keeper: {e}"))?;
+            fuser::Session::resume(
+                adapter,
+                fd,
+                fuse_config.acl,
+                fuse_config.clone(),
+                resume.params,
+            )
+        }
+        (None, Some(target)) => {
+            // As root the kernel mounts on the directory our descriptor holds, so a symlink
+            // swapped in since the checks cannot redirect the mount. The setuid helper (not
+            // root) cannot see our descriptors and gets the checked path.
+            let mount_target = if is_root() {
+                sys::fd_path(target.as_fd())
+            } else {
+                mount_point.to_path_buf()
+            };
+            fuser::Session::new(adapter, &mount_target, fuse_config)
+        }
+        (None, None) => return Err("no mount point to mount on".into()),
+    }
+    .map_err(|e| format!("cannot mount {}: {e}", mount_point.display()))
+}
+
+/// Our mount, by identity. Without one there is no safe unmount at shutdown, so a fresh
+/// mount that cannot be identified is detached and not served.
+fn identify_ours(
+    mount_point: &Path,
+    fsname: &str,
+    control_path: &Path,
+    resumed: bool,
+) -> Result<mounts::OurMount, String> {
+    mounts::identify(mount_point, fsname, control_path).inspect_err(|_| {
+        if !resumed {
+            mounts::detach_if_serving(mount_point, control_path);
+        }
     })
 }
 

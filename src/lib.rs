@@ -31,7 +31,7 @@ pub mod mount_helper;
 pub mod mounts;
 pub(crate) mod mtimes;
 pub mod names;
-pub mod nodelog;
+pub(crate) mod nodelog;
 pub mod opcache;
 pub(crate) mod paths;
 pub(crate) mod portals;
