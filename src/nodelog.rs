@@ -28,6 +28,8 @@
 //! what the kernel held at the crash), never drop one in use.
 
 use std::collections::{HashMap, HashSet};
+
+use crate::sys;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -167,6 +169,12 @@ fn compact(log: &mut Appender) -> io::Result<Restored> {
     log.file.seek(SeekFrom::Start(0))?;
     log.file.write_all(&out)?;
     log.compact_at = MIN_COMPACT.max(2 * out.len() as u64);
+    drop((bytes, out));
+    // The log's bytes, its parse and the rewrite were tens of MiB for a large tree, freed
+    // now between long-lived inodes: without a trim the allocator keeps them, and the
+    // daemon's memory grew by that much at every compaction (measured 100 -> 189 MiB over
+    // three walks of 100,000 files).
+    sys::release_free_memory();
     Ok(restored)
 }
 

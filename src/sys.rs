@@ -1011,3 +1011,10 @@ pub fn wait_readable_or(
     }
     Ok(pfds[0].revents != 0)
 }
+
+/// Returns the allocator's free memory to the kernel (`malloc_trim(0)`), after a burst of
+/// large temporary allocations.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists; it takes no pointer of ours.
+    unsafe { libc::malloc_trim(0) };
+}

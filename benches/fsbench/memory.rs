@@ -41,10 +41,7 @@ pub(crate) fn memory(args: &Args) -> Res<()> {
     let mount = PathBuf::from(args.req("mount")?);
     let native = PathBuf::from(args.req("native")?);
     let (bin, sock) = (args.req("switchctl")?, args.req("control")?);
-    let pid: u32 = args
-        .req("pid")?
-        .parse()
-        .map_err(|_| "--pid: not a number")?;
+    let pid = daemon_pid(args, bin, sock)?;
     let walks = args.num("walks", 3)? as usize;
     let switches = args.num("switches", 20)? as usize;
 
@@ -197,6 +194,29 @@ pub(crate) struct ProcStats {
     pub(crate) hwm_kib: u64,
     pub(crate) threads: u64,
     pub(crate) fds: u64,
+}
+
+/// The process that serves FUSE requests: since the keeper holds the connection, the pid
+/// started (`--pid`) is the keeper, a few MiB and a handful of descriptors whatever the tree;
+/// `status --json` names the serving process. Falls back to `--pid` for a daemon that does
+/// not report one.
+pub(crate) fn daemon_pid(args: &Args, switchctl: &str, control: &str) -> Res<u32> {
+    let out = std::process::Command::new(switchctl)
+        .args(["--control", control, "status", "--json"])
+        .output()
+        .map_err(ctx(format!("{switchctl} status --json")))?;
+    let json = String::from_utf8_lossy(&out.stdout);
+    let serving = json
+        .find("\"pid\":")
+        .and_then(|i| json[i + 6..].split([',', '}']).next())
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    match serving {
+        Some(pid) => Ok(pid),
+        None => args
+            .req("pid")?
+            .parse()
+            .map_err(|_| "--pid: not a number".into()),
+    }
 }
 
 pub(crate) fn proc_stats(pid: u32) -> Res<ProcStats> {

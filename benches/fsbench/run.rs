@@ -265,8 +265,8 @@ fn switch_part(
         (warm_stat_native, warm_stat_sw, cold_stat_sw),
     )?;
     let mut daemon_json = "null".to_string();
-    if let Some(pid) = args.get("pid") {
-        let pid: u32 = pid.parse().map_err(|_| "--pid: not a number")?;
+    if args.get("pid").is_some() {
+        let pid = crate::memory::daemon_pid(args, bin, sock)?;
         let st = proc_stats(pid)?;
         println!("\nswitchfs daemon after this run: {}", st.text());
         daemon_json = st.json();
