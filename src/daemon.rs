@@ -196,17 +196,9 @@ fn open_file_limit(threads: usize) -> Result<(u64, usize), String> {
 }
 
 fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local set; blocking here before any thread starts
-    // makes every thread inherit the mask, so only the main thread's sigwait sees them.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, keeper::RETIRE] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+    // Blocked before any thread starts, so every thread inherits the mask and only the main
+    // thread's sigwait sees them.
+    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, keeper::RETIRE])
 }
 
 /// Why the daemon stops.

@@ -618,17 +618,9 @@ fn describe(status: i32) -> String {
 }
 
 fn block_keeper_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local set; the keeper has one thread, and the servers
-    // it starts get a clean mask (std resets it before exec).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+    // The keeper has one thread, and the servers it starts get a clean mask (std resets it
+    // before exec).
+    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
 }
 
 fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {

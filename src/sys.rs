@@ -1018,3 +1018,19 @@ pub fn release_free_memory() {
     // SAFETY: malloc_trim only walks glibc's own free lists; it takes no pointer of ours.
     unsafe { libc::malloc_trim(0) };
 }
+
+/// Blocks `signals` in the calling thread (and the threads it starts later) and returns the
+/// set, for `sigwait`.
+pub fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, zero-initialised set; pthread_sigmask only reads
+    // it and accepts a null old-mask pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in signals {
+            libc::sigaddset(&mut set, *sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}

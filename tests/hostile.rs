@@ -125,15 +125,7 @@ fn prune_never_follows_a_directory_swapped_for_a_symlink_mid_walk() {
             all = names.join(" "),
             victim = victim.display()
         );
-        let mut attacker = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-            ])
-            .arg(&script)
+        let mut attacker = nobody_shell(&script)
             .current_dir("/")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

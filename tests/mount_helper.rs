@@ -419,23 +419,15 @@ fn the_failure_line_is_read_from_the_log_it_opened_not_from_its_path() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let log = dir.join("x.log");
     let stop = fx.root.join("stop");
-    let swapper = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "cd {dir} && while [ ! -e {stop} ]; do mv x.log x.old 2>/dev/null; \
+    let swapper = nobody_shell(format!(
+        "cd {dir} && while [ ! -e {stop} ]; do mv x.log x.old 2>/dev/null; \
              ln -s {secret} x.log 2>/dev/null; done",
-            dir = dir.display(),
-            stop = stop.display(),
-            secret = secret.display()
-        ))
-        .spawn()
-        .unwrap();
+        dir = dir.display(),
+        stop = stop.display(),
+        secret = secret.display()
+    ))
+    .spawn()
+    .unwrap();
     let mut leaked = 0;
     for _ in 0..40 {
         let out = Command::new(HELPER)

@@ -1220,15 +1220,7 @@ fn outsider_holding_an_old_script_does_not_delay_activate() {
     let _d = start_daemon(&fx, &[&fpm]);
     warm(&fpm, &fx, "1");
     let index = fx.m("public/index.php").display().to_string();
-    let mut holder = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(format!("exec 3<'{index}' && echo held && exec sleep 30"))
+    let mut holder = nobody_shell(format!("exec 3<'{index}' && echo held && exec sleep 30"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

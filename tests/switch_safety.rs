@@ -49,15 +49,7 @@ fn permissions_never_lag_contents_across_switches() {
         stop = stop.display(),
         file = fx.m("private/secret").display()
     );
-    let reader = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(&script)
+    let reader = nobody_shell(&script)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -393,6 +393,21 @@ pub fn as_nobody(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `sh -c SCRIPT` as user and group nobody (65534), without supplementary groups, not yet
+/// started: for attackers and readers that run alongside the test.
+pub fn nobody_shell(script: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+    ])
+    .arg(script);
+    cmd
+}
+
 /// Stderr of `out`, asserting it is exactly one line.
 pub fn one_line_error(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
