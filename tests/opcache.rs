@@ -196,6 +196,23 @@ impl OpcacheView {
 
 /// A front controller that includes a changed file, an unchanged one and one that exists
 /// only in release 1's layout, and reports the release each came from and its worker.
+/// Now, in seconds since the epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Releases 1 and 2 of the test app, 2 h and 1 h old (past OPcache's file_update_protection);
+/// returns now.
+fn two_apps(fx: &Fixture) -> i64 {
+    let now = unix_now();
+    write_app(fx, "1", Some(now - 7200));
+    write_app(fx, "2", Some(now - 3600));
+    now
+}
+
 fn write_app(fx: &Fixture, rel: &str, mtime: Option<i64>) {
     fx.write(
         rel,
@@ -310,10 +327,7 @@ fn next_request_is_new_and_unchanged_stays_warm(
     require_php();
     let fx = Fixture::new(tag);
     // In the past, so OPcache's file_update_protection (2 s) lets it cache them at once.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     write_app(&fx, "1", Some(mtime.unwrap_or(now - 7200)));
     write_app(&fx, "2", Some(mtime.unwrap_or(now - 3600)));
     if mtime.is_none() && !same_own_mtimes {
@@ -440,10 +454,7 @@ fn validate_timestamps_0_same_bytes_new_mtime_stays_warm() {
 fn pool_down_is_partial_and_the_switch_stays() {
     require_php();
     let fx = Fixture::new("opc-down");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     for (rel, t) in [("1", now - 7200), ("2", now - 3600), ("3", now - 1800)] {
         write_app(&fx, rel, Some(t));
     }
@@ -541,10 +552,7 @@ fn silent_pool_times_out() {
 fn shipped_script_refuses_what_a_web_server_forwards() {
     require_php();
     let fx = Fixture::new("opc-refuse");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     write_app(&fx, "1", Some(now - 7200));
     let probe = write_probe(&fx);
     open_up(&fx);
@@ -588,12 +596,7 @@ fn shipped_script_refuses_what_a_web_server_forwards() {
 fn php_http_endpoint_with_secret() {
     require_php();
     let fx = Fixture::new("opc-http");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    write_app(&fx, "1", Some(now - 7200));
-    write_app(&fx, "2", Some(now - 3600));
+    let now = two_apps(&fx);
     write_app(&fx, "3", Some(now - 1800));
     open_up(&fx);
     let router = fx.root.join("router.php");
@@ -775,12 +778,7 @@ fn bad_php_options_are_refused_before_mounting() {
 fn deleted_script_is_dropped() {
     require_php();
     let fx = Fixture::new("opc-deleted");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    write_app(&fx, "1", Some(now - 7200));
-    write_app(&fx, "2", Some(now - 3600));
+    let now = two_apps(&fx);
     fx.write(
         "1",
         "public/old.php",
@@ -822,10 +820,7 @@ fn deleted_script_is_dropped() {
 fn compile_in_flight_across_the_switch_is_not_left_stale() {
     require_php();
     let fx = Fixture::new("opc-inflight");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     for (rel, t) in [("1", now - 7200), ("2", now - 3600)] {
         write_app(&fx, rel, Some(t));
         // ~4 MB of code: compiling it takes well over 100 ms.
@@ -1209,12 +1204,7 @@ fn outsider_holding_an_old_script_does_not_delay_activate() {
     use std::io::BufRead;
     require_php();
     let fx = Fixture::new("opc-outsider");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    write_app(&fx, "1", Some(now - 7200));
-    write_app(&fx, "2", Some(now - 3600));
+    two_apps(&fx);
     open_up(&fx);
     let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
     let _d = start_daemon(&fx, &[&fpm]);
@@ -1248,12 +1238,7 @@ fn outsider_holding_an_old_script_does_not_delay_activate() {
 fn switching_back_to_the_held_scripts_release_does_not_wait() {
     require_php();
     let fx = Fixture::new("opc-back");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    write_app(&fx, "1", Some(now - 7200));
-    write_app(&fx, "2", Some(now - 3600));
+    two_apps(&fx);
     fx.write(
         "1",
         "public/hold.php",
@@ -1295,12 +1280,7 @@ fn busy_fpm_with_full_backlog_is_bounded_by_php_timeout() {
     use std::os::fd::AsFd;
     require_php();
     let fx = Fixture::new("opc-busy");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    write_app(&fx, "1", Some(now - 7200));
-    write_app(&fx, "2", Some(now - 3600));
+    two_apps(&fx);
     fx.write("1", "public/sleep.php", "<?php sleep(30); echo 'slept';\n");
     open_up(&fx);
     let fpm = Fpm::start_with(
