@@ -9,12 +9,12 @@ use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
 use crate::caller::Caller;
-use crate::core::{Core, CoreConfig, DirPlusSink, DirSink, Invalidator, Lookup};
+use crate::core::{Core, DirPlusSink, DirSink, Invalidator, Lookup};
 use crate::inodes::ROOT_INO;
 use crate::mounts::CONTROL_XATTR;
 use crate::state;
 use crate::sys::XattrAnswer;
-use crate::testutil::TempDir;
+use crate::testutil::{TempDir, core_config};
 
 #[derive(Default)]
 struct Recorder {
@@ -81,26 +81,13 @@ fn fixture(initial: Option<&str>) -> Fixture {
     }
     write(&tmp, "2", "only-in-2", "new");
     std::os::unix::fs::symlink("../../shared/log", tmp.path().join("releases/1/log")).unwrap();
-    let core = Core::new(config(&tmp), initial).unwrap();
+    let core = Core::new(core_config(&tmp), initial).unwrap();
     let recorder = Arc::new(Recorder::default());
     core.set_invalidator(Box::new(SharedRecorder(recorder.clone())));
     Fixture {
         tmp,
         core,
         recorder,
-    }
-}
-
-fn config(tmp: &TempDir) -> CoreConfig {
-    CoreConfig {
-        releases: tmp.path().join("releases"),
-        state_path: tmp.path().join("state"),
-        mount_point: tmp.path().join("mnt"),
-        control_path: tmp.path().join("ctl.sock"),
-        ttl: Duration::from_secs(3600),
-        track_opens: true,
-        inode_fds: 100_000,
-        mtimes_path: None,
     }
 }
 
@@ -238,7 +225,7 @@ fn unpersistable_switch_is_refused() {
     let tmp = TempDir::new("core");
     write(&tmp, "1", "index.php", "1");
     write(&tmp, "2", "index.php", "2");
-    let mut cfg = config(&tmp);
+    let mut cfg = core_config(&tmp);
     cfg.state_path = tmp.path().join("no-such-dir/state");
     let core = Core::new(cfg, Some("1")).unwrap();
     let err = core.activate("2", "test").unwrap_err();
@@ -251,7 +238,7 @@ fn restart_resumes_persisted_release_and_previous() {
     let f = fixture(Some("1"));
     f.core.activate("2", "test").unwrap();
     drop(f.core); // one daemon per state file
-    let again = Core::new(config(&f.tmp), Some("1")).unwrap();
+    let again = Core::new(core_config(&f.tmp), Some("1")).unwrap();
     assert_eq!(
         again.active().name(),
         Some("2"),
@@ -269,11 +256,11 @@ fn corrupt_state_falls_back_to_initial() {
     let f = fixture(Some("1"));
     std::fs::write(f.tmp.path().join("state"), "active=../../etc\n").unwrap();
     drop(f.core); // one daemon per state file
-    let again = Core::new(config(&f.tmp), Some("2")).unwrap();
+    let again = Core::new(core_config(&f.tmp), Some("2")).unwrap();
     assert_eq!(again.active().name(), Some("2"));
     drop(again);
     std::fs::write(f.tmp.path().join("state"), "active=gone\n").unwrap();
-    let again = Core::new(config(&f.tmp), None).unwrap();
+    let again = Core::new(core_config(&f.tmp), None).unwrap();
     assert_eq!(
         again.active().name(),
         None,
@@ -496,7 +483,7 @@ fn without_open_tracking_reads_go_by_inode_and_keep_their_release() {
     for rel in ["1", "2"] {
         write(&tmp, rel, "index.php", &format!("release {rel}"));
     }
-    let mut cfg = config(&tmp);
+    let mut cfg = core_config(&tmp);
     cfg.track_opens = false;
     let core = Core::new(cfg, Some("1")).unwrap();
     let ino = walk(&core, "index.php").ino.0;
@@ -597,7 +584,7 @@ fn a_tight_descriptor_budget_is_respected_and_everything_still_works() {
         );
     }
     write(&tmp, "2", "index.php", "two");
-    let mut cfg = config(&tmp);
+    let mut cfg = core_config(&tmp);
     cfg.inode_fds = 16;
     cfg.track_opens = false;
     let core = Core::new(cfg, Some("1")).unwrap();
@@ -698,7 +685,7 @@ fn rollback_steps_back_through_the_history_and_survives_restarts() {
     // A restart resumes the history and the marks (the old daemon gives the state up first,
     // as at shutdown).
     f.core.stop_switching();
-    let again = Core::new(config(&f.tmp), None).unwrap();
+    let again = Core::new(core_config(&f.tmp), None).unwrap();
     assert_eq!(again.active().name(), Some("2"));
     assert_eq!(back(&again).as_deref(), Ok("1"));
     let err = back(&again).unwrap_err();

@@ -374,14 +374,8 @@ mod tests {
             std::fs::write(dir.join("index.php"), rel).expect("index.php");
         }
         let config = CoreConfig {
-            releases: tmp.path().join("releases"),
-            state_path: tmp.path().join("state"),
-            mount_point: tmp.path().join("mnt"),
-            control_path: tmp.path().join("ctl.sock"),
-            ttl: Duration::from_secs(3600),
-            track_opens: true,
             inode_fds: 1000,
-            mtimes_path: None,
+            ..crate::testutil::core_config(&tmp)
         };
         let core = Core::new(config, Some("1")).expect("core");
         Setup { tmp, core }
