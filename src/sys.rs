@@ -2,7 +2,7 @@
 //! `O_PATH` descriptors. Every function returns `io::Result` with the OS error intact, so the
 //! errno the kernel finally sees is the one the host filesystem gave.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
@@ -258,8 +258,22 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 /// Value of extended attribute `name` of the file or directory behind `fd`. With `size == 0`
 /// only the length is asked for, as getxattr(2) does.
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr, size: usize) -> io::Result<XattrAnswer> {
-    let path = proc_fd_path(fd);
-    let c_name = cstring(name.as_bytes())?;
+    getxattr_of(&proc_fd_path(fd), name.as_bytes(), size)
+}
+
+/// Value (at most `size` bytes) of extended attribute `name` of `path`, as getxattr(2) on a
+/// path: for asking a mount's root over its mount point, not for files the daemon serves.
+pub fn get_xattr_of_path(path: &std::path::Path, name: &str, size: usize) -> io::Result<Vec<u8>> {
+    let c_path = cstring(path.as_os_str().as_bytes())?;
+    match getxattr_of(&c_path, name.as_bytes(), size)? {
+        XattrAnswer::Data(d) => Ok(d),
+        XattrAnswer::Size(_) => Ok(Vec::new()),
+    }
+}
+
+/// getxattr(2) of `name` on `path` into a buffer of `size` bytes (only the length with 0).
+fn getxattr_of(path: &CStr, name: &[u8], size: usize) -> io::Result<XattrAnswer> {
+    let c_name = cstring(name)?;
     let mut buf = vec![0u8; size];
     // SAFETY: valid C strings; buf is writable for `size` bytes (null with size 0 is allowed).
     let n = unsafe {
@@ -271,27 +285,6 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr, size: usize) -> io::Result<Xa
         )
     };
     xattr_answer(n, buf, size)
-}
-
-/// Value (at most `size` bytes) of extended attribute `name` of `path`, as getxattr(2) on a
-/// path: for asking a mount's root over its mount point, not for files the daemon serves.
-pub fn get_xattr_of_path(path: &std::path::Path, name: &str, size: usize) -> io::Result<Vec<u8>> {
-    let c_path = cstring(path.as_os_str().as_bytes())?;
-    let c_name = cstring(name.as_bytes())?;
-    let mut buf = vec![0u8; size];
-    // SAFETY: valid C strings; buf is writable for `size` bytes.
-    let n = unsafe {
-        libc::getxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            size,
-        )
-    };
-    match xattr_answer(n, buf, size)? {
-        XattrAnswer::Data(d) => Ok(d),
-        XattrAnswer::Size(_) => Ok(Vec::new()),
-    }
 }
 
 /// Names of the extended attributes of the file or directory behind `fd`, NUL separated.
