@@ -43,6 +43,20 @@ fn as_user(uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
 }
 
+/// The daemon on `fx`, serving release 1, with STATUS_GID as --status-group and CONTROL_GID
+/// as --control-group.
+fn start_with_both_groups(fx: &Fixture) -> Daemon {
+    let (s, c) = (STATUS_GID.to_string(), CONTROL_GID.to_string());
+    fx.start(&[
+        "--initial",
+        "1",
+        "--status-group",
+        &s,
+        "--control-group",
+        &c,
+    ])
+}
+
 fn ctl_as(fx: &Fixture, uid: u32, groups: &[u32], args: &[&str]) -> Output {
     let sock = fx.socket();
     let mut all = vec![SWITCHCTL, "--control", sock.to_str().unwrap()];
@@ -110,16 +124,7 @@ fn the_status_group_reads_and_only_the_control_group_switches() {
     let fx = Fixture::new("groups");
     fx.two_releases();
     fx.open_up_for_others();
-    let s = STATUS_GID.to_string();
-    let c = CONTROL_GID.to_string();
-    let d = fx.start(&[
-        "--initial",
-        "1",
-        "--status-group",
-        &s,
-        "--control-group",
-        &c,
-    ]);
+    let d = start_with_both_groups(&fx);
     // Two groups cannot share one file group: the socket is open and rights are per request.
     let mode = fs::metadata(fx.socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);
@@ -339,16 +344,7 @@ fn slow_clients_cannot_starve_the_control_socket() {
     let fx = Fixture::new("slow");
     fx.two_releases();
     fx.open_up_for_others();
-    let s = STATUS_GID.to_string();
-    let c = CONTROL_GID.to_string();
-    let _d = fx.start(&[
-        "--initial",
-        "1",
-        "--status-group",
-        &s,
-        "--control-group",
-        &c,
-    ]);
+    let _d = start_with_both_groups(&fx);
     let sock = fx.socket();
     // The web server's user (here nobody, in the status group) opens 64 slowloris clients
     // that send one byte every 300 ms, forever.
@@ -650,16 +646,7 @@ fn fuzzing_the_socket_changes_nothing_and_status_keeps_answering() {
     let fx = Fixture::new("fuzz3");
     fx.two_releases();
     fx.open_up_for_others();
-    let s = STATUS_GID.to_string();
-    let c = CONTROL_GID.to_string();
-    let mut d = fx.start(&[
-        "--initial",
-        "1",
-        "--status-group",
-        &s,
-        "--control-group",
-        &c,
-    ]);
+    let mut d = start_with_both_groups(&fx);
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..12u64)
         .map(|i| {
