@@ -12,9 +12,11 @@ use std::fs;
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// Counts of references per FUSE inode number of one mount.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -179,8 +181,18 @@ pub fn scan_host(dev: u64) -> HashMap<(u64, u64), HostUse> {
 /// How long one scan may spend reading the memory maps of all processes.
 const MAPS_DEADLINE: Duration = Duration::from_millis(500);
 
-/// Set while a maps reader is stuck past its deadline; cleared when it finishes.
-static MAPS_READER_STUCK: AtomicBool = AtomicBool::new(false);
+/// How many maps readers are stuck past their deadline right now. A count, not a flag: with
+/// two scans at once (a `status` during an `activate`), the one that finishes must not clear
+/// what the stuck one set.
+static MAPS_READERS_STUCK: AtomicUsize = AtomicUsize::new(0);
+
+/// One reader's progress, shared by the reader and the scan that waits for it.
+#[derive(Default)]
+struct ReaderState {
+    done: bool,
+    /// Counted in `MAPS_READERS_STUCK`.
+    stuck: bool,
+}
 
 /// `(inode, device)` of the file-backed mappings of the processes at `bases` (/proc/PID),
 /// once per file per process, as far as they can be read within `MAPS_DEADLINE`.
@@ -209,13 +221,13 @@ where
     T: Send + 'static,
     R: Send + 'static,
 {
-    if MAPS_READER_STUCK.load(Ordering::SeqCst) {
+    if MAPS_READERS_STUCK.load(Ordering::SeqCst) > 0 {
         log::warn!("an earlier /proc/PID/maps reader is still blocked; memory maps not scanned");
         return Vec::new();
     }
     let (tx, rx) = mpsc::channel();
-    let done = Arc::new(AtomicBool::new(false));
-    let reader_done = done.clone();
+    let state = Arc::new(Mutex::new(ReaderState::default()));
+    let reader_state = state.clone();
     let spawned = std::thread::Builder::new()
         .name("maps-reader".into())
         .spawn(move || {
@@ -224,10 +236,13 @@ where
                     break; // the scan gave up on us
                 }
             }
-            // In this order, so a scan that times out just as we finish never leaves the
-            // flag set (it re-checks `done` after setting it).
-            reader_done.store(true, Ordering::SeqCst);
-            MAPS_READER_STUCK.store(false, Ordering::SeqCst);
+            // Under the state's lock, so a scan that times out just as we finish either sees
+            // `done` or has already counted us as stuck, and we uncount ourselves.
+            let mut st = reader_state.lock();
+            st.done = true;
+            if st.stuck {
+                MAPS_READERS_STUCK.fetch_sub(1, Ordering::SeqCst);
+            }
         });
     if let Err(e) = spawned {
         log::warn!("cannot start a maps reader ({e}); memory maps not scanned");
@@ -240,10 +255,12 @@ where
             Ok(found) => out.extend(found),
             Err(mpsc::RecvTimeoutError::Disconnected) => return out,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                MAPS_READER_STUCK.store(true, Ordering::SeqCst);
-                if done.load(Ordering::SeqCst) {
-                    MAPS_READER_STUCK.store(false, Ordering::SeqCst);
+                let mut st = state.lock();
+                if !st.done {
+                    st.stuck = true;
+                    MAPS_READERS_STUCK.fetch_add(1, Ordering::SeqCst);
                 }
+                drop(st);
                 log::warn!(
                     "reading /proc/PID/maps blocked for {deadline:?} (a process's memory lock \
                      is held); the rest of the memory maps are left out of this scan"
@@ -320,8 +337,12 @@ garbage
         assert!(refs.dirs.get(&ino).copied().unwrap_or(0) >= 1, "{refs:?}");
     }
 
+    /// The two tests below share `MAPS_READERS_STUCK`: one at a time.
+    static STUCK_TESTS: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_blocked_maps_reader_is_left_behind_and_not_started_twice() {
+        let _one = STUCK_TESTS.lock();
         let items = vec![1u32, 2, 3];
         let read = |i: &u32| {
             if *i == 2 {
@@ -342,5 +363,28 @@ garbage
         std::thread::sleep(Duration::from_millis(900));
         let later = read_with_deadline(items, Duration::from_secs(5), |i: &u32| vec![*i]);
         assert_eq!(later, vec![1, 2, 3], "scans resume once it finished");
+    }
+
+    #[test]
+    fn a_scan_finishing_beside_a_stuck_reader_does_not_unblock_it() {
+        let _one = STUCK_TESTS.lock();
+        // A slow but healthy scan runs while another's reader gets stuck; when the healthy one
+        // finishes, the stuck one must still keep new readers from starting.
+        let healthy = std::thread::spawn(|| {
+            read_with_deadline(vec![1u32], Duration::from_secs(5), |i: &u32| {
+                std::thread::sleep(Duration::from_millis(300));
+                vec![*i]
+            })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let stuck = read_with_deadline(vec![1u32], Duration::from_millis(100), |i: &u32| {
+            std::thread::sleep(Duration::from_millis(1500));
+            vec![*i]
+        });
+        assert!(stuck.is_empty());
+        assert_eq!(healthy.join().unwrap(), vec![1]);
+        let again = read_with_deadline(vec![7u32], Duration::from_secs(5), |i: &u32| vec![*i]);
+        assert!(again.is_empty(), "a reader started while another is stuck");
+        std::thread::sleep(Duration::from_millis(1600));
     }
 }
