@@ -1310,3 +1310,27 @@ pub fn open_path_following(dir: BorrowedFd<'_>, path: &[u8]) -> io::Result<Owned
     // SAFETY: a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// The classic mount id (the one /proc/PID/mountinfo lists) of what a /proc magic link leads
+/// to, for processes in other mount namespaces, whose mounts we only know from their
+/// mountinfo. See `mount_stat_of_proc_link`.
+pub fn classic_mount_id_of_proc_link(path: &std::path::Path) -> io::Result<u64> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a valid C string and a writable statx buffer.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: filled in by the successful call.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    Ok(stx.stx_mnt_id)
+}

@@ -592,3 +592,41 @@ fn a_killed_publisher_leaves_the_docroot_serving_and_is_adopted() {
     doc.unmount().unwrap();
     assert_eq!(mounts_at(&env.mnt()), 0, "unmount removes the mount");
 }
+
+#[test]
+fn holders_in_another_mount_namespace_are_counted_for_their_release() {
+    let env = Env::new("nsheld");
+    env.release("1", "one");
+    env.release("2", "two");
+    let mut doc = env.open(None).unwrap();
+    env.publish(&mut doc, "1").unwrap();
+    let m = env.mnt().display().to_string();
+    let script = format!("exec 3<{m}/version; cd {m}; echo ready; read x; cat <&3; cat version");
+    let held = Held::start(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "slave",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    // A scan while release 1 is attached there learns that namespace's copy of our mount.
+    let now = doc.usage();
+    let active = now.iter().find(|u| u.active).unwrap();
+    assert!(active.pids.contains(&held.pid()), "{now:?}");
+    env.publish(&mut doc, "2").unwrap();
+    let after = doc.usage();
+    let old = after
+        .iter()
+        .find(|u| u.release == "1")
+        .expect("release 1 still held");
+    assert!(!old.active);
+    assert_eq!((old.open_files, old.dirs), (1, 1), "{old:?}");
+    assert_eq!(old.pids, vec![held.pid()]);
+    assert_eq!(
+        held.finish(),
+        "oneone",
+        "the slave namespace kept release 1 for its holder"
+    );
+    assert!(!doc.release_in_use("1"));
+}

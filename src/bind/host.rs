@@ -127,6 +127,8 @@ pub fn probe_move_mount_beneath(scratch: &Path) -> Result<(), String> {
 pub struct MountInfoLine {
     pub id: u64,
     pub parent: u64,
+    /// The directory of its filesystem that is the mount's root (field 4).
+    pub root: String,
     pub mount_point: PathBuf,
     /// The optional fields (`shared:N`, `master:N`, ...).
     pub tags: Vec<String>,
@@ -140,11 +142,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfoLine> {
             let mut f = left.split(' ');
             let id = f.next()?.parse().ok()?;
             let parent = f.next()?.parse().ok()?;
-            let mount_point = PathBuf::from(crate::mounts::unescape_mountinfo(f.nth(2)?));
+            let root = crate::mounts::unescape_mountinfo(f.nth(1)?);
+            let mount_point = PathBuf::from(crate::mounts::unescape_mountinfo(f.next()?));
             let tags = f.skip(1).map(str::to_string).collect();
             Some(MountInfoLine {
                 id,
                 parent,
+                root,
                 mount_point,
                 tags,
             })
@@ -212,5 +216,6 @@ mod tests {
         assert_eq!(l[1].tags, vec!["master:3", "shared:7"]);
         assert!(l[2].tags.is_empty());
         assert_eq!(l[2].parent, 25);
+        assert_eq!(l[1].root, "/");
     }
 }

@@ -5,7 +5,8 @@
 //! Not yet wired into the daemon; the integrator calls, in this order:
 //! - [`BindDocroot::open`] at start: host checks ([`host`]), each a one-line error with
 //!   nothing mounted, then adoption of the mount a previous daemon left.
-//! - [`BindDocroot::publish`] for each activation (it runs [`links::check`] first).
+//! - [`BindDocroot::publish`] for each activation (it runs [`links::check`] first), then,
+//!   after acknowledging it, [`BindDocroot::learn_copies`].
 //! - [`BindDocroot::usage`] for `status`, `--wait-drain` and prune's in-use check.
 //! - [`BindDocroot::unmount`] only on an explicit request (see "Stop" below).
 //!
@@ -45,9 +46,13 @@
 //! # Usage ([`usage`])
 //! Detached mounts live until their last user is gone and have the releases filesystem's
 //! device, so the mount id is what tells releases apart: /proc/PID/fd/N, cwd, root and
-//! map_files/* are statx'ed for their mount id. Known gap: a process in another mount
-//! namespace (systemd `PrivateTmp=`) holds the propagated copy of our mount, whose id we do
-//! not know, so its references are not attributed yet.
+//! map_files/* are statx'ed for their mount id. A process in another mount namespace
+//! (systemd `PrivateTmp=`) holds the propagated copy of our mount instead, with its own id:
+//! those ids are learned from that namespace's mountinfo while the copy is attached there
+//! ([`BindDocroot::learn_copies`]: on every usage scan, and the integrator calls it after
+//! acknowledging each publish), and remembered until nothing holds them.
+//! Gap: a namespace created after a publish whose copy is detached again before any usage
+//! scan ran is never learned, so its holders are not counted.
 //!
 //! # Relative links ([`links`])
 //! Deployer's `.env -> ../../shared/.env` resolves from `releases/N`; through a bind mount at a
@@ -110,6 +115,8 @@ pub struct BindDocroot {
     active: Option<ReleaseMount>,
     /// Detached by a switch; kept until a usage scan finds nothing holding them.
     detached: Vec<ReleaseMount>,
+    /// Copies of our mounts in other mount namespaces, learned from their mountinfo.
+    copies: usage::Copies,
 }
 
 impl BindDocroot {

@@ -69,6 +69,7 @@ impl BindDocroot {
             options,
             active: None,
             detached: Vec::new(),
+            copies: Default::default(),
         };
         docroot.adopt(persisted)?;
         Ok(docroot)
@@ -82,6 +83,12 @@ impl BindDocroot {
         let st = sys::mount_stat(fd.as_fd())
             .map_err(|e| format!("cannot identify the mount at {shown}: {e}"))?;
         Ok((fd, st))
+    }
+
+    /// The classic id (mountinfo's) of the top mount at the mount point.
+    pub(crate) fn top_classic_id(&self) -> Option<u64> {
+        let (fd, _) = self.top().ok()?;
+        sys::classic_mount_id(fd.as_fd()).ok()
     }
 
     fn adopt(&mut self, persisted: Option<Persisted<'_>>) -> Result<(), String> {

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{BindDocroot, ReleaseMount};
+use super::{BindDocroot, ReleaseMount, host};
 use crate::{procscan, sys};
 
 /// How long one scan may spend listing memory maps.
@@ -50,6 +50,19 @@ struct Refs {
     pids: HashMap<u64, HashSet<i32>>,
 }
 
+/// Copies of our release mounts in other mount namespaces: namespace inode -> classic
+/// mount id -> release name.
+#[derive(Debug, Default)]
+pub struct Copies {
+    by_ns: HashMap<u64, HashMap<u64, String>>,
+}
+
+fn ns_of(base: &Path) -> Option<u64> {
+    std::fs::metadata(base.join("ns/mnt"))
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
 fn pids() -> Vec<(i32, PathBuf)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -69,10 +82,18 @@ fn mnt_of(path: &Path, ids: &HashSet<u64>) -> Option<u64> {
         .filter(|id| ids.contains(id))
 }
 
-fn scan(ids: &HashSet<u64>) -> Refs {
+fn scan(ids: &HashSet<u64>, copies: &Copies, own_ns: Option<u64>) -> (Refs, Refs) {
     let mut refs = Refs::default();
+    let mut foreign = Refs::default();
     let procs = pids();
     for (pid, base) in &procs {
+        let ns = ns_of(base);
+        if ns != own_ns {
+            if let Some(known) = ns.and_then(|ns| copies.by_ns.get(&ns)) {
+                count_foreign(*pid, base, known, &mut foreign);
+            }
+            continue;
+        }
         for link in ["cwd", "root"] {
             if let Some(id) = mnt_of(&base.join(link), ids) {
                 *refs.dirs.entry(id).or_default() += 1;
@@ -97,7 +118,32 @@ fn scan(ids: &HashSet<u64>) -> Refs {
         *refs.maps.entry(id).or_default() += 1;
         refs.pids.entry(id).or_default().insert(pid);
     }
-    refs
+    (refs, foreign)
+}
+
+/// Descriptors and directories of a process in another namespace on copies of ours (by
+/// classic id). Its maps are left out: that would need a second bounded map_files pass.
+fn count_foreign(pid: i32, base: &Path, known: &HashMap<u64, String>, refs: &mut Refs) {
+    let hit = |p: &Path| {
+        sys::classic_mount_id_of_proc_link(p)
+            .ok()
+            .filter(|id| known.contains_key(id))
+    };
+    for link in ["cwd", "root"] {
+        if let Some(id) = hit(&base.join(link)) {
+            *refs.dirs.entry(id).or_default() += 1;
+            refs.pids.entry(id).or_default().insert(pid);
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(base.join("fd")) else {
+        return;
+    };
+    for fd in fds.flatten() {
+        if let Some(id) = hit(&fd.path()) {
+            *refs.open_files.entry(id).or_default() += 1;
+            refs.pids.entry(id).or_default().insert(pid);
+        }
+    }
 }
 
 /// `(pid, mount id)` once per distinct mapped file of ours in process `pid`.
@@ -123,6 +169,7 @@ impl BindDocroot {
     /// detached ones, oldest first). Detached mounts nothing holds any more are gone from
     /// the kernel and are forgotten here.
     pub fn usage(&mut self) -> Vec<MountUsage> {
+        self.learn_copies();
         let ours: Vec<(ReleaseMount, bool)> = self
             .active
             .iter()
@@ -130,27 +177,12 @@ impl BindDocroot {
             .chain(self.detached.iter().map(|m| (m.clone(), false)))
             .collect();
         let ids: HashSet<u64> = ours.iter().map(|(m, _)| m.mnt_id).collect();
-        let refs = scan(&ids);
-        let usage: Vec<MountUsage> = ours
+        let (refs, foreign) = scan(&ids, &self.copies, ns_of(Path::new("/proc/self")));
+        let mut usage: Vec<MountUsage> = ours
             .into_iter()
-            .map(|(m, active)| {
-                let mut pids: Vec<i32> = refs
-                    .pids
-                    .get(&m.mnt_id)
-                    .map(|p| p.iter().copied().collect())
-                    .unwrap_or_default();
-                pids.sort_unstable();
-                MountUsage {
-                    release: m.release,
-                    mnt_id: m.mnt_id,
-                    active,
-                    open_files: refs.open_files.get(&m.mnt_id).copied().unwrap_or(0),
-                    dirs: refs.dirs.get(&m.mnt_id).copied().unwrap_or(0),
-                    maps: refs.maps.get(&m.mnt_id).copied().unwrap_or(0),
-                    pids,
-                }
-            })
+            .map(|(m, active)| usage_of(&refs, m.mnt_id, m.release, active))
             .collect();
+        self.add_foreign(&mut usage, &foreign);
         let unused: HashSet<u64> = usage
             .iter()
             .filter(|u| !u.in_use())
@@ -160,8 +192,101 @@ impl BindDocroot {
         usage
     }
 
+    /// Adds what processes in other namespaces hold to the entry of the same release (the
+    /// active one first), and forgets copies nothing holds and no namespace shows any more.
+    fn add_foreign(&mut self, usage: &mut [MountUsage], foreign: &Refs) {
+        // Copies of the active release stay known even unused: they are attached, and a
+        // process may start holding one before the next switch detaches it.
+        let active = self.active.as_ref().map(|m| m.release.clone());
+        for known in self.copies.by_ns.values_mut() {
+            known.retain(|id, release| {
+                let used = foreign.pids.contains_key(id);
+                if let Some(u) = usage.iter_mut().find(|u| u.release == *release) {
+                    let theirs = usage_of(foreign, *id, release.clone(), false);
+                    u.open_files += theirs.open_files;
+                    u.dirs += theirs.dirs;
+                    u.pids.extend(theirs.pids);
+                    u.pids.sort_unstable();
+                    u.pids.dedup();
+                }
+                used || active.as_deref() == Some(release.as_str())
+            });
+        }
+        self.copies.by_ns.retain(|_, known| !known.is_empty());
+    }
+
+    /// Learns the ids of copies of our mounts that other namespaces show at the mount point
+    /// now (one process's mountinfo per namespace). [`Self::usage`] calls it first; the
+    /// integrator should also call it after each publish has been acknowledged (it walks
+    /// /proc, ~1 ms per hundred processes, so it is kept out of `publish`), so that holders of
+    /// the new release in other namespaces are counted once a later switch detaches it. The copy's root is the same directory of
+    /// the releases filesystem as ours, which mountinfo names relative to that filesystem.
+    pub fn learn_copies(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let Some(prefix) = self
+            .top_classic_id()
+            .and_then(|id| releases_root_in_fs(id, &active.release))
+        else {
+            return;
+        };
+        let own = ns_of(Path::new("/proc/self"));
+        let mut seen = HashSet::new();
+        for (_, base) in pids() {
+            let Some(ns) = ns_of(&base).filter(|ns| Some(*ns) != own && seen.insert(*ns)) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(base.join("mountinfo")) else {
+                continue;
+            };
+            for line in host::parse_mountinfo(&text) {
+                if line.mount_point != self.mount_point {
+                    continue;
+                }
+                if let Some(name) = line.root.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
+                    self.copies
+                        .by_ns
+                        .entry(ns)
+                        .or_default()
+                        .insert(line.id, name.to_string());
+                }
+            }
+        }
+    }
+
     /// Whether any mount of release `name` is active or held (for prune and drains).
     pub fn release_in_use(&mut self, name: &str) -> bool {
         self.usage().iter().any(|u| u.release == name && u.in_use())
     }
+}
+
+fn usage_of(refs: &Refs, id: u64, release: String, active: bool) -> MountUsage {
+    let mut pids: Vec<i32> = refs
+        .pids
+        .get(&id)
+        .map(|p| p.iter().copied().collect())
+        .unwrap_or_default();
+    pids.sort_unstable();
+    MountUsage {
+        release,
+        mnt_id: id,
+        active,
+        open_files: refs.open_files.get(&id).copied().unwrap_or(0),
+        dirs: refs.dirs.get(&id).copied().unwrap_or(0),
+        maps: refs.maps.get(&id).copied().unwrap_or(0),
+        pids,
+    }
+}
+
+/// The releases directory as mountinfo's root field spells it (`/srv/app/releases/` when the
+/// releases filesystem is `/`), from our own active mount's line (classic id `id`): its root
+/// minus the release's name.
+fn releases_root_in_fs(id: u64, active: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = host::parse_mountinfo(&text)
+        .into_iter()
+        .find(|l| l.id == id)?;
+    let dir = line.root.strip_suffix(active)?;
+    dir.ends_with('/').then(|| dir.to_string())
 }
