@@ -630,3 +630,33 @@ fn holders_in_another_mount_namespace_are_counted_for_their_release() {
     );
     assert!(!doc.release_in_use("1"));
 }
+
+#[test]
+fn adoption_refuses_a_writable_bind_of_the_release_and_publish_recovers_a_removed_mount() {
+    let env = Env::new("rwbind");
+    env.release("1", "one");
+    env.release("2", "two");
+    // Someone else's plain (writable) bind of the very release: same root, not ours.
+    common::bind_mount(&env.releases().join("1"), &env.mnt());
+    let before = mounts_below(&env.root);
+    let err = env.open(Some("1")).unwrap_err();
+    assert!(
+        err.contains("not read-only") && !err.contains('\n'),
+        "{err}"
+    );
+    assert_eq!(mounts_below(&env.root), before);
+    assert_eq!(detach(&env.mnt()), 0);
+
+    // The mount point spelled with a trailing slash is the same mount point.
+    let spelled = PathBuf::from(format!("{}/", env.mnt().display()));
+    let mut doc = env.open_at(&spelled, None).unwrap();
+    assert_eq!(doc.mount_point(), env.mnt());
+    env.publish(&mut doc, "1").unwrap();
+    // An operator unmounts it by hand: the next publish attaches afresh instead of refusing.
+    assert_eq!(detach(&env.mnt()), 0);
+    assert_eq!(env.served(), "<No such file or directory (os error 2)>");
+    let p = env.publish(&mut doc, "2").unwrap();
+    assert_eq!(p.previous.map(|m| m.release), Some("1".to_string()));
+    assert_eq!(env.served(), "two");
+    assert_eq!(mounts_at(&env.mnt()), 1);
+}

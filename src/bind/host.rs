@@ -14,6 +14,8 @@ use crate::sys;
 pub struct MountPointDirs {
     pub parent: OwnedFd,
     pub name: OsString,
+    /// The mount point spelled as walked (no `//`, no trailing `/`), as mountinfo shows it.
+    pub path: PathBuf,
 }
 
 /// Opens the parent of `mount_point` one component at a time from `/` without following a
@@ -47,7 +49,8 @@ pub fn open_mount_point(
     }
     let mut dir = sys::open_root_dir().map_err(|e| format!("cannot open /: {e}"))?;
     let mut walked = PathBuf::from("/");
-    for part in &parts {
+    let last = parts.len() - 1;
+    for (i, part) in parts.iter().enumerate() {
         walked.push(part);
         let next = open_component(dir.as_fd(), part, &walked)?;
         let st = sys::fstat(next.as_fd())
@@ -58,13 +61,15 @@ pub fn open_mount_point(
                 walked.display()
             ));
         }
-        if walked.as_path() == mount_point {
-            break;
+        if i < last {
+            dir = next;
         }
-        dir = next;
     }
-    let name = parts.pop().unwrap_or_default();
-    Ok(MountPointDirs { parent: dir, name })
+    Ok(MountPointDirs {
+        parent: dir,
+        name: parts[last].clone(),
+        path: walked,
+    })
 }
 
 fn open_component(dir: BorrowedFd<'_>, part: &OsStr, walked: &Path) -> Result<OwnedFd, String> {

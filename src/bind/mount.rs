@@ -49,6 +49,7 @@ impl BindDocroot {
         options: BindOptions,
     ) -> Result<BindDocroot, String> {
         let dirs = host::open_mount_point(mount_point, identity(releases_dir)?)?;
+        let mount_point = dirs.path.as_path();
         let parent_path = mount_point.parent().unwrap_or(Path::new("/"));
         host::probe_move_mount_beneath(parent_path)?;
         host::check_parent_shared(dirs.parent.as_fd(), mount_point)?;
@@ -177,6 +178,19 @@ impl BindDocroot {
                 sys::attach_mount(clone.as_fd(), top.as_fd(), false)
                     .map_err(|e| self.attach_failed(name, &e))?;
                 None
+            }
+            Some(old) if top_st.mnt_id == self.parent_mnt_id => {
+                // Someone unmounted ours: the docroot is empty. Attaching plainly touches
+                // nothing of theirs and ends the outage.
+                log::warn!(
+                    "the bind mount of release {:?} at {} was removed by someone else; attaching \
+                     release {name:?} afresh",
+                    old.release,
+                    self.mount_point.display()
+                );
+                sys::attach_mount(clone.as_fd(), top.as_fd(), false)
+                    .map_err(|e| self.attach_failed(name, &e))?;
+                Some(old)
             }
             Some(old) => {
                 self.refuse_foreign(top_st.mnt_id, old.mnt_id)?;
