@@ -1298,19 +1298,6 @@ pub fn open_root_dir() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Resolves `path` (relative, links followed as the kernel would for a web server) under
-/// `dir` to an `O_PATH` descriptor, for comparing where a relative symlink leads from two
-/// places. Only the identity of the result is used; nothing is read or changed through it.
-pub fn open_path_following(dir: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
-    let c = cstring(path)?;
-    // SAFETY: a valid directory descriptor and C string.
-    let fd = check(unsafe {
-        libc::openat(dir.as_raw_fd(), c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC)
-    })?;
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The classic mount id (the one /proc/PID/mountinfo lists) of what a /proc magic link leads
 /// to, for processes in other mount namespaces, whose mounts we only know from their
 /// mountinfo. See `mount_stat_of_proc_link`.

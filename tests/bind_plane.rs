@@ -660,3 +660,27 @@ fn adoption_refuses_a_writable_bind_of_the_release_and_publish_recovers_a_remove
     assert_eq!(env.served(), "two");
     assert_eq!(mounts_at(&env.mnt()), 1);
 }
+
+#[test]
+fn a_foreign_mount_inside_the_docroot_is_never_detached_with_ours() {
+    let env = Env::new("inside");
+    env.release("1", "one");
+    env.release("2", "two");
+    std::fs::create_dir(env.releases().join("1/sub")).unwrap();
+    let mut doc = env.open(None).unwrap();
+    env.publish(&mut doc, "1").unwrap();
+    let sub = env.mnt().join("sub");
+    mount_raw("inside", &sub, Some("tmpfs"), 0);
+    std::fs::write(sub.join("theirs"), "x").unwrap();
+    let before = mounts_below(&env.root);
+    let err = env.publish(&mut doc, "2").unwrap_err();
+    assert!(
+        err.contains("inside the docroot") && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+    assert!(doc.unmount().is_err());
+    assert_eq!(mounts_below(&env.root), before, "the mount table changed");
+    assert_eq!(std::fs::read_to_string(sub.join("theirs")).unwrap(), "x");
+    assert_eq!(env.served(), "one");
+}

@@ -21,7 +21,8 @@
 //! The first activation attaches plainly; later ones attach beneath the current top, after
 //! checking that top is the mount we attached (its mount id, the never-reused 64-bit one on
 //! 6.8+). Then the old top is detached with `MNT_DETACH` through a descriptor of its root,
-//! never by path, and the mount point must show the new mount. A foreign mount on top is
+//! never by path, and the mount point must show the new mount. A foreign mount on top, or
+//! one inside our mount (on one of its directories: `MNT_DETACH` would take it along), is
 //! refused before anything is attached: nothing changes.
 //!
 //! The one race the kernel gives no primitive for: another root process mounting on the

@@ -171,36 +171,15 @@ impl BindDocroot {
             root: (st.st_dev, st.st_ino),
         };
         let (top, top_st) = self.top()?;
+        let beneath = self.may_attach(top.as_fd(), top_st.mnt_id, name)?;
+        let previous = self.active.clone();
         let started = Instant::now();
-        let previous = match self.active.clone() {
-            None => {
-                self.refuse_foreign(top_st.mnt_id, self.parent_mnt_id)?;
-                sys::attach_mount(clone.as_fd(), top.as_fd(), false)
-                    .map_err(|e| self.attach_failed(name, &e))?;
-                None
-            }
-            Some(old) if top_st.mnt_id == self.parent_mnt_id => {
-                // Someone unmounted ours: the docroot is empty. Attaching plainly touches
-                // nothing of theirs and ends the outage.
-                log::warn!(
-                    "the bind mount of release {:?} at {} was removed by someone else; attaching \
-                     release {name:?} afresh",
-                    old.release,
-                    self.mount_point.display()
-                );
-                sys::attach_mount(clone.as_fd(), top.as_fd(), false)
-                    .map_err(|e| self.attach_failed(name, &e))?;
-                Some(old)
-            }
-            Some(old) => {
-                self.refuse_foreign(top_st.mnt_id, old.mnt_id)?;
-                sys::attach_mount(clone.as_fd(), top.as_fd(), true)
-                    .map_err(|e| self.attach_failed(name, &e))?;
-                drop(top);
-                self.detach_old_top(&old, &new)?;
-                Some(old)
-            }
-        };
+        sys::attach_mount(clone.as_fd(), top.as_fd(), beneath)
+            .map_err(|e| self.attach_failed(name, &e))?;
+        drop(top);
+        if let (true, Some(old)) = (beneath, &previous) {
+            self.detach_old_top(old, &new)?;
+        }
         let swap = started.elapsed();
         let (_, now) = self.top()?;
         if now.mnt_id != new.mnt_id {
@@ -221,6 +200,29 @@ impl BindDocroot {
         })
     }
 
+    /// Whether the new mount goes beneath the top (`true`) or on the bare mount point, after
+    /// checking that nothing foreign is on or inside what we would detach.
+    fn may_attach(&self, top: BorrowedFd<'_>, top_id: u64, name: &str) -> Result<bool, String> {
+        let Some(old) = &self.active else {
+            self.refuse_foreign(top_id, self.parent_mnt_id)?;
+            return Ok(false);
+        };
+        if top_id == self.parent_mnt_id {
+            // Someone unmounted ours: the docroot is empty. Attaching plainly touches nothing
+            // of theirs and ends the outage.
+            log::warn!(
+                "the bind mount of release {:?} at {} was removed by someone else; attaching \
+                 release {name:?} afresh",
+                old.release,
+                self.mount_point.display()
+            );
+            return Ok(false);
+        }
+        self.refuse_foreign(top_id, old.mnt_id)?;
+        self.refuse_children(top)?;
+        Ok(true)
+    }
+
     /// Refuses, before anything is attached, when the top mount is not `expected`.
     fn refuse_foreign(&self, top: u64, expected: u64) -> Result<(), String> {
         if top == expected {
@@ -231,6 +233,28 @@ impl BindDocroot {
              switch, nothing changed (unmount it to let switches through)",
             self.mount_point.display()
         ))
+    }
+
+    /// Refuses when a mount switchfs did not make sits inside our mount `top` (on one of its
+    /// directories, or stacked on its root): detaching ours would take it along.
+    fn refuse_children(&self, top: BorrowedFd<'_>) -> Result<(), String> {
+        let shown = self.mount_point.display();
+        let id = sys::classic_mount_id(top)
+            .map_err(|e| format!("cannot identify the mount at {shown}: {e}"))?;
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        match host::parse_mountinfo(&text)
+            .into_iter()
+            .find(|l| l.parent == id)
+        {
+            None => Ok(()),
+            Some(child) => Err(format!(
+                "{} (mount id {}) is mounted inside the docroot {shown} by someone else; \
+                 switching would detach it with ours, so nothing changed (unmount it first)",
+                child.mount_point.display(),
+                child.id
+            )),
+        }
     }
 
     fn attach_failed(&self, name: &str, e: &std::io::Error) -> String {
@@ -278,6 +302,7 @@ impl BindDocroot {
         };
         let (top, st) = self.top()?;
         self.refuse_foreign(st.mnt_id, active.mnt_id)?;
+        self.refuse_children(top.as_fd())?;
         sys::detach_mount_of(top.as_fd())
             .map_err(|e| format!("cannot unmount {}: {e}", self.mount_point.display()))?;
         self.detached.push(active);
