@@ -292,7 +292,29 @@ fn nobody_sees_permissions_and_read_only_and_a_symlinked_release_is_refused() {
     );
     assert_eq!(env.served(), "one");
     assert_eq!(mounts_at(&m), 1);
+
+    // A release only root may enter stays closed to nobody through the bind mount.
+    env.release("3", "three");
+    std::fs::set_permissions(
+        env.releases().join("3"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    env.publish(&mut doc, "3").unwrap();
+    assert_eq!(env.served(), "three");
+    let out = common::as_nobody(&["cat", m.join("version").to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "nobody read a root-only release through the bind"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
 }
+
+/// Maps the file named by its argument, closes it, says "ready", and on a line prints it.
+const MMAP_SCRIPT: &str = "import mmap,sys\nf=open(sys.argv[1],'rb')\nm=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)\nf.close()\nprint('ready',flush=True)\nsys.stdin.readline()\nsys.stdout.write(m[:].decode())\n";
 
 #[test]
 fn held_files_maps_and_working_directories_keep_their_release_and_usage_reports_them() {
@@ -310,10 +332,9 @@ fn held_files_maps_and_working_directories_keep_their_release_and_usage_reports_
         "cd {} && echo ready && read x && cat version",
         m.display()
     ));
-    let script = "import mmap,sys\nf=open(sys.argv[1],'rb')\nm=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)\nf.close()\nprint('ready',flush=True)\nsys.stdin.readline()\nsys.stdout.write(m[:].decode())\n";
     let map = Held::start(
         Command::new("python3")
-            .args(["-c", script])
+            .args(["-c", MMAP_SCRIPT])
             .arg(m.join("version")),
     );
     env.publish(&mut doc, "2").unwrap();
@@ -610,7 +631,13 @@ fn holders_in_another_mount_namespace_are_counted_for_their_release() {
         "-c",
         &script,
     ]));
-    // A scan while release 1 is attached there learns that namespace's copy of our mount.
+    // A second namespace maps the file (Python's mmap keeps a dup of the descriptor too).
+    let map = Held::start(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "slave", "python3", "-c", MMAP_SCRIPT])
+            .arg(env.mnt().join("version")),
+    );
+    // A scan while release 1 is attached there learns each namespace's copy of our mount.
     let now = doc.usage();
     let active = now.iter().find(|u| u.active).unwrap();
     assert!(active.pids.contains(&held.pid()), "{now:?}");
@@ -621,13 +648,16 @@ fn holders_in_another_mount_namespace_are_counted_for_their_release() {
         .find(|u| u.release == "1")
         .expect("release 1 still held");
     assert!(!old.active);
-    assert_eq!((old.open_files, old.dirs), (1, 1), "{old:?}");
-    assert_eq!(old.pids, vec![held.pid()]);
+    assert_eq!((old.open_files, old.dirs, old.maps), (2, 1, 1), "{old:?}");
+    let mut pids = vec![held.pid(), map.pid()];
+    pids.sort();
+    assert_eq!(old.pids, pids);
     assert_eq!(
         held.finish(),
         "oneone",
         "the slave namespace kept release 1 for its holder"
     );
+    assert_eq!(map.finish(), "one");
     assert!(!doc.release_in_use("1"));
 }
 

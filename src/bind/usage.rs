@@ -2,6 +2,9 @@
 //! (/proc/PID/fd/N), working and root directories (/proc/PID/cwd, root) and memory maps
 //! (/proc/PID/map_files/*, readable by root only), each statx'ed for its mount id. Detached
 //! mounts have the releases filesystem's device, so the mount id is what tells them apart.
+//! Processes in other mount namespaces hold propagated copies of our mounts instead, known by
+//! the classic ids their namespace's mountinfo lists (see [`BindDocroot::learn_copies`]);
+//! they are counted under the release whose copy they hold.
 //!
 //! Bounded: listing map_files takes each process's mmap lock, which a page fault waiting on
 //! a FUSE server can hold for as long as it likes; the maps are read by procscan's deadline
@@ -82,55 +85,62 @@ fn mnt_of(path: &Path, ids: &HashSet<u64>) -> Option<u64> {
         .filter(|id| ids.contains(id))
 }
 
+/// One process whose maps the deadline reader lists: in our namespace (`foreign: None`, our
+/// ids) or in another whose copies of our mounts we know (their classic ids).
+struct MapsJob {
+    pid: i32,
+    base: PathBuf,
+    foreign: Option<HashSet<u64>>,
+}
+
 fn scan(ids: &HashSet<u64>, copies: &Copies, own_ns: Option<u64>) -> (Refs, Refs) {
     let mut refs = Refs::default();
     let mut foreign = Refs::default();
-    let procs = pids();
-    for (pid, base) in &procs {
-        let ns = ns_of(base);
-        if ns != own_ns {
-            if let Some(known) = ns.and_then(|ns| copies.by_ns.get(&ns)) {
-                count_foreign(*pid, base, known, &mut foreign);
-            }
-            continue;
-        }
-        for link in ["cwd", "root"] {
-            if let Some(id) = mnt_of(&base.join(link), ids) {
-                *refs.dirs.entry(id).or_default() += 1;
-                refs.pids.entry(id).or_default().insert(*pid);
-            }
-        }
-        let Ok(fds) = std::fs::read_dir(base.join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Some(id) = mnt_of(&fd.path(), ids) {
-                *refs.open_files.entry(id).or_default() += 1;
-                refs.pids.entry(id).or_default().insert(*pid);
-            }
+    let mut jobs = Vec::new();
+    for (pid, base) in pids() {
+        let ns = ns_of(&base);
+        if ns == own_ns {
+            count_dirs_and_fds(pid, &base, &mut refs, |p| mnt_of(p, ids));
+            jobs.push(MapsJob {
+                pid,
+                base,
+                foreign: None,
+            });
+        } else if let Some(known) = ns.and_then(|ns| copies.by_ns.get(&ns)) {
+            let hit = |p: &Path| {
+                sys::classic_mount_id_of_proc_link(p)
+                    .ok()
+                    .filter(|id| known.contains_key(id))
+            };
+            count_dirs_and_fds(pid, &base, &mut foreign, hit);
+            let known = Some(known.keys().copied().collect());
+            jobs.push(MapsJob {
+                pid,
+                base,
+                foreign: known,
+            });
         }
     }
     let wanted = ids.clone();
-    let maps = procscan::read_with_deadline(procs, MAPS_DEADLINE, move |(pid, base)| {
-        maps_of(*pid, base, &wanted)
-    });
-    for (pid, id) in maps {
-        *refs.maps.entry(id).or_default() += 1;
-        refs.pids.entry(id).or_default().insert(pid);
+    let maps = procscan::read_with_deadline(jobs, MAPS_DEADLINE, move |job| maps_of(job, &wanted));
+    for (pid, id, theirs) in maps {
+        let into = if theirs { &mut foreign } else { &mut refs };
+        *into.maps.entry(id).or_default() += 1;
+        into.pids.entry(id).or_default().insert(pid);
     }
     (refs, foreign)
 }
 
-/// Descriptors and directories of a process in another namespace on copies of ours (by
-/// classic id). Its maps are left out: that would need a second bounded map_files pass.
-fn count_foreign(pid: i32, base: &Path, known: &HashMap<u64, String>, refs: &mut Refs) {
-    let hit = |p: &Path| {
-        sys::classic_mount_id_of_proc_link(p)
-            .ok()
-            .filter(|id| known.contains_key(id))
-    };
+/// Counts the working and root directories and descriptors of process `pid` (at `base`)
+/// whose mount `id_of` recognises.
+fn count_dirs_and_fds(
+    pid: i32,
+    base: &Path,
+    refs: &mut Refs,
+    id_of: impl Fn(&Path) -> Option<u64>,
+) {
     for link in ["cwd", "root"] {
-        if let Some(id) = hit(&base.join(link)) {
+        if let Some(id) = id_of(&base.join(link)) {
             *refs.dirs.entry(id).or_default() += 1;
             refs.pids.entry(id).or_default().insert(pid);
         }
@@ -139,26 +149,43 @@ fn count_foreign(pid: i32, base: &Path, known: &HashMap<u64, String>, refs: &mut
         return;
     };
     for fd in fds.flatten() {
-        if let Some(id) = hit(&fd.path()) {
+        if let Some(id) = id_of(&fd.path()) {
             *refs.open_files.entry(id).or_default() += 1;
             refs.pids.entry(id).or_default().insert(pid);
         }
     }
 }
 
-/// `(pid, mount id)` once per distinct mapped file of ours in process `pid`.
-fn maps_of(pid: i32, base: &Path, ids: &HashSet<u64>) -> Vec<(i32, u64)> {
-    let Ok(entries) = std::fs::read_dir(base.join("map_files")) else {
+/// `(pid, mount id, in another namespace)` once per distinct mapped file of ours.
+fn maps_of(job: &MapsJob, ours: &HashSet<u64>) -> Vec<(i32, u64, bool)> {
+    let Ok(entries) = std::fs::read_dir(job.base.join("map_files")) else {
         return Vec::new();
     };
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for e in entries.flatten() {
-        if let Ok(st) = sys::mount_stat_of_proc_link(&e.path())
-            && ids.contains(&st.mnt_id)
-            && seen.insert((st.mnt_id, st.dev, st.ino))
+        let path = e.path();
+        let found = match &job.foreign {
+            None => sys::mount_stat_of_proc_link(&path)
+                .ok()
+                .filter(|st| ours.contains(&st.mnt_id))
+                .map(|st| (st.mnt_id, st.dev, st.ino)),
+            Some(known) => sys::classic_mount_id_of_proc_link(&path)
+                .ok()
+                .filter(|id| known.contains(id))
+                .and_then(|id| {
+                    let md = std::fs::metadata(&path).ok()?;
+                    Some((
+                        id,
+                        std::os::unix::fs::MetadataExt::dev(&md),
+                        std::os::unix::fs::MetadataExt::ino(&md),
+                    ))
+                }),
+        };
+        if let Some(key) = found
+            && seen.insert(key)
         {
-            out.push((pid, st.mnt_id));
+            out.push((job.pid, key.0, job.foreign.is_some()));
         }
     }
     out
@@ -205,6 +232,7 @@ impl BindDocroot {
                     let theirs = usage_of(foreign, *id, release.clone(), false);
                     u.open_files += theirs.open_files;
                     u.dirs += theirs.dirs;
+                    u.maps += theirs.maps;
                     u.pids.extend(theirs.pids);
                     u.pids.sort_unstable();
                     u.pids.dedup();
