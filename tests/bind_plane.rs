@@ -98,19 +98,22 @@ impl Env {
     }
 
     fn open_at(&self, mnt: &Path, persisted: Option<&str>) -> Result<BindDocroot, String> {
+        self.open_with(mnt, persisted, BindOptions::default())
+    }
+
+    fn open_with(
+        &self,
+        mnt: &Path,
+        persisted: Option<&str>,
+        options: BindOptions,
+    ) -> Result<BindDocroot, String> {
         let rel = self.releases_fd();
         let dir = persisted.map(|p| (p, self.release_fd(p)));
         let persisted = dir.as_ref().map(|(name, fd)| Persisted {
             name,
             dir: fd.as_fd(),
         });
-        BindDocroot::open(
-            mnt,
-            rel.as_fd(),
-            &self.releases(),
-            persisted,
-            BindOptions::default(),
-        )
+        BindDocroot::open(mnt, rel.as_fd(), &self.releases(), persisted, options)
     }
 
     fn open(&self, persisted: Option<&str>) -> Result<BindDocroot, String> {
@@ -713,4 +716,50 @@ fn a_foreign_mount_inside_the_docroot_is_never_detached_with_ours() {
     assert_eq!(mounts_below(&env.root), before, "the mount table changed");
     assert_eq!(std::fs::read_to_string(sub.join("theirs")).unwrap(), "x");
     assert_eq!(env.served(), "one");
+}
+
+#[test]
+fn the_link_check_walks_deep_trees_and_refuses_past_its_cap() {
+    let env = Env::new("linkcap");
+    env.release("1", "one");
+    let deep = env.releases().join("1/public/a/b");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::create_dir_all(env.app().join("shared/storage")).unwrap();
+    // Laravel's public/storage, three levels down: climbs to app, as through the mount.
+    std::os::unix::fs::symlink("../../../../../shared/storage", deep.join("storage")).unwrap();
+    for i in 0..20 {
+        std::fs::write(env.releases().join(format!("1/f{i}")), "x").unwrap();
+    }
+    let mut doc = env.open(None).unwrap();
+    env.publish(&mut doc, "1").unwrap();
+    assert!(env.mnt().join("public/a/b/storage").is_dir());
+
+    // One link deep in the tree that climbs to the wrong place is found (into the releases
+    // directory: through the mount it would climb into live/ instead).
+    env.release("2", "two");
+    let deep2 = env.releases().join("2/x/y/z");
+    std::fs::create_dir_all(&deep2).unwrap();
+    std::os::unix::fs::symlink("../../../../1/version", deep2.join("up")).unwrap();
+    let err = env.publish(&mut doc, "2").unwrap_err();
+    assert!(
+        err.contains("link x/y/z/up -> ../../../../1/version"),
+        "{err}"
+    );
+
+    let options = BindOptions {
+        link_check_limit: 10,
+        ..BindOptions::default()
+    };
+    let other = env.app().join("live/other");
+    std::fs::create_dir_all(&other).unwrap();
+    let capped = env.open_with(&other, None, options);
+    let mut capped = capped.unwrap();
+    let err = capped
+        .publish("1", env.release_fd("1").as_fd())
+        .unwrap_err();
+    assert!(
+        err.contains("more than 10 entries") && !err.contains('\n'),
+        "{err}"
+    );
+    assert_eq!(mounts_at(&other), 0);
 }

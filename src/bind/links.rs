@@ -65,10 +65,79 @@ fn ancestor(path: &Path, k: usize) -> PathBuf {
     p.to_path_buf()
 }
 
-/// One directory still to walk: its descriptor and its path in the release.
-struct Pending {
+/// One directory being walked: its descriptor, its path in the release, its entries and how
+/// many of them were visited. Depth-first with one frame per level, so the walk holds as many
+/// descriptors as the tree is deep, not as wide.
+struct Frame {
     fd: OwnedFd,
     rel: PathBuf,
+    entries: Vec<sys::RawDirEntry>,
+    next: usize,
+}
+
+/// The walk of one release for the link check.
+struct Walk<'a> {
+    name: &'a str,
+    release_path: PathBuf,
+    mount_point: &'a Path,
+    dev: u64,
+    limit: usize,
+    walked: usize,
+    bad: Vec<String>,
+}
+
+impl Walk<'_> {
+    fn frame(&self, fd: OwnedFd, rel: PathBuf) -> Result<Frame, String> {
+        let entries = sys::read_dir(fd.as_fd()).map_err(|e| {
+            let at = self.release_path.join(&rel);
+            format!("cannot list {} for the link check: {e}", at.display())
+        })?;
+        Ok(Frame {
+            fd,
+            rel,
+            entries,
+            next: 0,
+        })
+    }
+
+    /// Visits one entry of `dir`: a directory on the release's own filesystem becomes the
+    /// next frame, a symlink is checked.
+    fn visit(&mut self, dir: &Frame, entry: &OsStr) -> Result<Option<Frame>, String> {
+        self.walked += 1;
+        if self.walked > self.limit {
+            return Err(format!(
+                "release {:?} has more than {} entries; the link check for --mode bind stopped \
+                 there and refuses what it could not check (raise the link check limit, or use \
+                 --mode fuse)",
+                self.name, self.limit
+            ));
+        }
+        let rel = dir.rel.join(entry);
+        let at = || self.release_path.join(&rel).display().to_string();
+        let st = sys::stat_at(dir.fd.as_fd(), entry)
+            .map_err(|e| format!("cannot stat {}: {e}", at()))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR if st.st_dev == self.dev => {
+                let fd = sys::open_path_beneath(dir.fd.as_fd(), entry)
+                    .map_err(|e| format!("cannot open {}: {e}", at()))?;
+                return self.frame(fd, rel).map(Some);
+            }
+            libc::S_IFLNK => {
+                let depth = dir.rel.components().count();
+                let found = link_problem(
+                    dir.fd.as_fd(),
+                    entry,
+                    depth,
+                    &rel,
+                    &self.release_path,
+                    self.mount_point,
+                );
+                self.bad.extend(found);
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
 }
 
 /// Checks that every relative link of release `name` (directory `root`) that climbs out of
@@ -84,79 +153,35 @@ pub fn check(
     mount_point: &Path,
     limit: usize,
 ) -> Result<(), String> {
-    let release_path = releases_path.join(name);
-    let dev = sys::fstat(root)
-        .map_err(|e| format!("cannot stat release {name:?}: {e}"))?
-        .st_dev;
-    let first = root
-        .try_clone_to_owned()
-        .map_err(|e| format!("cannot open release {name:?}: {e}"))?;
-    let mut stack = vec![Pending {
-        fd: first,
-        rel: PathBuf::new(),
-    }];
-    let mut walked = 0usize;
-    let mut bad: Vec<String> = Vec::new();
-    while let Some(dir) = stack.pop() {
-        let entries = sys::read_dir(dir.fd.as_fd()).map_err(|e| {
-            format!(
-                "cannot list {}/{} for the link check: {e}",
-                release_path.display(),
-                dir.rel.display()
-            )
-        })?;
-        for entry in entries {
-            walked += 1;
-            if walked > limit {
-                return Err(format!(
-                    "release {name:?} has more than {limit} entries; the link check for --mode bind \
-                     stopped there and refuses what it could not check (raise the link check limit, \
-                     or use --mode fuse)"
-                ));
-            }
-            let rel = dir.rel.join(&entry.name);
-            let st = sys::stat_at(dir.fd.as_fd(), &entry.name).map_err(|e| {
-                format!(
-                    "cannot stat {}/{}: {e}",
-                    release_path.display(),
-                    rel.display()
-                )
-            })?;
-            match st.st_mode & libc::S_IFMT {
-                libc::S_IFDIR if st.st_dev == dev => {
-                    let fd = sys::open_path_beneath(dir.fd.as_fd(), &entry.name).map_err(|e| {
-                        format!(
-                            "cannot open {}/{}: {e}",
-                            release_path.display(),
-                            rel.display()
-                        )
-                    })?;
-                    stack.push(Pending { fd, rel });
-                }
-                libc::S_IFLNK => {
-                    let depth = dir.rel.components().count();
-                    if let Some(problem) = link_problem(
-                        dir.fd.as_fd(),
-                        &entry.name,
-                        depth,
-                        &rel,
-                        &release_path,
-                        mount_point,
-                    ) {
-                        bad.push(problem);
-                    }
-                }
-                _ => {}
-            }
+    let opened = |e: std::io::Error| format!("cannot open release {name:?}: {e}");
+    let dev = sys::fstat(root).map_err(opened)?.st_dev;
+    let mut walk = Walk {
+        name,
+        release_path: releases_path.join(name),
+        mount_point,
+        dev,
+        limit,
+        walked: 0,
+        bad: Vec::new(),
+    };
+    let mut stack = vec![walk.frame(root.try_clone_to_owned().map_err(opened)?, PathBuf::new())?];
+    while let Some(top) = stack.last_mut() {
+        let Some(entry) = top.entries.get(top.next).map(|e| e.name.clone()) else {
+            stack.pop();
+            continue;
+        };
+        top.next += 1;
+        let dir = stack.last().ok_or("link check: empty stack")?;
+        if let Some(child) = walk.visit(dir, &entry)? {
+            stack.push(child);
         }
     }
-    match bad.len() {
-        0 => Ok(()),
-        1 => Err(format!("release {name:?}: {}", bad[0])),
-        n => Err(format!(
-            "release {name:?}: {} (and {} more such links)",
-            bad[0],
-            n - 1
+    match walk.bad.as_slice() {
+        [] => Ok(()),
+        [one] => Err(format!("release {name:?}: {one}")),
+        [first, rest @ ..] => Err(format!(
+            "release {name:?}: {first} (and {} more such links)",
+            rest.len()
         )),
     }
 }
