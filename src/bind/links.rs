@@ -102,7 +102,7 @@ impl Walk<'_> {
 
     /// Visits one entry of `dir`: a directory on the release's own filesystem becomes the
     /// next frame, a symlink is checked.
-    fn visit(&mut self, dir: &Frame, entry: &OsStr) -> Result<Option<Frame>, String> {
+    fn visit(&mut self, dir: &Frame, entry: &OsStr, d_type: u8) -> Result<Option<Frame>, String> {
         self.walked += 1;
         if self.walked > self.limit {
             return Err(format!(
@@ -114,13 +114,29 @@ impl Walk<'_> {
         }
         let rel = dir.rel.join(entry);
         let at = || self.release_path.join(&rel).display().to_string();
-        let st = sys::stat_at(dir.fd.as_fd(), entry)
-            .map_err(|e| format!("cannot stat {}: {e}", at()))?;
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR if st.st_dev == self.dev => {
+        // The directory entry's type spares a stat per file: only directories and links
+        // need more (`DT_UNKNOWN` on filesystems that do not fill it).
+        let kind = match d_type {
+            libc::DT_DIR => libc::S_IFDIR,
+            libc::DT_LNK => libc::S_IFLNK,
+            libc::DT_UNKNOWN => {
+                sys::stat_at(dir.fd.as_fd(), entry)
+                    .map_err(|e| format!("cannot stat {}: {e}", at()))?
+                    .st_mode
+                    & libc::S_IFMT
+            }
+            _ => return Ok(None),
+        };
+        match kind {
+            libc::S_IFDIR => {
                 let fd = sys::open_path_beneath(dir.fd.as_fd(), entry)
                     .map_err(|e| format!("cannot open {}: {e}", at()))?;
-                return self.frame(fd, rel).map(Some);
+                let st =
+                    sys::fstat(fd.as_fd()).map_err(|e| format!("cannot stat {}: {e}", at()))?;
+                // Another filesystem mounted inside: the bind mount does not carry it.
+                if st.st_dev == self.dev && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    return self.frame(fd, rel).map(Some);
+                }
             }
             libc::S_IFLNK => {
                 let depth = dir.rel.components().count();
@@ -166,13 +182,17 @@ pub fn check(
     };
     let mut stack = vec![walk.frame(root.try_clone_to_owned().map_err(opened)?, PathBuf::new())?];
     while let Some(top) = stack.last_mut() {
-        let Some(entry) = top.entries.get(top.next).map(|e| e.name.clone()) else {
+        let Some((entry, d_type)) = top
+            .entries
+            .get(top.next)
+            .map(|e| (e.name.clone(), e.d_type))
+        else {
             stack.pop();
             continue;
         };
         top.next += 1;
         let dir = stack.last().ok_or("link check: empty stack")?;
-        if let Some(child) = walk.visit(dir, &entry)? {
+        if let Some(child) = walk.visit(dir, &entry, d_type)? {
             stack.push(child);
         }
     }
