@@ -11,6 +11,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub(crate) mod attr;
+pub mod bind;
 pub(crate) mod caller;
 pub mod control;
 pub(crate) mod core;

@@ -212,7 +212,7 @@ fn maps_of(bases: Vec<std::path::PathBuf>) -> Vec<(u64, u64)> {
 }
 
 /// Runs `read` on each of `items` in a thread and collects its results until `deadline`.
-fn read_with_deadline<T, R>(
+pub(crate) fn read_with_deadline<T, R>(
     items: Vec<T>,
     deadline: Duration,
     read: impl Fn(&T) -> Vec<R> + Send + 'static,

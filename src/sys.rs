@@ -1027,3 +1027,297 @@ pub fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
         set
     }
 }
+
+// ==== Bind-mode data plane (src/bind/): the new mount API, mount ids, the namespace probe ====
+// libc 0.2 has the syscall numbers but not these flags; each is copied from the kernel header
+// named beside it.
+
+/// `OPEN_TREE_CLONE` (include/uapi/linux/mount.h): clone the tree into a detached mount.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `MOVE_MOUNT_F_EMPTY_PATH` (include/uapi/linux/mount.h): the source is the descriptor.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+/// `MOVE_MOUNT_T_EMPTY_PATH` (include/uapi/linux/mount.h): the target is the descriptor.
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x0000_0040;
+/// `MOVE_MOUNT_BENEATH` (include/uapi/linux/mount.h, Linux 6.5): attach under the top mount.
+const MOVE_MOUNT_BENEATH: libc::c_uint = 0x0000_0200;
+/// `MOUNT_ATTR_RDONLY`, `_NOSUID`, `_NODEV`, `_NOEXEC` (include/uapi/linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// `struct mount_attr` (include/uapi/linux/mount.h), `MOUNT_ATTR_SIZE_VER0` = 32 bytes.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn owned_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// A detached copy of the mount of the directory `dir` refers to, rooted at that directory
+/// (`open_tree(dir, "", OPEN_TREE_CLONE | AT_EMPTY_PATH)`), not recursive: mounts below it
+/// are not copied (see `bind::mount` for why).
+pub fn open_tree_clone(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: a valid descriptor, a static empty C string, and flags; no pointer is kept.
+    owned_fd(unsafe { libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c"".as_ptr(), flags) })
+}
+
+/// `open_tree_clone` of the directory at `path` (resolved normally): for the namespace probe
+/// only, which acts in a private namespace on a tmpfs of its own.
+pub fn open_tree_clone_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: a valid C string and flags; no pointer is kept after the call.
+    owned_fd(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })
+}
+
+/// Makes the detached mount `mnt` read-only, nosuid, nodev (and noexec when asked) with
+/// `mount_setattr`, before anyone can see it.
+pub fn set_mount_read_only(mnt: BorrowedFd<'_>, noexec: bool) -> io::Result<()> {
+    let mut set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if noexec {
+        set |= MOUNT_ATTR_NOEXEC;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: attr lives across the call and its size is passed; the path is a static "".
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Attaches the detached mount `mnt` at what `target` refers to (`move_mount` with both
+/// empty paths, so no path is resolved). `beneath`: under the top mount there
+/// (`MOVE_MOUNT_BENEATH`); `target` must then be a mount's root.
+pub fn attach_mount(mnt: BorrowedFd<'_>, target: BorrowedFd<'_>, beneath: bool) -> io::Result<()> {
+    let mut flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH;
+    if beneath {
+        flags |= MOVE_MOUNT_BENEATH;
+    }
+    // SAFETY: two valid descriptors, static empty C strings, flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `move_mount(mnt, "", AT_FDCWD, path, MOVE_MOUNT_BENEATH)`: for the namespace probe only.
+pub fn attach_mount_beneath_path(mnt: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    let flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH;
+    // SAFETY: a valid descriptor, valid C strings, flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Gives the calling thread its own mount namespace (and, as the kernel requires for that,
+/// its own cwd/root), with every mount in it private so nothing done there propagates back.
+/// The namespace goes away with the thread. For the start-up probe only.
+pub fn enter_private_mount_namespace() -> io::Result<()> {
+    // SAFETY: plain syscalls without pointers (mount's are null or static C strings).
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS) })?;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+/// Mounts a small tmpfs at `path` (classic mount(2)): for the probe's private namespace only.
+pub fn mount_scratch_tmpfs(path: &std::path::Path) -> io::Result<()> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    // SAFETY: valid C strings; the data string is static.
+    check(unsafe {
+        libc::mount(
+            c"switchfs-probe".as_ptr(),
+            c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=4k".as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
+    let mut uts = MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: uts is writable; uname fills NUL-terminated fields.
+    if unsafe { libc::uname(uts.as_mut_ptr()) } != 0 {
+        return "unknown".to_string();
+    }
+    // SAFETY: filled by the successful call; release is NUL-terminated within its array.
+    let uts = unsafe { uts.assume_init() };
+    // SAFETY: as above, a NUL-terminated array of the struct we own.
+    let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) };
+    release.to_string_lossy().into_owned()
+}
+
+/// What a mount-aware statx reports: the mount id (the 64-bit never-reused one where the
+/// kernel has `STATX_MNT_ID_UNIQUE`, 6.8+, else the classic one), device, inode, type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountStat {
+    pub mnt_id: u64,
+    pub unique: bool,
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+}
+
+fn statx_mount_raw(dirfd: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<MountStat> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID_UNIQUE;
+    // SAFETY: valid descriptor or AT_FDCWD, a valid C string, a writable statx buffer.
+    check(unsafe { libc::statx(dirfd, path.as_ptr(), flags, mask, stx.as_mut_ptr()) })?;
+    // SAFETY: filled in by the successful call.
+    let mut stx = unsafe { stx.assume_init() };
+    let unique = stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0;
+    if !unique {
+        if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+            // Before 6.8 the kernel answers the classic id to a unique-id request only if
+            // asked for it, so ask again for exactly that.
+            let mut again = MaybeUninit::<libc::statx>::zeroed();
+            let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID;
+            // SAFETY: as above.
+            check(unsafe { libc::statx(dirfd, path.as_ptr(), flags, mask, again.as_mut_ptr()) })?;
+            // SAFETY: filled in by the successful call.
+            stx = unsafe { again.assume_init() };
+        }
+        if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+    }
+    Ok(MountStat {
+        mnt_id: stx.stx_mnt_id,
+        unique,
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mode: u32::from(stx.stx_mode),
+    })
+}
+
+/// `MountStat` of what `fd` refers to itself (never following a symlink).
+pub fn mount_stat(fd: BorrowedFd<'_>) -> io::Result<MountStat> {
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
+    statx_mount_raw(fd.as_raw_fd(), c"", flags)
+}
+
+/// `MountStat` of what a /proc magic link (`/proc/PID/cwd`, `fd/N`, `map_files/R`) leads to:
+/// the link is followed, which for these links is the kernel handing over the object the
+/// process holds, not a path anyone can swap. `AT_STATX_DONT_SYNC`: never ask a FUSE server.
+pub fn mount_stat_of_proc_link(path: &std::path::Path) -> io::Result<MountStat> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    statx_mount_raw(libc::AT_FDCWD, &c, libc::AT_STATX_DONT_SYNC)
+}
+
+/// The classic (reusable, 32-bit) mount id of what `fd` refers to: the id
+/// /proc/PID/mountinfo lists.
+pub fn classic_mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    statx_nosync(fd).map(|st| st.mnt_id)
+}
+
+/// Opens the directory `name` (one component) under `dir` as `O_PATH` without following a
+/// symlink; the walk crosses into whatever is mounted on it, so the result is the root of
+/// the top mount there. ENOTDIR/ELOOP for a symlink.
+pub fn open_dir_nofollow_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    let c = cstring(name.as_bytes())?;
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: a valid directory descriptor and C string.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `/` as `O_PATH`, the start of a component-by-component walk.
+pub fn open_root_dir() -> io::Result<OwnedFd> {
+    // SAFETY: a static C string.
+    let fd = check(unsafe {
+        libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The classic mount id (the one /proc/PID/mountinfo lists) of what a /proc magic link leads
+/// to, for processes in other mount namespaces, whose mounts we only know from their
+/// mountinfo. See `mount_stat_of_proc_link`.
+pub fn classic_mount_id_of_proc_link(path: &std::path::Path) -> io::Result<u64> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a valid C string and a writable statx buffer.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: filled in by the successful call.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    Ok(stx.stx_mnt_id)
+}
