@@ -397,6 +397,53 @@ fn on_activate_hooks_run_after_each_switch_and_report_failures() {
     assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
 }
 
+/// `--config FILE` (README "Usage"): a hook with arguments, which `$SWITCHFS_OPTIONS` in the
+/// unit cannot carry, reaches `sh -c` as one command; a bad file is a one-line error and
+/// nothing starts.
+#[test]
+fn a_config_file_carries_hooks_with_arguments() {
+    let fx = Fixture::new("config");
+    fx.two_releases();
+    let out = fx.root.join("hook.out");
+    let config = fx.root.join("site.options");
+    fs::write(
+        &config,
+        format!(
+            "# hooks keep their arguments\ninitial = 1\n\
+             on-activate = printf '%s|%s\\n' \"$SWITCHFS_NEW_RELEASE\" \"two words\" >> {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut d = fx.start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(fx.active(), "1", "initial = 1 from the file");
+    fx.activate("2");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "2|two words\n");
+    d.stop_with(libc::SIGTERM);
+
+    let run = |text: &str, mode: u32| {
+        fs::write(&config, text).unwrap();
+        fs::set_permissions(&config, fs::Permissions::from_mode(mode)).unwrap();
+        Command::new(SWITCHFS)
+            .arg("--config")
+            .arg(&config)
+            .arg("--releases")
+            .arg(fx.releases())
+            .arg(fx.mnt())
+            .output()
+            .unwrap()
+    };
+    let bad = run("initial = 1\non-activte = true\n", 0o600);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = one_line_error(&bad);
+    assert!(err.contains("line 2: unknown option 'on-activte'"), "{err}");
+    let open = run("on-activate = true\n", 0o666);
+    let err = one_line_error(&open);
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(!is_mounted(&fx.mnt()), "a refused config starts nothing");
+}
+
 #[test]
 fn prune_deletes_only_old_unused_releases_and_only_when_asked() {
     let fx = Fixture::new("prune");
