@@ -1,6 +1,6 @@
 <?php
 // switchfs: tells OPcache which scripts a release switch changed. Installed outside every
-// docroot (/usr/local/share/switchfs/opcache-invalidate.php) and run by the switchfs daemon,
+// docroot (/usr/share/switchfs/opcache-invalidate.php) and run by the switchfs daemon,
 // never by visitors:
 //   - PHP-FPM: switchfs connects to the pool's socket and sends the FastCGI parameter
 //     SWITCHFS_OPCACHE=1, which a web server never forwards from a client (client headers

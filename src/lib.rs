@@ -13,6 +13,7 @@
 pub(crate) mod attr;
 pub mod bind;
 pub(crate) mod caller;
+pub mod config_file;
 pub mod control;
 pub(crate) mod core;
 pub mod daemon;
@@ -28,6 +29,7 @@ pub(crate) mod inodes;
 pub(crate) mod invalidate;
 pub mod keeper;
 pub(crate) mod links;
+pub mod log_format;
 pub mod mount_helper;
 pub mod mounts;
 pub(crate) mod mtimes;
@@ -53,7 +55,16 @@ mod testutil;
 /// (`PROG: error text`) with exit code 2, so scripts and logs get one clear line. Help and
 /// version requests print as usual.
 pub fn parse_args_or_exit<P: clap::Parser>(prog: &str) -> P {
-    match P::try_parse() {
+    parse_from_or_exit(prog, std::env::args_os())
+}
+
+/// [`parse_args_or_exit`] for arguments that are not (only) the process's own, e.g. after
+/// `--config FILE` was expanded.
+pub fn parse_from_or_exit<P: clap::Parser>(
+    prog: &str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> P {
+    match P::try_parse_from(args) {
         Ok(parsed) => parsed,
         Err(e) => {
             use clap::error::ErrorKind;

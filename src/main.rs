@@ -16,6 +16,14 @@ use switchfs::names::validate_release_name;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Read more options from FILE, one `key = value` a line (a long option without `--`;
+    /// a lone `key` for a flag; `#` starts a comment line): a value is the rest of its line,
+    /// verbatim, so `on-activate = purge-cdn --site example` keeps its arguments, which
+    /// $SWITCHFS_OPTIONS in the unit cannot. Must be owned by root (or us) and writable by
+    /// no one else; re-read when the daemon restarts or upgrades.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Directory holding one subdirectory per release (e.g. /var/www/app/releases).
     #[arg(long, value_name = "DIR", value_parser = existing_dir)]
     releases: PathBuf,
@@ -136,13 +144,27 @@ fn group(s: &str) -> Result<u32, String> {
     daemon::group_id(s)
 }
 
+/// The command line with each `--config FILE` replaced by the options in FILE.
+fn expand_config() -> Result<Vec<std::ffi::OsString>, String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let known: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
+    switchfs::config_file::expand(std::env::args_os().collect(), &known)
+}
+
 fn main() -> ExitCode {
     // fuser's info lines ("Mounting /proc/self/fd/N": we mount through a descriptor) say
     // less than ours; keep its warnings and errors.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser=warn"))
-        .init();
+    switchfs::log_format::init("info,fuser=warn");
     switchfs::docs::generate_if_asked::<Cli>("switchfs");
-    let cli: Cli = switchfs::parse_args_or_exit("switchfs");
+    let args = match expand_config() {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("switchfs: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli: Cli = switchfs::parse_from_or_exit("switchfs", args);
     let args = DaemonArgs {
         releases: cli.releases,
         mount_point: cli.mount_point,

@@ -45,8 +45,10 @@ use crate::core::Core;
 use crate::fastcgi::{self, Address};
 use crate::release::Release;
 
-/// Where the daemon finds the shipped script by default (`scripts/install` puts it there).
-pub const DEFAULT_SCRIPT: &str = "/usr/local/share/switchfs/opcache-invalidate.php";
+/// Where the daemon finds the shipped script by default: the package and `scripts/install`
+/// put it there (/usr/share, not /usr/local: a Debian package may not install into
+/// /usr/local).
+pub const DEFAULT_SCRIPT: &str = "/usr/share/switchfs/opcache-invalidate.php";
 /// Paths per `invalidate` request, so a body stays far below PHP's `post_max_size` (8 MiB).
 const PATHS_PER_REQUEST: usize = 2_000;
 /// The protocol line both steps answer with first.
@@ -223,7 +225,7 @@ impl Php {
         };
         if !config.fpm.is_empty() && !config.script.is_file() {
             return Err(format!(
-                "--php-script {}: no such file (scripts/install puts it at {DEFAULT_SCRIPT})",
+                "--php-script {}: no such file (the package and scripts/install put it at {DEFAULT_SCRIPT})",
                 config.script.display()
             ));
         }

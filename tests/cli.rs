@@ -404,6 +404,135 @@ fn on_activate_hooks_run_after_each_switch_and_report_failures() {
     assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
 }
 
+/// `--config FILE` (README "Usage"): a hook with arguments, which `$SWITCHFS_OPTIONS` in the
+/// unit cannot carry, reaches `sh -c` as one command; a bad file is a one-line error and
+/// nothing starts.
+#[test]
+fn a_config_file_carries_hooks_with_arguments() {
+    let fx = Fixture::new("config");
+    fx.two_releases();
+    let out = fx.root.join("hook.out");
+    let config = fx.root.join("site.options");
+    fs::write(
+        &config,
+        format!(
+            "# hooks keep their arguments\ninitial = 1\n\
+             on-activate = printf '%s|%s\\n' \"$SWITCHFS_NEW_RELEASE\" \"two words\" >> {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut d = fx.start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(fx.active(), "1", "initial = 1 from the file");
+    fx.activate("2");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "2|two words\n");
+    d.stop_with(libc::SIGTERM);
+
+    let run = |text: &str, mode: u32| {
+        fs::write(&config, text).unwrap();
+        fs::set_permissions(&config, fs::Permissions::from_mode(mode)).unwrap();
+        Command::new(SWITCHFS)
+            .arg("--config")
+            .arg(&config)
+            .arg("--releases")
+            .arg(fx.releases())
+            .arg(fx.mnt())
+            .output()
+            .unwrap()
+    };
+    let bad = run("initial = 1\non-activte = true\n", 0o600);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = one_line_error(&bad);
+    assert!(err.contains("line 2: unknown option 'on-activte'"), "{err}");
+    let open = run("on-activate = true\n", 0o666);
+    let err = one_line_error(&open);
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(!is_mounted(&fx.mnt()), "a refused config starts nothing");
+}
+
+/// Runs the daemon until it serves, then stops it, with stderr in `log` and
+/// `JOURNAL_STREAM` set to `journal_stream`; returns what it logged.
+fn log_of_a_run(
+    fx: &Fixture,
+    log: &std::path::Path,
+    journal_stream: impl Fn(&fs::File) -> String,
+) -> String {
+    let file = fs::File::create(log).unwrap();
+    let mut child = Command::new(SWITCHFS)
+        .args(["--initial", "1", "--releases"])
+        .arg(fx.releases())
+        .arg("--control")
+        .arg(fx.socket())
+        .arg("--state")
+        .arg(fx.state())
+        .arg(fx.mnt())
+        .env("JOURNAL_STREAM", journal_stream(&file))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG")
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fx.ctl(&["status"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving after 20 s: {}",
+            fs::read_to_string(log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    fs::read_to_string(log).unwrap()
+}
+
+/// README "switchfs options", logging: on the journal's stream every line starts with its
+/// priority; a stream that is not stderr (a mount helper's daemon logging to a file with the
+/// variable inherited) gets millisecond timestamps.
+#[test]
+fn log_lines_carry_journal_priorities_or_millisecond_timestamps() {
+    let fx = Fixture::new("logfmt");
+    fx.two_releases();
+    let log = fx.root.join("stderr.log");
+    let this_file = |f: &fs::File| {
+        let m = f.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    let text = log_of_a_run(&fx, &log, this_file);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>switchfs::daemon: serving ")),
+        "{text}"
+    );
+    for line in text.lines() {
+        let p = line.get(..3).unwrap_or_default();
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&p),
+            "no priority: {line:?}"
+        );
+    }
+
+    let another_file = |f: &fs::File| {
+        let m = f.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino() + 1)
+    };
+    let text = log_of_a_run(&fx, &log, another_file);
+    assert!(text.contains(" INFO  switchfs::daemon] serving "), "{text}");
+    for line in text.lines() {
+        // [2026-12-02T00:14:07.590Z INFO  switchfs::daemon] ...
+        let b = line.as_bytes();
+        let stamp = b.len() > 25
+            && b[0] == b'['
+            && b[11] == b'T'
+            && b[20] == b'.'
+            && b[21..24].iter().all(u8::is_ascii_digit)
+            && b[24] == b'Z';
+        assert!(stamp, "no millisecond timestamp: {line:?}");
+    }
+}
+
 #[test]
 fn prune_deletes_only_old_unused_releases_and_only_when_asked() {
     let fx = Fixture::new("prune");
