@@ -39,6 +39,7 @@ pub(crate) mod procscan;
 pub(crate) mod prune;
 pub(crate) mod release;
 pub mod state;
+pub mod strict_modes;
 pub(crate) mod switch;
 pub mod sys;
 pub(crate) mod usage;
