@@ -228,6 +228,15 @@ enum Conn {
 }
 
 impl Connection {
+    /// Over TCP, the uid of the socket serving this connection (see `tcp_owner`): `None`
+    /// for a Unix socket (see `peer`), `Some(Ok(None))` when the kernel does not list it.
+    pub fn tcp_listener_uid(&self) -> Option<io::Result<Option<u32>>> {
+        match &self.stream {
+            Conn::Tcp(s) => Some(crate::tcp_owner::listener_uid(s)),
+            Conn::Unix(_) => None,
+        }
+    }
+
     /// Runs one request on this connection; see [`request`].
     ///
     /// # Errors

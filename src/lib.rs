@@ -42,6 +42,7 @@ pub mod state;
 pub mod strict_modes;
 pub(crate) mod switch;
 pub mod sys;
+pub(crate) mod tcp_owner;
 pub(crate) mod usage;
 
 #[cfg(test)]
