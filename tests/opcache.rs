@@ -818,6 +818,7 @@ fn deleted_script_is_dropped() {
 /// old bytecode under the path. Under validate_timestamps=0 nothing would ever look again.
 #[test]
 fn compile_in_flight_across_the_switch_is_not_left_stale() {
+    let _alone = not_beside_the_flood();
     require_php();
     let fx = Fixture::new("opc-inflight");
     let now = unix_now();
@@ -1378,6 +1379,14 @@ fn deep_list(mnt: &Path, n: usize, depth: usize) -> Vec<u8> {
     out
 }
 
+/// The flood test below keeps both cores busy for seconds (hundreds of MB of list built,
+/// sent and compared); the compilation-in-flight test, whose compile must finish within the
+/// daemon's 2 s wait, does not run beside it.
+fn not_beside_the_flood() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Removes the mount point made outside the fixture.
 struct RemoveDir(PathBuf);
 
@@ -1393,6 +1402,7 @@ impl Drop for RemoveDir {
 /// instead of queueing behind it.
 #[test]
 fn a_flood_of_deep_paths_is_capped_and_a_later_switch_is_not_queued_behind_it() {
+    let _alone = not_beside_the_flood();
     let fx = Fixture::new("opc-flood");
     fx.two_releases();
     // A short mount point, so 800,000 paths 60 deep fit in one answer (at most 128 MiB).
