@@ -217,7 +217,7 @@ pub fn connect(addr: &Address, deadline: Instant) -> io::Result<Connection> {
 pub struct Connection {
     stream: Conn,
     /// Who listens on a Unix socket (`SO_PEERCRED`: the process that called `listen()`,
-    /// as it was then); `None` over TCP, where the kernel tells nothing of the peer.
+    /// as it was then); `None` over TCP, where `tcp_listener_uid` tells the listener's uid.
     pub peer: Option<sys::PeerCred>,
 }
 

@@ -9,12 +9,15 @@
 //!
 //! How, per pool (one request reaches the whole pool: OPcache's shared memory is per
 //! master, shared by all its workers), all within one deadline (`--php-timeout`):
-//! 0. For PHP-FPM, connect and check the listener is the master (root, or
-//!    `--php-fpm-owner`), then wait for the pool's compilations of old scripts in flight.
+//! 0. Connect and check the listener is the master (root, or `--php-fpm-owner`; over TCP,
+//!    and for `--php-http`, by the uid `/proc/net/tcp` gives its socket, see `tcp_owner`),
+//!    before anything is sent, then wait for the pool's compilations of old scripts in
+//!    flight.
 //! 1. `list`: the shipped script (`dist/opcache-invalidate.php`, outside every docroot)
 //!    returns the scripts OPcache holds under the mount point, with the mtime each was
 //!    cached with (only recorded by OPcache when `validate_timestamps=1`). Listed paths
-//!    outside the mount are ignored, and at most `MAX_LISTED` entries read.
+//!    outside the mount are ignored, and at most `MAX_LISTED` entries read, none deeper than
+//!    `MAX_DEPTH` under the mount (one warning line when a pool lists more).
 //! 2. The daemon decides per cached path with the mtime registry's rule: the path is changed
 //!    when the mount now reports another mtime than the one cached, or, without a cached
 //!    mtime, when the file's identity differs between the release the pool was last
