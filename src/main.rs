@@ -20,7 +20,8 @@ struct Cli {
     #[arg(long, value_name = "DIR", value_parser = existing_dir)]
     releases: PathBuf,
 
-    /// Where to serve the active release (e.g. /var/www/current): an existing directory.
+    /// Where to serve the active release (e.g. /var/www/current): an existing directory,
+    /// reached without symlinks, every directory above it root's and not writable by others.
     #[arg(value_name = "MOUNTPOINT")]
     mount_point: PathBuf,
 

@@ -44,7 +44,8 @@ struct Cli {
     #[arg(value_name = "SOURCE")]
     source: String,
 
-    /// Existing directory to serve the active release at.
+    /// Existing directory to serve the active release at, reached without symlinks, every
+    /// directory above it root's and not writable by others.
     #[arg(value_name = "MOUNTPOINT")]
     mount_point: PathBuf,
 
