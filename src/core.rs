@@ -192,7 +192,7 @@ impl Core {
             previous: None,
             since: SystemTime::now(),
         });
-        let mtimes = open_mtimes(config.mtimes_path.as_deref());
+        let mtimes = open_mtimes(config.mtimes_path.as_deref())?;
         let core = Core {
             releases,
             state: StateFile::new(config.state_path.clone()),
@@ -919,18 +919,20 @@ impl Core {
     }
 }
 
-/// The mtime registry persisted at `path`. One that cannot be opened safely is logged and
-/// replaced by one in memory: serving goes on, the rule then holds only until a restart.
-fn open_mtimes(path: Option<&Path>) -> MtimeRegistry {
+/// The mtime registry persisted at `path`. One that cannot be opened safely (a symlink or
+/// another user's file planted there, an unreadable directory) refuses the start: a registry
+/// in memory alone would forget after a restart which mtimes OPcache already saw, and bring
+/// back stale bytecode without anyone noticing.
+fn open_mtimes(path: Option<&Path>) -> Result<MtimeRegistry, String> {
     let Some(path) = path else {
-        return MtimeRegistry::default();
+        return Ok(MtimeRegistry::default());
     };
-    MtimeRegistry::open(path).unwrap_or_else(|e| {
-        log::error!(
-            "mtime registry {} is unusable ({e}); keeping it in memory only",
+    MtimeRegistry::open(path).map_err(|e| {
+        format!(
+            "mtime registry {} is unusable ({e}); remove what is there (the daemon creates \
+             it) or fix its directory",
             path.display()
-        );
-        MtimeRegistry::default()
+        )
     })
 }
 

@@ -42,13 +42,21 @@ pub struct DaemonArgs {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    sys::euid() == 0
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
 /// itself (on a dead mount even a stat can fail), unless it ends in `..`.
-fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
+///
+/// For a new mount the spelling is kept as given (made absolute, never resolved): resolving
+/// it would follow a symlink someone else planted before `prepare_mount_point` could refuse
+/// it.
+fn absolute_mount_point(mount_point: &Path, resumed: bool) -> Result<PathBuf, String> {
+    if !resumed {
+        let abs = std::path::absolute(mount_point)
+            .map_err(|e| format!("mount point {}: {e}", mount_point.display()))?;
+        return crate::strict_modes::without_dots(&abs, "mount point");
+    }
     let shown = mount_point.display();
     let abs = std::path::absolute(mount_point).map_err(|e| format!("mount point {shown}: {e}"))?;
     match (abs.parent(), abs.file_name()) {
@@ -67,6 +75,9 @@ fn absolute_mount_point(mount_point: &Path) -> Result<PathBuf, String> {
 /// is not connected") so a restart recovers instead of failing.
 fn prepare_mount_point(mount_point: &Path) -> Result<OwnedFd, String> {
     let shown = mount_point.display();
+    // Every directory above it root's and writable only by root, so nothing on the way can
+    // be swapped for a symlink between these checks and the mount (see `strict_modes`).
+    crate::strict_modes::check_parents(mount_point, "mount point")?;
     match std::fs::symlink_metadata(mount_point) {
         Ok(m) if m.file_type().is_symlink() => return Err(symlink_refusal(mount_point)),
         Ok(m) if !m.is_dir() => {
@@ -333,7 +344,7 @@ struct Paths {
 }
 
 fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
-    let mount_point = absolute_mount_point(&args.mount_point)?;
+    let mount_point = absolute_mount_point(&args.mount_point, resumed)?;
     let target = if resumed {
         None
     } else {
@@ -364,6 +375,7 @@ fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
     if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
+        check_state_dir(dir)?;
     }
     Ok(Paths {
         mount_point,
@@ -372,6 +384,29 @@ fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
         control_path,
         state_path,
     })
+}
+
+/// Refuses a state directory another user owns or can write: its owner could remove the
+/// `.lock` (a second daemon then shares the state) or plant a symlink at `<state>.mtimes`.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    let fd = sys::open_dir_readable(dir).map_err(|e| format!("state directory {shown}: {e}"))?;
+    let st = sys::fstat(fd.as_fd()).map_err(|e| format!("state directory {shown}: {e}"))?;
+    let us = sys::euid();
+    let why = if st.st_uid != 0 && st.st_uid != us {
+        format!("is owned by uid {}", st.st_uid)
+    } else if st.st_mode & 0o022 != 0 {
+        format!(
+            "is writable by group or others (mode {:o})",
+            st.st_mode & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "state directory {shown} {why}, who could remove its lock or plant links in it; \
+         chown {us} {shown} && chmod go-w {shown}, or give --state in a directory of your own"
+    ))
 }
 
 /// The daemon before it serves: control socket, PHP pools, the core with its state and the

@@ -217,7 +217,7 @@ pub fn connect(addr: &Address, deadline: Instant) -> io::Result<Connection> {
 pub struct Connection {
     stream: Conn,
     /// Who listens on a Unix socket (`SO_PEERCRED`: the process that called `listen()`,
-    /// as it was then); `None` over TCP, where the kernel tells nothing of the peer.
+    /// as it was then); `None` over TCP, where `tcp_listener_uid` tells the listener's uid.
     pub peer: Option<sys::PeerCred>,
 }
 
@@ -228,6 +228,15 @@ enum Conn {
 }
 
 impl Connection {
+    /// Over TCP, the uid of the socket serving this connection (see `tcp_owner`): `None`
+    /// for a Unix socket (see `peer`), `Some(Ok(None))` when the kernel does not list it.
+    pub fn tcp_listener_uid(&self) -> Option<io::Result<Option<u32>>> {
+        match &self.stream {
+            Conn::Tcp(s) => Some(crate::tcp_owner::listener_uid(s)),
+            Conn::Unix(_) => None,
+        }
+    }
+
     /// Runs one request on this connection; see [`request`].
     ///
     /// # Errors

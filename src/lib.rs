@@ -42,8 +42,10 @@ pub(crate) mod procscan;
 pub(crate) mod prune;
 pub(crate) mod release;
 pub mod state;
+pub mod strict_modes;
 pub(crate) mod switch;
 pub mod sys;
+pub(crate) mod tcp_owner;
 pub(crate) mod usage;
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ struct Cli {
     #[arg(long, value_name = "DIR", value_parser = existing_dir)]
     releases: PathBuf,
 
-    /// Where to serve the active release (e.g. /var/www/current): an existing directory.
+    /// Where to serve the active release (e.g. /var/www/current): an existing directory,
+    /// reached without symlinks, every directory above it root's and not writable by others.
     #[arg(value_name = "MOUNTPOINT")]
     mount_point: PathBuf,
 
@@ -121,10 +122,16 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
     php_timeout: u32,
 
-    /// The uid that must be listening on a --php-fpm Unix socket (SO_PEERCRED): the
-    /// PHP-FPM master creates its sockets as root; anything else is refused as an impostor.
+    /// The uid that must be listening on a --php-fpm socket (SO_PEERCRED for a Unix socket,
+    /// /proc/net/tcp for HOST:PORT): the PHP-FPM master creates its sockets as root;
+    /// anything else is refused as an impostor before anything is sent.
     #[arg(long, value_name = "UID", default_value_t = 0)]
     php_fpm_owner: u32,
+
+    /// The uid that must own the --php-http TCP listener (/proc/net/tcp), checked before
+    /// the secret is sent: Apache binds its ports as root.
+    #[arg(long, value_name = "UID", default_value_t = 0)]
+    php_http_owner: u32,
 }
 
 fn existing_dir(s: &str) -> Result<PathBuf, String> {
@@ -187,6 +194,7 @@ fn main() -> ExitCode {
             script: cli.php_script,
             timeout: Duration::from_secs(u64::from(cli.php_timeout)),
             fpm_owner: cli.php_fpm_owner,
+            http_owner: cli.php_http_owner,
         },
     };
     match daemon::run(args) {

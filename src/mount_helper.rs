@@ -133,6 +133,82 @@ pub fn translate(source: &str, mount_point: &Path, options: &[String]) -> Result
     Ok(Plan { args, log })
 }
 
+/// The first of `spellings` (how the mount point was named before mount(8) resolved it)
+/// that is not `mount_point` itself but `resolve` (canonicalize) turns into it: a symlink
+/// on its way was resolved before the helper ran, which hides the link from every later
+/// check. `None` when no spelling does.
+///
+/// Why: the deploy user who owns `current` could point it at `/root/.ssh`; mount(8) would
+/// hand the helper `/root/.ssh`, a root-owned path that passes every other check.
+pub fn spelled_through_link(
+    spellings: &[PathBuf],
+    mount_point: &Path,
+    resolve: impl Fn(&Path) -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    spellings
+        .iter()
+        .find(|s| s.as_path() != mount_point && resolve(s).is_some_and(|r| r == mount_point))
+        .cloned()
+}
+
+/// The targets of an fstab's `fuse.switchfs` lines, unescaped.
+pub fn fstab_targets(fstab: &str) -> Vec<PathBuf> {
+    fstab
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (_, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            (kind == "fuse.switchfs").then(|| PathBuf::from(unescape_fstab(target)))
+        })
+        .collect()
+}
+
+/// From mount(8)'s own command line (NUL-separated, as in /proc/PID/cmdline): its
+/// arguments that may name the mount point, and the fstab files it reads (`-T FILE`,
+/// `--fstab FILE`).
+pub fn mount_cmdline_spellings(cmdline: &[u8]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).skip(1).collect();
+    let (mut plain, mut fstabs) = (Vec::new(), Vec::new());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let path = |a: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(a));
+        match *arg {
+            b"-T" | b"--fstab" => fstabs.extend(iter.next().map(|a| path(a))),
+            a if a.starts_with(b"--fstab=") => fstabs.push(path(&a[8..])),
+            a if !a.is_empty() && !a.starts_with(b"-") => plain.push(path(a)),
+            _ => {}
+        }
+    }
+    (plain, fstabs)
+}
+
+/// fstab's octal escapes (`\040` for a space, `\011` tab, `\134` backslash).
+fn unescape_fstab(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(b) => {
+                out.push(char::from(b));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A switchfs long option name: a lowercase letter, then letters, digits, `_` or `-`.
 fn is_option_name(name: &str) -> bool {
     name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
@@ -249,6 +325,41 @@ mod tests {
         assert!(args("/srv/rel", "log=").is_err());
         let plan = translate("/r", Path::new("/m"), &["log=/tmp/x.log".into()]).unwrap();
         assert_eq!(plan.log, Some(PathBuf::from("/tmp/x.log")));
+    }
+
+    #[test]
+    fn a_spelling_resolved_through_a_link_is_found() {
+        let fstab = "# comment\n/dev/sda1 / ext4 defaults 0 1\n\
+                     switchfs /var/www/my\\040app/current fuse.switchfs releases=/r 0 0\n\
+                     switchfs /srv/plain fuse.switchfs releases=/s 0 0\n";
+        let targets = fstab_targets(fstab);
+        assert_eq!(
+            targets,
+            [
+                PathBuf::from("/var/www/my app/current"),
+                PathBuf::from("/srv/plain")
+            ]
+        );
+        let resolve = |p: &Path| match p.to_str() {
+            Some("/var/www/my app/current") => Some(PathBuf::from("/root/.ssh")),
+            other => other.map(PathBuf::from),
+        };
+        assert_eq!(
+            spelled_through_link(&targets, Path::new("/root/.ssh"), resolve),
+            Some(PathBuf::from("/var/www/my app/current"))
+        );
+        assert_eq!(
+            spelled_through_link(&targets, Path::new("/srv/plain"), resolve),
+            None
+        );
+        let (plain, fstabs) = mount_cmdline_spellings(
+            b"mount\0-t\0fuse.switchfs\0-o\0a=b\0switchfs\0/var/www/current\0-T\0/etc/x\0",
+        );
+        assert!(
+            plain.contains(&PathBuf::from("/var/www/current")),
+            "{plain:?}"
+        );
+        assert_eq!(fstabs, [PathBuf::from("/etc/x")]);
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //!
 //! How, per pool (one request reaches the whole pool: OPcache's shared memory is per
 //! master, shared by all its workers), all within one deadline (`--php-timeout`):
-//! 0. For PHP-FPM, connect and check the listener is the master (root, or
-//!    `--php-fpm-owner`), then wait for the pool's compilations of old scripts in flight.
+//! 0. Connect and check the listener is the master (root, or `--php-fpm-owner`; over TCP,
+//!    and for `--php-http`, by the uid `/proc/net/tcp` gives its socket, see `tcp_owner`),
+//!    before anything is sent, then wait for the pool's compilations of old scripts in
+//!    flight.
 //! 1. `list`: the shipped script (`dist/opcache-invalidate.php`, outside every docroot)
 //!    returns the scripts OPcache holds under the mount point, with the mtime each was
 //!    cached with (only recorded by OPcache when `validate_timestamps=1`). Listed paths
-//!    outside the mount are ignored, and at most `MAX_LISTED` entries read.
+//!    outside the mount are ignored, and at most `MAX_LISTED` entries read, none deeper than
+//!    `MAX_DEPTH` under the mount (one warning line when a pool lists more).
 //! 2. The daemon decides per cached path with the mtime registry's rule: the path is changed
 //!    when the mount now reports another mtime than the one cached, or, without a cached
 //!    mtime, when the file's identity differs between the release the pool was last
@@ -61,9 +64,16 @@ const COMPILE_WAIT: Duration = Duration::from_secs(2);
 const SCRIPT_EXTENSIONS: &[&str] = &[
     "php", "phtml", "inc", "php3", "php4", "php5", "php7", "php8",
 ];
-/// Most entries of one `list` answer taken into account: OPcache's own upper bound for
-/// `opcache.max_accelerated_files`, so a real pool never reaches it.
-const MAX_LISTED: usize = 1_000_000;
+/// Most entries of one `list` answer taken into account, and the deepest path under the
+/// mount (in components). Each listed path costs two descriptor walks as deep as it is, so
+/// both bound the comparison work a pool (or an impostor) can ask for; real applications
+/// stay far below (a large Magento or Drupal tree caches some 50,000 scripts, 15 deep).
+/// Beyond them one warning line says how much was ignored.
+const MAX_LISTED: usize = 200_000;
+const MAX_DEPTH: usize = 40;
+/// How many listed paths are compared between two looks at the deadline and at a later
+/// switch (each look costs a clock read).
+const CHECK_EVERY: usize = 256;
 /// The process names of Apache's parent and children (`/proc/PID/comm`), for `--php-http`.
 const APACHE_NAMES: &[&str] = &["apache2", "httpd"];
 
@@ -171,6 +181,37 @@ struct Pool {
     state: Mutex<PoolState>,
 }
 
+/// Which `sync` this is, to tell whether a later one started.
+struct Turn<'a> {
+    latest: &'a std::sync::atomic::AtomicU64,
+    mine: u64,
+}
+
+/// One `list_and_invalidate` pass: the releases compared and its limits.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    old: Option<&'a Arc<Release>>,
+    new: &'a Arc<Release>,
+    deadline: Instant,
+    turn: &'a Turn<'a>,
+}
+
+impl Pass<'_> {
+    /// Whether to go on with `doing`: not when the deadline passed or a later switch started.
+    fn go_on(&self, doing: &str) -> Result<(), String> {
+        if self.turn.latest.load(std::sync::atomic::Ordering::SeqCst) != self.turn.mine {
+            return Err(format!(
+                "stopped {doing}: a later switch took over (it invalidates everything this \
+                 pool caches under the mount)"
+            ));
+        }
+        if Instant::now() >= self.deadline {
+            return Err(format!("timed out {doing} (see --php-timeout)"));
+        }
+        Ok(())
+    }
+}
+
 /// Settings from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct PhpConfig {
@@ -180,8 +221,12 @@ pub struct PhpConfig {
     pub script: PathBuf,
     pub timeout: Duration,
     /// The uid the listener of a `--php-fpm` Unix socket must run as (`--php-fpm-owner`):
-    /// the PHP-FPM master creates its sockets as root (0).
+    /// the PHP-FPM master creates its sockets as root (0). Also the owner a `HOST:PORT`
+    /// pool's TCP listener must have.
     pub fpm_owner: u32,
+    /// The uid a `--php-http` TCP listener must belong to (`--php-http-owner`): Apache's
+    /// parent binds its ports as root (0).
+    pub http_owner: u32,
 }
 
 /// The configured pools and how to reach them.
@@ -193,8 +238,12 @@ pub struct Php {
     mount: PathBuf,
     timeout: Duration,
     fpm_owner: u32,
+    http_owner: u32,
     /// Invalidations of two switches never interleave.
     serial: Mutex<()>,
+    /// Bumped by every `sync` before it waits for `serial`: an earlier one still comparing
+    /// or sending sees it and stops, so an emergency rollback does not queue behind it.
+    latest: std::sync::atomic::AtomicU64,
 }
 
 impl Php {
@@ -242,7 +291,9 @@ impl Php {
             mount: mount.to_path_buf(),
             timeout: config.timeout,
             fpm_owner: config.fpm_owner,
+            http_owner: config.http_owner,
             serial: Mutex::new(()),
+            latest: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -263,7 +314,16 @@ impl Php {
     ///
     /// # Errors
     /// One line naming each pool that failed and why; the pools that worked are done.
+    ///
+    /// A later `sync` (the next switch) makes this one stop at its next look (see
+    /// `Turn`): the pool is then marked unknown and the later one invalidates everything
+    /// it caches under the mount, so nothing stale survives the cut.
     pub fn sync(&self, core: &Core) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let turn = Turn {
+            latest: &self.latest,
+            mine: self.latest.fetch_add(1, Ordering::SeqCst) + 1,
+        };
         let _serial = self.serial.lock();
         let Some(new) = core.active().release.clone() else {
             return Ok(());
@@ -272,7 +332,7 @@ impl Php {
             let running: Vec<_> = self
                 .pools
                 .iter()
-                .map(|pool| scope.spawn(|| self.sync_pool(core, pool, &new)))
+                .map(|pool| scope.spawn(|| self.sync_pool(core, pool, &new, &turn)))
                 .collect();
             running
                 .into_iter()
@@ -289,7 +349,13 @@ impl Php {
         }
     }
 
-    fn sync_pool(&self, core: &Core, pool: &Pool, new: &Arc<Release>) -> Result<(), String> {
+    fn sync_pool(
+        &self,
+        core: &Core,
+        pool: &Pool,
+        new: &Arc<Release>,
+        turn: &Turn<'_>,
+    ) -> Result<(), String> {
         let started = Instant::now();
         let old = pool.state.lock().synced.clone();
         let mut run = LastRun {
@@ -302,7 +368,7 @@ impl Php {
             took: Duration::ZERO,
             error: None,
         };
-        let result = self.invalidate_changed(core, pool, old.as_ref(), new, &mut run);
+        let result = self.invalidate_changed(core, pool, old.as_ref(), new, &mut run, turn);
         run.took = started.elapsed();
         let mut state = pool.state.lock();
         match result {
@@ -340,10 +406,11 @@ impl Php {
         old: Option<&Arc<Release>>,
         new: &Arc<Release>,
         run: &mut LastRun,
+        turn: &Turn<'_>,
     ) -> Result<(), String> {
-        // One deadline for the whole pool (connect, list, every invalidate request), so a
-        // slow or hostile pool holds `activate` --php-timeout at most, plus the wait for
-        // compilations in flight.
+        // One deadline for the whole pool (connect, list, the comparison, every invalidate
+        // request), so a slow or hostile pool holds `activate` --php-timeout at most, plus
+        // the wait for compilations in flight.
         let deadline = Instant::now() + self.timeout;
         let (first, processes) = match &pool.endpoint {
             // Connected first: the listener's pid (SO_PEERCRED) is the master, whose children
@@ -358,7 +425,13 @@ impl Php {
         };
         let waited = wait_for_compiles(core, new, &processes, COMPILE_WAIT.min(self.timeout));
         let deadline = deadline + waited;
-        self.list_and_invalidate(core, pool, first, old, new, run, deadline)?;
+        let pass = Pass {
+            old,
+            new,
+            deadline,
+            turn,
+        };
+        self.list_and_invalidate(core, pool, first, &pass, run)?;
         // A request that resolved a script before the switch can open and compile it only
         // after the wait above looked (the path lookup and the open are two steps), and store
         // the old bytecode after our invalidation. Look once more: if a pool process has an
@@ -370,50 +443,72 @@ impl Php {
                  invalidating again after waiting {late:?} for it",
                 pool.endpoint
             );
-            self.list_and_invalidate(core, pool, None, old, new, run, deadline + late)?;
+            let pass = Pass {
+                deadline: deadline + late,
+                ..pass
+            };
+            self.list_and_invalidate(core, pool, None, &pass, run)?;
         }
         Ok(())
     }
 
     /// Lists what `pool` caches under the mount and invalidates the scripts the switch from
-    /// `old` to `new` changed (see `script_changed`), adding to `run`'s counts.
-    #[allow(clippy::too_many_arguments)] // one pass of `invalidate_changed`, its state passed in
+    /// `pass.old` to `pass.new` changed (see `script_changed`), adding to `run`'s counts.
+    /// The comparison looks at the deadline and for a later switch every `CHECK_EVERY`
+    /// paths: it is the part a long list makes slow.
     fn list_and_invalidate(
         &self,
         core: &Core,
         pool: &Pool,
         first: Option<fastcgi::Connection>,
-        old: Option<&Arc<Release>>,
-        new: &Arc<Release>,
+        pass: &Pass<'_>,
         run: &mut LastRun,
-        deadline: Instant,
     ) -> Result<(), String> {
-        let listing = self.call(&pool.endpoint, first, "list", &[], deadline)?;
+        pass.go_on("listing")?;
+        let listing = self.call(&pool.endpoint, first, "list", &[], pass.deadline)?;
         let (cached, capped) = parse_list(&listing, MAX_LISTED)?;
-        if capped {
-            log::warn!(
-                "{}: the list of cached scripts has more than {MAX_LISTED} entries; \
-                 the rest is ignored",
-                pool.endpoint
-            );
-        }
         let prefix = self.mount.as_os_str().as_bytes();
         // Entries outside the mount are none of this daemon's business: neither invalidated
         // nor counted, whatever the pool claims.
+        let mut too_deep = 0usize;
         let under: Vec<(Option<i64>, &Path, &[u8])> = cached
             .iter()
             .filter_map(|&(ts, path)| Some((ts, under_mount(path, prefix)?, path)))
+            .filter(|(_, rel, _)| {
+                let deep = rel.components().nth(MAX_DEPTH).is_some();
+                too_deep += usize::from(deep);
+                !deep
+            })
             .collect();
+        if capped || too_deep > 0 {
+            log::warn!(
+                "{}: the list of cached scripts {}; ignored them",
+                pool.endpoint,
+                match (capped, too_deep) {
+                    (true, 0) => format!("has more than {MAX_LISTED} entries"),
+                    (false, n) => format!("has {n} paths deeper than {MAX_DEPTH} directories"),
+                    (true, n) => format!(
+                        "has more than {MAX_LISTED} entries and {n} paths deeper than \
+                         {MAX_DEPTH} directories"
+                    ),
+                }
+            );
+        }
         run.cached = run.cached.max(under.len());
-        let changed: Vec<&[u8]> = under
-            .iter()
-            .filter(|(ts, rel, _)| script_changed(core, old, new, rel, *ts))
-            .map(|(_, _, path)| *path)
-            .collect();
+        let mut changed: Vec<&[u8]> = Vec::new();
+        for (i, (ts, rel, path)) in under.iter().enumerate() {
+            if i % CHECK_EVERY == 0 {
+                pass.go_on(&format!("comparing {i} of {} cached scripts", under.len()))?;
+            }
+            if script_changed(core, pass.old, pass.new, rel, *ts) {
+                changed.push(path);
+            }
+        }
         run.changed = run.changed.max(changed.len());
         for chunk in changed.chunks(PATHS_PER_REQUEST) {
+            pass.go_on("invalidating")?;
             let body = chunk.join(&0u8);
-            let answer = self.call(&pool.endpoint, None, "invalidate", &body, deadline)?;
+            let answer = self.call(&pool.endpoint, None, "invalidate", &body, pass.deadline)?;
             let (invalidated, gone) = parse_counts(&answer)?;
             run.invalidated += invalidated;
             run.gone += gone;
@@ -434,6 +529,9 @@ impl Php {
         deadline: Instant,
     ) -> Result<fastcgi::Connection, String> {
         let conn = fastcgi::connect(addr, deadline).map_err(|e| describe_io(&e))?;
+        if let Some(found) = conn.tcp_listener_uid() {
+            check_tcp_owner(found, self.fpm_owner, "--php-fpm-owner")?;
+        }
         if let Some(peer) = &conn.peer
             && peer.uid != self.fpm_owner
         {
@@ -490,7 +588,7 @@ impl Php {
             }
             Endpoint::Http(url) => {
                 let secret = self.secret.as_deref().unwrap_or("");
-                http_post(url, secret, step, &mount, body, deadline).map_err(|e| describe_io(&e))?
+                http_post(url, self.http_owner, secret, step, &mount, body, deadline)?
             }
         };
         if status != 200 || !answer.starts_with(MAGIC) {
@@ -881,8 +979,46 @@ fn read_secret(file: &Path) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
-/// One HTTP/1.0 POST (the answer then ends with the connection: no chunking to decode).
+/// Refuses a TCP listener that does not belong to `owner` (`option` names the uid), before
+/// anything is sent: another user on the port would get the secret or answer for the pool.
+fn check_tcp_owner(found: io::Result<Option<u32>>, owner: u32, option: &str) -> Result<(), String> {
+    match found {
+        Ok(Some(uid)) if uid == owner => Ok(()),
+        Ok(Some(uid)) => Err(format!(
+            "the port is listened on by uid {uid}, not uid {owner}: not the server \
+             expected, nothing sent (see {option})"
+        )),
+        Ok(None) => Err(format!(
+            "cannot tell who listens on the port (not in /proc/net/tcp); nothing sent \
+             (see {option})"
+        )),
+        Err(e) => Err(format!("cannot tell who listens on the port: {e}")),
+    }
+}
+
+/// One HTTP/1.0 POST (the answer then ends with the connection: no chunking to decode),
+/// after checking the listener belongs to `owner`.
+#[allow(clippy::too_many_arguments)] // one request: where, who must listen, what to send
 fn http_post(
+    url: &HttpUrl,
+    owner: u32,
+    secret: &str,
+    step: &str,
+    mount: &str,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<(u16, Vec<u8>), String> {
+    let s = fastcgi::connect_tcp(&url.host_port, deadline).map_err(|e| describe_io(&e))?;
+    check_tcp_owner(
+        crate::tcp_owner::listener_uid(&s),
+        owner,
+        "--php-http-owner",
+    )?;
+    http_exchange(s, url, secret, step, mount, body, deadline).map_err(|e| describe_io(&e))
+}
+
+fn http_exchange(
+    mut s: std::net::TcpStream,
     url: &HttpUrl,
     secret: &str,
     step: &str,
@@ -890,7 +1026,6 @@ fn http_post(
     body: &[u8],
     deadline: Instant,
 ) -> io::Result<(u16, Vec<u8>)> {
-    let mut s = fastcgi::connect_tcp(&url.host_port, deadline)?;
     let head = format!(
         "POST {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: switchfs\r\nX-Switchfs-Secret: {secret}\r\n\
          X-Switchfs-Step: {step}\r\nX-Switchfs-Mount: {mount}\r\n\

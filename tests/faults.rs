@@ -135,7 +135,7 @@ fn a_full_disk_refuses_a_switch_it_cannot_persist_and_changes_nothing() {
     let small = fx.root.join("small");
     fs::create_dir_all(&small).unwrap();
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
         .arg(&small)
         .status()
         .unwrap();

@@ -269,14 +269,33 @@ fn the_state_file_never_follows_a_symlink_planted_in_its_directory() {
     fs::write(&important, "root's data").unwrap();
     fs::set_permissions(&important, fs::Permissions::from_mode(0o600)).unwrap();
     let state = dir.join("app.state");
+    // A state directory others can write is refused outright (issue 16): nobody could
+    // otherwise remove the lock or plant the links below.
+    let (releases, socket, mnt) = (fx.releases(), fx.socket(), fx.mnt());
+    let args = [
+        "--releases".as_ref(),
+        releases.as_os_str(),
+        "--control".as_ref(),
+        socket.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        mnt.as_os_str(),
+    ];
+    let err = refused_start(&fx, &args);
+    assert!(
+        err.contains("state directory") && err.contains("writable by group or others"),
+        "{err}"
+    );
+    assert!(
+        fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing written"
+    );
+    // The links such a directory let others plant (planted here by root, who alone can
+    // now): never followed.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     let plant = |name: &str| {
-        let out = as_nobody(&[
-            "ln",
-            "-sfn",
-            important.to_str().unwrap(),
-            dir.join(name).to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "plant {name}: {out:?}");
+        let _ = fs::remove_file(dir.join(name));
+        std::os::unix::fs::symlink(&important, dir.join(name)).unwrap();
     };
     // A symlinked state file: not read, and replaced (not followed) by the first save.
     plant("app.state");
@@ -288,8 +307,7 @@ fn the_state_file_never_follows_a_symlink_planted_in_its_directory() {
     assert!(fs::symlink_metadata(&state).unwrap().is_file());
     // The state file deleted under the daemon, and the temporary name earlier versions used
     // (".<state>.tmp.<pid>") planted, so the next switch writes the file anew.
-    let out = as_nobody(&["rm", "-f", state.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
+    fs::remove_file(&state).unwrap();
     plant(&format!(".app.state.tmp.{}", d.pid()));
     fx.activate("2");
     assert!(
@@ -307,7 +325,6 @@ fn the_state_file_never_follows_a_symlink_planted_in_its_directory() {
     );
     assert!(fs::symlink_metadata(&state).unwrap().is_file());
     assert_eq!(persisted(&state), "active=1 previous=2");
-    assert!(d.log_text().contains("writable by other users"));
     drop(d);
     // A symlinked lock file: the daemon refuses to start, and writes nothing through it.
     fs::remove_file(dir.join("app.state.lock")).unwrap();

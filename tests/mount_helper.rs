@@ -484,3 +484,61 @@ fn handoff_variables_of_the_caller_never_reach_the_daemon() {
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
     umount(&fx.mnt());
 }
+
+/// Issue 16: mount(8) resolves the mount point before it runs the helper, so `current`
+/// pointing at root's directory arrives as that directory. The helper finds the spelling
+/// mount(8) was given (its command line, the fstab it read) and refuses; nothing mounts.
+#[test]
+fn a_mount_point_mount_8_resolved_through_a_symlink_is_refused() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-link");
+    fx.two_releases();
+    let secret = fx.root.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("authorized_keys"), "root's keys").unwrap();
+    let www = fx.root.join("www");
+    std::fs::create_dir(&www).unwrap();
+    let current = www.join("current");
+    std::os::unix::fs::symlink(&secret, &current).unwrap();
+    let _cleanup = Detached(secret.clone());
+    let opts = format!(
+        "releases={},initial=1,{}",
+        fx.releases().display(),
+        own_paths(&fx)
+    );
+    let out = mount_t(&opts, "switchfs", &current);
+    let err = one_line_error(&out);
+    assert!(
+        err.contains(&format!("it was named {}", current.display()))
+            && err.contains("resolves through a symlink"),
+        "{err}"
+    );
+    assert_eq!(
+        findmnt(&secret, "FSTYPE"),
+        "",
+        "mounted over the link's target"
+    );
+    let fstab = fx.root.join("fstab");
+    std::fs::write(
+        &fstab,
+        format!("switchfs {} fuse.switchfs {opts} 0 0\n", current.display()),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&current)
+        .output()
+        .unwrap();
+    let err = one_line_error(&out);
+    assert!(err.contains("resolves through a symlink"), "{err}");
+    assert_eq!(
+        findmnt(&secret, "FSTYPE"),
+        "",
+        "mounted over the link's target"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secret.join("authorized_keys")).unwrap(),
+        "root's keys"
+    );
+}

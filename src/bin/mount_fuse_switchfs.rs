@@ -44,7 +44,8 @@ struct Cli {
     #[arg(value_name = "SOURCE")]
     source: String,
 
-    /// Existing directory to serve the active release at.
+    /// Existing directory to serve the active release at, reached without symlinks, every
+    /// directory above it root's and not writable by others.
     #[arg(value_name = "MOUNTPOINT")]
     mount_point: PathBuf,
 
@@ -110,8 +111,7 @@ fn open_log(path: &Path) -> Result<(File, u64), String> {
         .map_err(|e| format!("log {}: {e}", path.display()))?;
     // A log in a directory others can write (log=/tmp/...) may be a file they planted or a
     // hard link to something else: write only into our own, singly linked, regular file.
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = switchfs::sys::euid();
     if !meta.is_file() || meta.uid() != euid || meta.nlink() != 1 {
         return Err(format!(
             "log {} is not a regular file of our own with one link; remove it or choose \
@@ -249,8 +249,8 @@ fn await_ready(
 /// SIGTERM (the daemon unmounts if it got that far), then SIGKILL after 10 s.
 fn stop(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill on our own, not yet reaped, child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not yet reaped: the pid cannot name another process.
+        let _ = switchfs::sys::signal(pid, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -263,9 +263,51 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The mount point as given (made absolute, never resolved), after checking that no
+/// component is a symlink, every directory above it is root's and writable only by root
+/// (`strict_modes`), and that it is not what an fstab line's spelling resolves to through
+/// a symlink (mount(8) resolves before calling us, which would hide the link).
+fn checked_mount_point(given: &Path) -> Result<PathBuf, String> {
+    let shown = given.display();
+    let abs = std::path::absolute(given).map_err(|e| format!("mount point {shown}: {e}"))?;
+    let mount_point = switchfs::strict_modes::without_dots(&abs, "mount point")?;
+    switchfs::strict_modes::check_path(&mount_point, "mount point")?;
+    if let Some(spelled) = link_spelling(&mount_point) {
+        return Err(format!(
+            "mount point {shown}: it was named {}, which resolves through a symlink to it; \
+             mount switchfs on a path without symlinks",
+            spelled.display()
+        ));
+    }
+    Ok(mount_point)
+}
+
+/// How the mount point was named before mount(8) resolved it, when that went through a
+/// symlink: from /etc/fstab and, when mount(8) started us, its command line and the fstab it
+/// was given (`-T`). Root's own files and process, so they can be trusted as spellings.
+fn link_spelling(mount_point: &Path) -> Option<PathBuf> {
+    let mut fstabs = vec![PathBuf::from("/etc/fstab")];
+    let mut spellings = Vec::new();
+    let parent = PathBuf::from(format!("/proc/{}", std::os::unix::process::parent_id()));
+    let comm = std::fs::read_to_string(parent.join("comm")).unwrap_or_default();
+    if comm.trim_end() == "mount" {
+        let cmdline = std::fs::read(parent.join("cmdline")).unwrap_or_default();
+        let (plain, files) = mount_helper::mount_cmdline_spellings(&cmdline);
+        // A relative spelling is relative to mount(8)'s working directory.
+        let cwd = parent.join("cwd");
+        spellings.extend(plain.into_iter().map(|p| cwd.join(p)));
+        fstabs.extend(files.into_iter().map(|p| cwd.join(p)));
+    }
+    for file in fstabs {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        spellings.extend(mount_helper::fstab_targets(&text));
+    }
+    let resolve = |p: &Path| std::fs::canonicalize(p).ok();
+    mount_helper::spelled_through_link(&spellings, mount_point, resolve)
+}
+
 fn run(cli: Cli) -> Result<(), String> {
-    let mount_point = std::fs::canonicalize(&cli.mount_point)
-        .map_err(|e| format!("mount point {}: {e}", cli.mount_point.display()))?;
+    let mount_point = checked_mount_point(&cli.mount_point)?;
     let plan = mount_helper::translate(&cli.source, &mount_point, &cli.options)?;
     let log = plan
         .log

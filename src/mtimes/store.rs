@@ -406,8 +406,7 @@ fn open_or_create(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> io::Result<
 /// Refuses a log that another user could have planted or that is linked elsewhere.
 fn check_ours(file: &File) -> io::Result<()> {
     let meta = file.metadata()?;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = sys::euid();
     if !meta.file_type().is_file() || meta.uid() != euid || meta.nlink() != 1 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
