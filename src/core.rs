@@ -1,7 +1,7 @@
 //! The filesystem core: the active release pointer, lookups, attributes, reads and listings.
-//! It knows nothing of fuser's reply types, so tests drive it without a mount. The switch is
-//! in `switch`, usage and status in `usage`, prune in `prune`, portals in `portals`: each an
-//! `impl Core` block or a type of its own, next to the reasons for its steps.
+//! It knows nothing of fuser's reply types, so tests drive it without a mount. It does not
+//! choose the active release: `Switcher` does, and drives the core through the `Docroot`
+//! trait (implemented in `core_docroot.rs`, a child module, so the fields stay private here).
 //!
 //! Invariants:
 //! - Only the root (inode 1) looks at the active pointer. Every other inode is bound to the
@@ -22,19 +22,18 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
 use crate::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
 use crate::caller::Caller;
+use crate::docroot::Active;
 use crate::errno::os_error;
 use crate::fds::FdBudget;
 use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
-use crate::history::History;
 use crate::inodes::{Inode, InodeTable, ROOT_INO};
 use crate::links;
 use crate::mounts::CONTROL_XATTR;
@@ -42,8 +41,13 @@ use crate::mtimes::MtimeRegistry;
 use crate::names::is_plain_component;
 use crate::portals::{Portals, is_portal};
 use crate::release::{Release, ReleaseSet};
-use crate::state::{PersistedState, StateFile};
 use crate::sys;
+
+#[path = "core_docroot.rs"]
+mod docroot;
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
 
 /// How many root names (mostly negative entries) are remembered for invalidation between two
 /// switches. Past it, negative answers under the root are given with no cache timeout, so a
@@ -62,8 +66,9 @@ pub trait Invalidator: Send + Sync {
 /// Settings the core needs from the command line.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    /// The releases directory's path, for symlink targets seen through the mount (see
+    /// `links`); the directory itself is the switcher's.
     pub releases: PathBuf,
-    pub state_path: PathBuf,
     pub mount_point: PathBuf,
     pub control_path: PathBuf,
     /// How long the kernel may cache entries and attributes. Safe to make long: releases
@@ -77,21 +82,6 @@ pub struct CoreConfig {
     /// Where the mtime registry persists what it reported (`mtimes::log_path` of the state
     /// file); `None` keeps it in memory only.
     pub mtimes_path: Option<PathBuf>,
-}
-
-/// What the root currently shows.
-#[derive(Debug)]
-pub struct Active {
-    pub release: Option<Arc<Release>>,
-    pub generation: u64,
-    pub previous: Option<String>,
-    pub since: SystemTime,
-}
-
-impl Active {
-    pub fn name(&self) -> Option<&str> {
-        self.release.as_ref().map(|r| r.name.as_str())
-    }
 }
 
 #[derive(Debug)]
@@ -136,140 +126,44 @@ struct ActiveDir {
     path: PathBuf,
 }
 
+/// The FUSE data plane: what the mount shows, answered from the release the switcher last
+/// published (see `core_docroot.rs`).
 pub struct Core {
-    pub(crate) releases: ReleaseSet,
-    pub(crate) config: CoreConfig,
+    config: CoreConfig,
     root: Mutex<RootState>,
-    pub(crate) portals: Portals,
-    /// Serialises switches; never taken by FUSE workers, so it may be held across kernel
-    /// notifications. Reentrant so that `rollback` can choose its target and switch to it
-    /// under one hold (it calls `activate`).
-    pub(crate) switch_lock: parking_lot::ReentrantMutex<()>,
-    /// Activations and rollback marks, as persisted with the state (see `history`).
-    pub(crate) history: Mutex<History>,
-    /// The history a rollback in progress wants recorded instead of a plain activation;
-    /// set and consumed under the switch lock.
-    pub(crate) planned_history: Mutex<Option<History>>,
-    /// Set once shutdown has begun: no switch or prune after it (see `stop_switching`).
-    pub(crate) stopping: std::sync::atomic::AtomicBool,
-    /// Where the active release is made durable before a switch is acknowledged.
-    pub(crate) state: StateFile,
-    pub(crate) inodes: InodeTable,
-    pub(crate) handles: HandleTable,
-    pub(crate) mtimes: MtimeRegistry,
-    /// When each release was last seen in use (or stopped being active).
-    pub(crate) last_used: Mutex<HashMap<String, SystemTime>>,
-    pub(crate) invalidator: OnceLock<Box<dyn Invalidator>>,
+    portals: Portals,
+    inodes: InodeTable,
+    handles: HandleTable,
+    mtimes: MtimeRegistry,
+    invalidator: OnceLock<Box<dyn Invalidator>>,
     /// Where node ids are recorded for a successor process (see `nodelog`).
-    pub(crate) nodelog: OnceLock<Arc<crate::nodelog::NodeLog>>,
-    next_generation: AtomicU64,
+    nodelog: OnceLock<Arc<crate::nodelog::NodeLog>>,
     uid: u32,
     gid: u32,
 }
 
 impl Core {
-    /// Opens the releases directory and restores the persisted release, else `initial`.
-    ///
-    /// A persisted release that cannot be served (deleted, corrupt state file) is logged as
-    /// an error and `initial` is used instead; with neither, the root is empty.
-    ///
-    /// # Errors
-    /// The releases directory cannot be opened, or `initial` was asked for and cannot be
-    /// served: a one-line message.
-    pub fn new(config: CoreConfig, initial: Option<&str>) -> Result<Core, String> {
+    /// A core showing an empty root until the switcher publishes a release.
+    pub fn new(config: CoreConfig) -> Core {
         let inode_fds = config.inode_fds;
-        let releases = ReleaseSet::open(&config.releases).map_err(|e| {
-            format!(
-                "cannot open releases directory {}: {e}",
-                config.releases.display()
-            )
-        })?;
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let empty = Arc::new(Active {
-            release: None,
-            generation: 0,
-            previous: None,
-            since: SystemTime::now(),
-        });
         let mtimes = open_mtimes(config.mtimes_path.as_deref());
-        let core = Core {
-            releases,
-            state: StateFile::new(config.state_path.clone()),
+        Core {
             config,
             portals: Portals::default(),
             root: Mutex::new(RootState {
-                active: empty,
+                active: Arc::new(Active::empty()),
                 names: HashSet::new(),
             }),
-            switch_lock: parking_lot::ReentrantMutex::new(()),
-            history: Mutex::new(History::default()),
-            planned_history: Mutex::new(None),
-            stopping: std::sync::atomic::AtomicBool::new(false),
             inodes: InodeTable::new(FdBudget::new(inode_fds)),
             handles: HandleTable::default(),
             mtimes,
-            last_used: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
             nodelog: OnceLock::new(),
-            next_generation: AtomicU64::new(1),
             uid,
             gid,
-        };
-        core.restore(initial)?;
-        Ok(core)
-    }
-
-    fn restore(&self, initial: Option<&str>) -> Result<(), String> {
-        // One daemon per state file: a second one would resume the other's release.
-        self.state.lock()?;
-        let state_path = &self.config.state_path;
-        let persisted = match self.state.load() {
-            Ok(p) => p,
-            Err(e) => {
-                log::error!(
-                    "state file {} is unusable ({e}); ignoring it",
-                    state_path.display()
-                );
-                None
-            }
-        };
-        if let Some(st) = persisted {
-            match self.releases.open_release(&st.active) {
-                Ok(fd) => {
-                    *self.history.lock() = restored_history(&st);
-                    self.publish(&st.active, fd, st.previous.clone());
-                    log::info!("resumed persisted release {:?}", st.active);
-                    return Ok(());
-                }
-                Err(msg) => log::error!("persisted release cannot be served: {msg}"),
-            }
         }
-        match initial {
-            Some(name) => {
-                let fd = self.releases.open_release(name)?;
-                let previous = None;
-                let history = History::default().activated(name);
-                *self.history.lock() = history.clone();
-                if let Err(e) = self.state.save(&PersistedState {
-                    active: name.to_string(),
-                    previous: previous.clone(),
-                    history,
-                }) {
-                    log::warn!(
-                        "cannot persist initial release to {}: {e}",
-                        state_path.display()
-                    );
-                }
-                self.publish(name, fd, previous);
-                log::info!("serving initial release {name:?}");
-            }
-            None => log::warn!(
-                "no release is active: serving an empty read-only root until \
-                 `switchctl activate NAME` (pass --initial to choose one at start)"
-            ),
-        }
-        Ok(())
     }
 
     /// Installs the notifier. Called once, after the mount is up.
@@ -279,32 +173,14 @@ impl Core {
         }
     }
 
-    pub fn config(&self) -> &CoreConfig {
-        &self.config
-    }
-
-    /// The active release as of now.
-    pub fn active(&self) -> Arc<Active> {
+    /// The release the root shows as of now.
+    fn active(&self) -> Arc<Active> {
         self.root.lock().active.clone()
     }
 
-    /// Publishes release `name` as active and returns the root names the kernel may still
-    /// cache from before, which the caller must invalidate.
-    pub(crate) fn publish(
-        &self,
-        name: &str,
-        fd: std::os::fd::OwnedFd,
-        previous: Option<String>,
-    ) -> HashSet<(u64, OsString)> {
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now();
-        let release = Arc::new(Release::new(name, generation, fd));
-        let active = Arc::new(Active {
-            release: Some(release),
-            generation,
-            previous,
-            since: now,
-        });
+    /// Makes `active` what the root shows and returns the root names the kernel may still
+    /// cache from before, which the caller must invalidate (with this lock released).
+    fn swap_active(&self, active: Arc<Active>) -> HashSet<(u64, OsString)> {
         let mut root = self.root.lock();
         root.active = active;
         if let Some(log) = self.nodelog.get() {
@@ -500,7 +376,7 @@ impl Core {
         fd: BorrowedFd<'_>,
     ) -> io::Result<Vec<u8>> {
         let target = sys::readlink(fd)?;
-        let release_dir = self.releases.path().join(&release.name);
+        let release_dir = self.config.releases.join(&release.name);
         Ok(links::target_seen_through_mount(
             &release_dir,
             path,
@@ -895,25 +771,14 @@ impl Core {
         Ok(())
     }
 
-    /// The release names present, natural order.
-    ///
-    /// # Errors
-    /// The releases directory cannot be read.
-    pub fn list(&self) -> Result<Vec<String>, String> {
-        self.releases.list().map_err(|e| {
-            format!(
-                "cannot list releases in {}: {e}",
-                self.releases.path().display()
-            )
-        })
-    }
-
     /// Live inode count (for leak checks in tests).
+    #[cfg(test)]
     pub fn live_inodes(&self) -> usize {
         self.inodes.len()
     }
 
     /// Open handle count (for leak checks in tests).
+    #[cfg(test)]
     pub fn open_handles(&self) -> usize {
         self.handles.len()
     }
@@ -936,16 +801,6 @@ fn open_mtimes(path: Option<&Path>) -> MtimeRegistry {
 
 fn is_trusted_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.")
-}
-
-/// The history a restarted daemon resumes: as persisted, ending with the active release.
-fn restored_history(st: &PersistedState) -> History {
-    let history = st.history.clone();
-    if history.entries().last() == Some(&st.active) {
-        history
-    } else {
-        history.activated(&st.active)
-    }
 }
 
 fn xattr_value(value: Vec<u8>, size: u32) -> io::Result<sys::XattrAnswer> {
@@ -977,50 +832,6 @@ fn refuse_write_intent(flags: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// What PHP sees of one file of a release through the mount: its identity on the host and
-/// the modification time the mount reports for it (see `mtimes`). Used by `opcache` to
-/// decide which cached scripts a switch changed.
-#[derive(Debug)]
-pub struct FileView {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: i64,
-    pub reported_mtime: i64,
-    /// The file itself (`O_PATH`), to compare contents without resolving the path again.
-    pub fd: OwnedFd,
-}
-
-impl Core {
-    /// The file at `path` (relative, plain components) in `release`, as the mount reports
-    /// it. The walk follows no symlink, so only regular files reached by plain names count.
-    ///
-    /// # Errors
-    /// Missing, not a regular file (`EINVAL`), or a component that is not a plain name.
-    pub fn file_view(&self, release: &Arc<Release>, path: &Path) -> io::Result<FileView> {
-        if path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(os_error(libc::EINVAL));
-        }
-        let fd = sys::open_path_walk(release.root.as_fd(), path)?;
-        let st = sys::fstat(fd.as_fd())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(os_error(libc::EINVAL));
-        }
-        let reported_mtime = self
-            .mtimes
-            .decide(release, path, fd.as_fd(), &st)
-            .map_or(st.st_mtime, |o| o.reported);
-        Ok(FileView {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size,
-            reported_mtime,
-            fd,
-        })
-    }
-}
 // Node ids across a restart or an upgrade of the serving process (see `nodelog`, `keeper`).
 impl Core {
     /// Records `(parent, name)` for expiry at the next switch, and for a successor.
@@ -1044,18 +855,16 @@ impl Core {
     pub fn resume_nodes(
         &self,
         log: Arc<crate::nodelog::NodeLog>,
+        releases: &ReleaseSet,
         first_handle: u64,
     ) -> io::Result<usize> {
         let restored = log.load_and_compact()?;
-        let mut releases: HashMap<u64, Option<Arc<Release>>> = HashMap::new();
+        let mut opened: HashMap<u64, Option<Arc<Release>>> = HashMap::new();
         let mut count = 0;
         for n in &restored.nodes {
-            let release = releases.entry(n.generation).or_insert_with(|| {
-                match self.releases.open_release(&n.release) {
-                    Ok(fd) => {
-                        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                        Some(Arc::new(Release::new(&n.release, generation, fd)))
-                    }
+            let release = opened.entry(n.generation).or_insert_with(|| {
+                match releases.open_release(&n.release) {
+                    Ok(fd) => Some(Arc::new(Release::with_new_generation(&n.release, fd))),
                     Err(e) => {
                         log::warn!(
                             "node ids of release {:?} cannot be restored: {e}",

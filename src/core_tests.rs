@@ -14,6 +14,7 @@ use crate::inodes::ROOT_INO;
 use crate::mounts::CONTROL_XATTR;
 use crate::state;
 use crate::sys::XattrAnswer;
+use crate::testutil::{Served, served};
 use crate::testutil::{TempDir, core_config};
 
 #[derive(Default)]
@@ -63,7 +64,7 @@ impl Invalidator for SharedRecorder {
 
 struct Fixture {
     tmp: TempDir,
-    core: Core,
+    core: Served,
     recorder: Arc<Recorder>,
 }
 
@@ -81,7 +82,7 @@ fn fixture(initial: Option<&str>) -> Fixture {
     }
     write(&tmp, "2", "only-in-2", "new");
     std::os::unix::fs::symlink("../../shared/log", tmp.path().join("releases/1/log")).unwrap();
-    let core = Core::new(core_config(&tmp), initial).unwrap();
+    let core = served(core_config(&tmp), initial).unwrap();
     let recorder = Arc::new(Recorder::default());
     core.set_invalidator(Box::new(SharedRecorder(recorder.clone())));
     Fixture {
@@ -227,7 +228,7 @@ fn unpersistable_switch_is_refused() {
     write(&tmp, "2", "index.php", "2");
     let mut cfg = core_config(&tmp);
     cfg.state_path = tmp.path().join("no-such-dir/state");
-    let core = Core::new(cfg, Some("1")).unwrap();
+    let core = served(cfg, Some("1")).unwrap();
     let err = core.activate("2", "test").unwrap_err();
     assert!(err.contains("cannot persist"), "{err}");
     assert_eq!(core.active().name(), Some("1"));
@@ -238,7 +239,7 @@ fn restart_resumes_persisted_release_and_previous() {
     let f = fixture(Some("1"));
     f.core.activate("2", "test").unwrap();
     drop(f.core); // one daemon per state file
-    let again = Core::new(core_config(&f.tmp), Some("1")).unwrap();
+    let again = served(core_config(&f.tmp), Some("1")).unwrap();
     assert_eq!(
         again.active().name(),
         Some("2"),
@@ -256,11 +257,11 @@ fn corrupt_state_falls_back_to_initial() {
     let f = fixture(Some("1"));
     std::fs::write(f.tmp.path().join("state"), "active=../../etc\n").unwrap();
     drop(f.core); // one daemon per state file
-    let again = Core::new(core_config(&f.tmp), Some("2")).unwrap();
+    let again = served(core_config(&f.tmp), Some("2")).unwrap();
     assert_eq!(again.active().name(), Some("2"));
     drop(again);
     std::fs::write(f.tmp.path().join("state"), "active=gone\n").unwrap();
-    let again = Core::new(core_config(&f.tmp), None).unwrap();
+    let again = served(core_config(&f.tmp), None).unwrap();
     assert_eq!(
         again.active().name(),
         None,
@@ -285,8 +286,9 @@ fn lookups_never_leave_the_release() {
     // (see README, "Symlinks"): the deploy path's shared/log.
     let shared = f
         .core
-        .config()
-        .releases
+        .switcher
+        .releases()
+        .path()
         .parent()
         .unwrap()
         .join("shared/log");
@@ -485,7 +487,7 @@ fn without_open_tracking_reads_go_by_inode_and_keep_their_release() {
     }
     let mut cfg = core_config(&tmp);
     cfg.track_opens = false;
-    let core = Core::new(cfg, Some("1")).unwrap();
+    let core = served(cfg, Some("1")).unwrap();
     let ino = walk(&core, "index.php").ino.0;
     let err = core.open(ino, libc::O_RDONLY).unwrap_err();
     assert_eq!(
@@ -587,7 +589,7 @@ fn a_tight_descriptor_budget_is_respected_and_everything_still_works() {
     let mut cfg = core_config(&tmp);
     cfg.inode_fds = 16;
     cfg.track_opens = false;
-    let core = Core::new(cfg, Some("1")).unwrap();
+    let core = served(cfg, Some("1")).unwrap();
     let mut inos = Vec::new();
     for i in 0..200 {
         inos.push(walk(&core, &format!("d{}/f{i}.php", i % 7)).ino.0);
@@ -676,7 +678,7 @@ fn rollback_steps_back_through_the_history_and_survives_restarts() {
     for rel in ["2", "3", "4"] {
         f.core.activate(rel, "test").unwrap();
     }
-    let back = |core: &Core| core.rollback(None, "test").map(|s| s.to);
+    let back = |core: &Served| core.rollback(None, "test").map(|s| s.to);
     assert_eq!(back(&f.core).as_deref(), Ok("3"));
     assert_eq!(back(&f.core).as_deref(), Ok("2"), "not back to 4");
     let st = f.core.status();
@@ -685,7 +687,7 @@ fn rollback_steps_back_through_the_history_and_survives_restarts() {
     // A restart resumes the history and the marks (the old daemon gives the state up first,
     // as at shutdown).
     f.core.stop_switching();
-    let again = Core::new(core_config(&f.tmp), None).unwrap();
+    let again = served(core_config(&f.tmp), None).unwrap();
     assert_eq!(again.active().name(), Some("2"));
     assert_eq!(back(&again).as_deref(), Ok("1"));
     let err = back(&again).unwrap_err();

@@ -17,6 +17,7 @@ use crate::hooks::Hooks;
 use crate::invalidate::KernelInvalidator;
 use crate::keeper::{self, Keeper, Role, ServerLink};
 use crate::nodelog::NodeLog;
+use crate::switcher::{SwitchConfig, Switcher};
 use crate::{mounts, paths, sys};
 
 /// Everything the daemon is started with, already validated by the command line parser.
@@ -374,8 +375,8 @@ fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
     })
 }
 
-/// The daemon before it serves: control socket, PHP pools, the core with its state and the
-/// node ids a predecessor handed out.
+/// The daemon before it serves: control socket, PHP pools, the core with the node ids a
+/// predecessor handed out, and the switcher showing the persisted release through it.
 struct Configured {
     signals: libc::sigset_t,
     access: server::Access,
@@ -383,6 +384,7 @@ struct Configured {
     cleanup_socket: SocketFile,
     php: Option<crate::opcache::Php>,
     core: Arc<Core>,
+    switcher: Arc<Switcher>,
 }
 
 fn configure(
@@ -414,29 +416,43 @@ fn configure(
     } else {
         Some(crate::opcache::Php::new(&args.php, &paths.mount_point)?)
     };
+    let releases = Switcher::open_releases(&paths.releases)?;
     let config = CoreConfig {
-        releases: paths.releases.clone(),
+        releases: releases.path().to_path_buf(),
         mtimes_path: Some(crate::mtimes::log_path(&paths.state_path)),
-        state_path: paths.state_path.clone(),
         mount_point: paths.mount_point.clone(),
         control_path: paths.control_path.clone(),
         ttl: args.cache_timeout,
         track_opens: args.track_opens,
         inode_fds,
     };
-    let core = Arc::new(Core::new(config, args.initial.as_deref())?);
+    let core = Arc::new(Core::new(config));
+    let switch_config = SwitchConfig {
+        state_path: paths.state_path.clone(),
+        mount_point: paths.mount_point.clone(),
+    };
+    let switcher = Switcher::new(
+        switch_config,
+        releases,
+        core.clone(),
+        args.initial.as_deref(),
+    )?;
     let nodes = link
         .nodes
         .try_clone()
         .map_err(|e| format!("cannot take the node id log: {e}"))?;
     let restored = core
-        .resume_nodes(Arc::new(NodeLog::new(nodes)), link.first_handle())
+        .resume_nodes(
+            Arc::new(NodeLog::new(nodes)),
+            switcher.releases(),
+            link.first_handle(),
+        )
         .map_err(|e| format!("cannot read the node id log: {e}"))?;
     if link.resume.is_some() {
         log::info!("resuming the mount: {restored} node ids restored");
     }
     if let Some(php) = &php {
-        php.assume_in_step_with(&core);
+        php.assume_in_step_with(&switcher.active());
     }
     Ok(Configured {
         signals,
@@ -445,6 +461,7 @@ fn configure(
         cleanup_socket,
         php,
         core,
+        switcher: Arc::new(switcher),
     })
 }
 
@@ -484,7 +501,7 @@ struct Serving {
     signals: libc::sigset_t,
     background: ManuallyDrop<fuser::BackgroundSession>,
     ours: mounts::OurMount,
-    core: Arc<Core>,
+    switcher: Arc<Switcher>,
     control: server::Control,
     cleanup_socket: SocketFile,
     control_path: PathBuf,
@@ -506,12 +523,13 @@ fn mount(
         cleanup_socket,
         php,
         core,
+        switcher,
     } = configured;
     let mount_point = paths.mount_point.clone();
     let fsname = format!(
         "{}{}",
         mounts::FSNAME_PREFIX,
-        core.config().releases.to_string_lossy()
+        paths.releases.to_string_lossy()
     );
     let fuse_config = fuse_config(args, &fsname);
     let adapter = crate::fuse_adapter::FuseAdapter::new(core.clone(), args.acl);
@@ -553,7 +571,7 @@ fn mount(
     )));
     raise_readahead(ours.dev);
     let control =
-        start_control(args, &mount_point, listener, &core, php, access).inspect_err(|_| {
+        start_control(args, &mount_point, listener, &switcher, php, access).inspect_err(|_| {
             if !resumed {
                 unmount(&ours);
             }
@@ -566,7 +584,7 @@ fn mount(
         signals,
         background,
         ours,
-        core,
+        switcher,
         control,
         cleanup_socket,
         control_path: paths.control_path,
@@ -630,20 +648,17 @@ fn start_control(
     args: &DaemonArgs,
     mount_point: &Path,
     listener: UnixListener,
-    core: &Arc<Core>,
+    switcher: &Arc<Switcher>,
     php: Option<crate::opcache::Php>,
     access: server::Access,
 ) -> Result<server::Control, String> {
-    let mut hooks = Hooks::new(
+    let hooks = Hooks::new(
         args.on_activate.clone(),
         args.hook_timeout,
         mount_point.to_path_buf(),
-        core.config().releases.clone(),
+        switcher.releases().path().to_path_buf(),
     );
-    if let Some(php) = php {
-        hooks = hooks.with_php(php);
-    }
-    server::spawn(listener, core.clone(), Arc::new(hooks), access)
+    server::spawn(listener, switcher.clone(), php, hooks, access)
         .map_err(|e| format!("cannot start the control server: {e}"))
 }
 
@@ -656,7 +671,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
     let Serving {
         background,
         ours,
-        core,
+        switcher,
         control,
         cleanup_socket,
         ..
@@ -666,7 +681,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
             // The successor serves the same mount and control socket: remove neither. A
             // switch in progress finishes first; requests a worker holds are resent.
             control.hand_over(RETIRE_CLIENTS);
-            core.stop_switching();
+            switcher.stop_switching();
             std::mem::forget(cleanup_socket);
             log::info!("retiring: the new binary takes over the mount");
             return;
@@ -679,7 +694,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
             sd_notify("STOPPING=1");
             drop(cleanup_socket);
             let unmounted = unmount(&ours);
-            core.stop_switching();
+            switcher.stop_switching();
             if !unmounted {
                 return;
             }

@@ -122,6 +122,7 @@ impl HandleTable {
         counts
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().len()
     }

@@ -18,8 +18,6 @@ pub struct Hooks {
     pub releases_dir: PathBuf,
     /// Hooks of two switches never run interleaved.
     serial: Mutex<()>,
-    /// PHP pools whose OPcache is told what each switch changed (`--php-fpm`, `--php-http`).
-    pub php: Option<crate::opcache::Php>,
 }
 
 impl Hooks {
@@ -35,14 +33,7 @@ impl Hooks {
             mount_point,
             releases_dir,
             serial: Mutex::new(()),
-            php: None,
         }
-    }
-
-    /// Adds the PHP pools to bring up to date after each switch.
-    pub fn with_php(mut self, php: crate::opcache::Php) -> Hooks {
-        self.php = Some(php);
-        self
     }
 
     /// Runs every hook, in order, with `SWITCHFS_OLD_RELEASE`, `SWITCHFS_NEW_RELEASE`,

@@ -292,6 +292,7 @@ impl InodeTable {
     }
 
     /// Number of live inodes.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.maps.read().by_ino.len()
     }

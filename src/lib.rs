@@ -15,6 +15,7 @@ pub(crate) mod caller;
 pub mod control;
 pub(crate) mod core;
 pub mod daemon;
+pub(crate) mod docroot;
 pub mod docs;
 pub(crate) mod errno;
 pub mod fastcgi;
@@ -40,11 +41,10 @@ pub(crate) mod prune;
 pub(crate) mod release;
 pub mod state;
 pub(crate) mod switch;
+pub(crate) mod switcher;
 pub mod sys;
 pub(crate) mod usage;
 
-#[cfg(test)]
-mod core_tests;
 #[cfg(test)]
 mod testutil;
 

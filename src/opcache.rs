@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::control::render::{iso8601, json_str};
-use crate::core::Core;
+use crate::docroot::{Active, Docroot};
 use crate::fastcgi::{self, Address};
 use crate::release::Release;
 
@@ -246,8 +246,8 @@ impl Php {
 
     /// Pools start in step with the release active at start-up: they cached it (or nothing)
     /// before this daemon ran. (A failure before a restart is not remembered across it.)
-    pub fn assume_in_step_with(&self, core: &Core) {
-        let active = core.active().release.clone();
+    pub(crate) fn assume_in_step_with(&self, active: &Active) {
+        let active = active.release.clone();
         for pool in &self.pools {
             pool.state.lock().synced = active.clone();
         }
@@ -257,13 +257,14 @@ impl Php {
         self.pools.is_empty()
     }
 
-    /// Brings every pool up to date with the active release, pools in parallel.
+    /// Brings every pool up to date with `new`, the release `core` now shows, pools in
+    /// parallel.
     ///
     /// # Errors
     /// One line naming each pool that failed and why; the pools that worked are done.
-    pub fn sync(&self, core: &Core) -> Result<(), String> {
+    pub(crate) fn sync(&self, core: &dyn Docroot, new: Option<Arc<Release>>) -> Result<(), String> {
         let _serial = self.serial.lock();
-        let Some(new) = core.active().release.clone() else {
+        let Some(new) = new else {
             return Ok(());
         };
         let failures: Vec<String> = std::thread::scope(|scope| {
@@ -287,7 +288,7 @@ impl Php {
         }
     }
 
-    fn sync_pool(&self, core: &Core, pool: &Pool, new: &Arc<Release>) -> Result<(), String> {
+    fn sync_pool(&self, core: &dyn Docroot, pool: &Pool, new: &Arc<Release>) -> Result<(), String> {
         let started = Instant::now();
         let old = pool.state.lock().synced.clone();
         let mut run = LastRun {
@@ -333,7 +334,7 @@ impl Php {
 
     fn invalidate_changed(
         &self,
-        core: &Core,
+        core: &dyn Docroot,
         pool: &Pool,
         old: Option<&Arc<Release>>,
         new: &Arc<Release>,
@@ -378,7 +379,7 @@ impl Php {
     #[allow(clippy::too_many_arguments)] // one pass of `invalidate_changed`, its state passed in
     fn list_and_invalidate(
         &self,
-        core: &Core,
+        core: &dyn Docroot,
         pool: &Pool,
         first: Option<fastcgi::Connection>,
         old: Option<&Arc<Release>>,
@@ -595,7 +596,7 @@ pub fn with_status(php: Option<&Php>, body: String, json: bool) -> String {
 /// who can read the docroot could otherwise hold a file open to slow every switch down.
 /// Costs one look at each pool process's descriptors when nothing is compiling.
 fn wait_for_compiles(
-    core: &Core,
+    core: &dyn Docroot,
     new: &Arc<Release>,
     processes: &[i32],
     limit: Duration,
@@ -622,7 +623,7 @@ fn wait_for_compiles(
 }
 
 /// The PHP scripts of releases other than `new` that `processes` hold open.
-fn old_scripts_open(core: &Core, new: &Arc<Release>, processes: &[i32]) -> Vec<PathBuf> {
+fn old_scripts_open(core: &dyn Docroot, new: &Arc<Release>, processes: &[i32]) -> Vec<PathBuf> {
     core.open_paths_outside(new, processes)
         .into_iter()
         .filter(|p| {
@@ -716,7 +717,7 @@ fn parse_stat(pid: i32, stat: &[u8]) -> Option<ProcessEntry> {
 
 /// Whether the script OPcache cached at `rel` (under the mount) differs in `new`.
 fn script_changed(
-    core: &Core,
+    core: &dyn Docroot,
     old: Option<&Arc<Release>>,
     new: &Arc<Release>,
     rel: &Path,

@@ -254,36 +254,6 @@ fn shown(at: &Path) -> String {
     }
 }
 
-impl crate::core::Core {
-    /// Deletes the oldest releases beyond the newest `keep`, sparing the active and the
-    /// previous release and any release still in use (through the mount here, through its
-    /// real path in `prune`, which also does the deleting without following links). Without
-    /// `apply`, only says what it would delete. Serialised with switches, so a release cannot
-    /// be activated while it is being deleted.
-    ///
-    /// # Errors
-    /// The releases directory cannot be listed; a deletion failed (the message says which
-    /// were deleted before).
-    pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
-        let _serial = self.switch_lock.lock();
-        self.refuse_if_stopping()?;
-        let names = self.list()?;
-        let active = self.active();
-        let usage = self.usage();
-        let spared = [active.name(), active.previous.as_deref()];
-        let kept = |name: &str| {
-            if spared.contains(&Some(name)) {
-                Some("active or previous".to_string())
-            } else if usage.get(name).is_some_and(crate::usage::Use::in_use) {
-                Some("still in use".to_string())
-            } else {
-                None
-            }
-        };
-        crate::prune::prune(&self.releases, &names, keep, apply, &kept)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

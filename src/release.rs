@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use crate::names::validate_release_name;
 use crate::sys;
@@ -25,6 +26,11 @@ pub struct Release {
     pub root: Arc<OwnedFd>,
 }
 
+/// The next activation's generation: one counter for the whole process, so releases the
+/// switcher activates and those a resumed server reopens for its restored nodes never share
+/// one.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
 impl Release {
     pub fn new(name: &str, generation: u64, root: OwnedFd) -> Release {
         Release {
@@ -32,6 +38,23 @@ impl Release {
             generation,
             root: Arc::new(root),
         }
+    }
+
+    /// Release `name` served from `root` under a generation no other `Release` has.
+    pub fn with_new_generation(name: &str, root: OwnedFd) -> Release {
+        Release::new(
+            name,
+            NEXT_GENERATION.fetch_add(1, AtomicOrdering::Relaxed),
+            root,
+        )
+    }
+}
+
+/// Whether two descriptors are the same directory (device and inode).
+pub(crate) fn same_dir(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (sys::fstat(a.as_fd()), sys::fstat(b.as_fd())) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
     }
 }
 

@@ -2,79 +2,28 @@
 //! -> drain -> answer (README "How it works, and the rules it keeps": *Switch = validate,
 //! persist, publish, invalidate, acknowledge*).
 //!
-//! `perform` is the whole sequence as the control socket runs it; `Core::activate` and
-//! `Core::rollback` are its first four steps, under the switch lock, and are what the core's
-//! tests drive. Each step's reason is written where it happens:
+//! `perform` is the whole sequence as the control socket runs it; `Switcher::activate` and
+//! `Switcher::rollback` are its first four steps, under the switch lock, and are what the
+//! core's tests drive. Each step's reason is written where it happens:
 //! 1. **validate**: the release directory is opened without following links and checked
 //!    (`ReleaseSet::open_release`), even when the name is already active;
 //! 2. **persist**: the mtime registry is synced and the state file written (with the
 //!    history) before anything changes, so an acknowledged switch survives a crash;
 //! 3. **publish**: the new release becomes the root's in one critical section that also
-//!    takes the set of root names the kernel may cache (`Core::publish`);
-//! 4. **invalidate**: those names and the attributes of the root and the portals are
-//!    dropped from the kernel's caches, with no core lock held;
+//!    takes the set of root names the kernel may cache (`Docroot::publish`);
+//! 4. **invalidate**: (the FUSE core) those names and the attributes of the root and the
+//!    portals are dropped from the kernel's caches, with no core lock held;
 //! 5. **OPcache, then hooks**: the PHP pools are told which scripts changed, then the
 //!    `--on-activate` commands run (cache warmers then see the new code); a failure is
 //!    reported, never undoes the switch;
 //! 6. **drain**: with `drain=SECS`, wait for the previous release to be unused;
 //! 7. **answer**: `Outcome` says what the operator reads.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crate::core::Core;
-use crate::history::History;
 use crate::hooks::Hooks;
-use crate::inodes::ROOT_INO;
-use crate::state::PersistedState;
-use crate::sys;
-
-/// What a successful `activate` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Switched {
-    /// The line shown to the operator.
-    pub message: String,
-    pub from: Option<String>,
-    pub to: String,
-    /// False when `to` was already active.
-    pub changed: bool,
-}
-
-impl Switched {
-    /// `name` was already active, from the same directory: nothing to do.
-    fn unchanged(name: &str) -> Switched {
-        Switched {
-            message: format!("release {name} is already active"),
-            from: Some(name.to_string()),
-            to: name.to_string(),
-            changed: false,
-        }
-    }
-
-    /// The switch to `name` is done; logs it with who asked.
-    fn done(name: &str, previous: Option<String>, reactivated: bool, who: &str) -> Switched {
-        if reactivated {
-            log::info!("re-activated {name} from its replaced directory (requested by {who})");
-            return Switched {
-                message: format!("release {name} re-activated: its directory was replaced"),
-                from: Some(name.to_string()),
-                to: name.to_string(),
-                changed: true,
-            };
-        }
-        let from = previous.as_deref().unwrap_or("(none)");
-        log::info!("switched from {from} to {name} (requested by {who})");
-        Switched {
-            message: format!("switched from {from} to {name}"),
-            from: previous,
-            to: name.to_string(),
-            changed: true,
-        }
-    }
-}
+use crate::opcache::Php;
+use crate::switcher::{Switched, Switcher};
 
 /// What to switch to, as the control socket asked.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +52,8 @@ pub enum Outcome {
 /// to be unused; `hung_up(pause)` waits up to `pause` and says whether the requester has
 /// gone (nobody would read the answer, so the drain wait ends early).
 pub fn perform(
-    core: &Core,
+    switcher: &Switcher,
+    php: Option<&Php>,
     hooks: &Hooks,
     target: Target<'_>,
     who: &str,
@@ -112,9 +62,9 @@ pub fn perform(
 ) -> Outcome {
     // Steps 1-4: validate, persist, publish, invalidate.
     let switched = match target {
-        Target::Release(name) => core.activate(name, who),
-        Target::Back => core.rollback(None, who),
-        Target::BackTo(name) => core.rollback(Some(name), who),
+        Target::Release(name) => switcher.activate(name, who),
+        Target::Back => switcher.rollback(None, who),
+        Target::BackTo(name) => switcher.rollback(Some(name), who),
     };
     let sw = match switched {
         Ok(sw) => sw,
@@ -127,12 +77,12 @@ pub fn perform(
     let mut problems = Vec::new();
     if sw.changed {
         // Step 5: OPcache first, so hooks (cache warmers) already run the new code.
-        problems.extend(tell_php(core, hooks));
+        problems.extend(tell_php(switcher, php));
         problems.extend(run_hooks(hooks, &sw));
     }
     // Step 6: the drain wait, only when something was switched away from.
     if let (Some(secs), Some(previous), true) = (drain, sw.from.as_deref(), sw.changed) {
-        match wait_drained(core, previous, secs, hung_up) {
+        match wait_drained(switcher, previous, secs, hung_up) {
             Drain::Drained => {
                 message.push_str(&format!("; release {previous} is no longer in use"))
             }
@@ -158,8 +108,9 @@ pub fn perform(
 }
 
 /// Step 5a: tells the PHP pools which scripts the switch changed (`--php-fpm`, `--php-http`).
-fn tell_php(core: &Core, hooks: &Hooks) -> Option<String> {
-    hooks.php.as_ref()?.sync(core).err()
+fn tell_php(switcher: &Switcher, php: Option<&Php>) -> Option<String> {
+    php?.sync(switcher.docroot(), switcher.active().release.clone())
+        .err()
 }
 
 /// Step 5b: the `--on-activate` commands.
@@ -181,14 +132,14 @@ enum Drain {
 /// `switchctl --wait-drain=600`) ends the wait instead of leaving the daemon scanning /proc
 /// ten times a second for the rest of it. The switch itself stays.
 fn wait_drained(
-    core: &Core,
+    switcher: &Switcher,
     previous: &str,
     secs: u32,
     hung_up: &dyn Fn(Duration) -> bool,
 ) -> Drain {
     let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
     loop {
-        if core.wait_unused(previous, Duration::ZERO) {
+        if switcher.wait_unused(previous, Duration::ZERO) {
             return Drain::Drained;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -201,152 +152,6 @@ fn wait_drained(
     }
 }
 
-impl Core {
-    /// Makes release `name` active: validate, persist, publish, invalidate. Returns the line
-    /// to show the operator. `who` says who asked, for the log.
-    ///
-    /// # Errors
-    /// A one-line message; the active release is then unchanged.
-    pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
-        let _serial = self.switch_lock.lock();
-        self.refuse_if_stopping()?;
-        let current = self.active();
-        // 1. Validate, even when `name` is already active: its directory may have been
-        // replaced (`mv R/7 R/7.bak; mkdir R/7`) or made a symlink since it was activated.
-        let fd = self.releases.open_release(name)?;
-        let reactivated = current.name() == Some(name);
-        if reactivated
-            && current
-                .release
-                .as_ref()
-                .is_some_and(|r| same_dir(&r.root, &fd))
-        {
-            return Ok(Switched::unchanged(name));
-        }
-        // Re-activating a replaced directory keeps the previous release as it was.
-        let previous = if reactivated {
-            current.previous.clone()
-        } else {
-            current.name().map(str::to_string)
-        };
-        if let Some(prev) = previous.as_ref().filter(|_| !reactivated) {
-            self.last_used
-                .lock()
-                .insert(prev.clone(), SystemTime::now());
-        }
-        // 2. Persist, before anything changes.
-        self.persist(name, previous.as_deref())?;
-        // 3. Publish, once what processes hold of the old release can no longer be lost.
-        self.pin_held_inodes();
-        let stale = self.publish(name, fd, previous.clone());
-        // 4. Invalidate what the kernel may cache from before.
-        self.invalidate_root(stale);
-        Ok(Switched::done(name, previous, reactivated, who))
-    }
-
-    /// Step 2: makes the switch to `name` durable (state file and history), or says why not;
-    /// nothing has changed then. Called with the switch lock held.
-    fn persist(&self, name: &str, previous: Option<&str>) -> Result<(), String> {
-        let persisted = PersistedState {
-            active: name.to_string(),
-            previous: previous.map(str::to_string),
-            history: self.next_history(name),
-        };
-        // The mtimes served so far must outlive a crash right after this switch: a rollback
-        // after a restart must not hand OPcache an mtime it already saw with other content.
-        self.mtimes.sync();
-        self.state.save(&persisted).map_err(|e| {
-            format!(
-                "cannot persist the switch to {}: {e}; release {} stays active",
-                self.config.state_path.display(),
-                previous.unwrap_or("(none)")
-            )
-        })?;
-        *self.history.lock() = persisted.history;
-        Ok(())
-    }
-
-    /// Rolls back like the deploy tools: to the release activated before the active one,
-    /// one step further at each call, never to a release rolled back from since it was last
-    /// activated (see `history`). With `to`, back to that release of the history.
-    ///
-    /// # Errors
-    /// Nothing to roll back to, or the switch fails; the history is then unchanged.
-    pub fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
-        let _serial = self.switch_lock.lock();
-        let current = self.active();
-        let current = current
-            .name()
-            .ok_or("no release is active, so there is nothing to roll back from")?;
-        let exists = |name: &str| self.releases.open_release(name).is_ok();
-        let (target, after) = self.history.lock().rollback(current, to, exists)?;
-        *self.planned_history.lock() = Some(after);
-        let switched = self.activate(&target, who);
-        self.planned_history.lock().take();
-        switched
-    }
-
-    /// The history to persist with a switch to `name`: what a rollback in progress planned,
-    /// else `name` appended. Called with the switch lock held.
-    fn next_history(&self, name: &str) -> History {
-        let planned = self.planned_history.lock().take();
-        match planned {
-            Some(planned) if planned.entries().last().map(String::as_str) == Some(name) => planned,
-            _ => self.history.lock().activated(name),
-        }
-    }
-
-    /// The activation history and rollback marks, as of now.
-    pub fn history(&self) -> History {
-        self.history.lock().clone()
-    }
-
-    /// Ends switching for good and gives the state file up: called at shutdown once the mount
-    /// is detached, so a successor started while this daemon drains can lock and resume the
-    /// state. Waits for a switch in progress to finish.
-    pub fn stop_switching(&self) {
-        let _serial = self.switch_lock.lock();
-        self.stopping.store(true, Ordering::Relaxed);
-        self.state.unlock();
-    }
-
-    pub(crate) fn refuse_if_stopping(&self) -> Result<(), String> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err("this switchfs is shutting down; nothing was changed".into());
-        }
-        Ok(())
-    }
-
-    /// Tells the kernel to forget every root name it may cache from before a switch, then
-    /// the root's own attributes and listing. Runs with no core lock held: a notification can
-    /// wait for an in-flight lookup, which may need those locks to finish.
-    fn invalidate_root(&self, names: HashSet<(u64, OsString)>) {
-        let Some(inv) = self.invalidator.get() else {
-            return;
-        };
-        for (parent, name) in &names {
-            if let Err(e) = inv.inval_entry(*parent, name) {
-                log::warn!("invalidating {name:?} failed: {e}");
-            }
-        }
-        let portals: Vec<u64> = self.portals.inos();
-        for ino in std::iter::once(ROOT_INO).chain(portals) {
-            if let Err(e) = inv.inval_inode(ino) {
-                log::warn!("invalidating the attributes of inode {ino} failed: {e}");
-            }
-        }
-        log::debug!("invalidated {} names", names.len());
-    }
-}
-
-/// Whether two descriptors are the same directory (device and inode).
-pub(crate) fn same_dir(a: &OwnedFd, b: &OwnedFd) -> bool {
-    match (sys::fstat(a.as_fd()), sys::fstat(b.as_fd())) {
-        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The whole sequence of `perform` on a real core over temporary releases (no mount):
@@ -354,16 +159,15 @@ mod tests {
     //! invalidate, acknowledge* and *Bad input changes nothing*.
 
     use std::path::PathBuf;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::core::CoreConfig;
     use crate::inodes::ROOT_INO;
-    use crate::testutil::TempDir;
+    use crate::testutil::{Served, TempDir, TestConfig, served};
 
     struct Setup {
         tmp: TempDir,
-        core: Core,
+        core: Served,
     }
 
     fn setup() -> Setup {
@@ -373,11 +177,11 @@ mod tests {
             std::fs::create_dir_all(&dir).expect("release dir");
             std::fs::write(dir.join("index.php"), rel).expect("index.php");
         }
-        let config = CoreConfig {
+        let config = TestConfig {
             inode_fds: 1000,
             ..crate::testutil::core_config(&tmp)
         };
-        let core = Core::new(config, Some("1")).expect("core");
+        let core = served(config, Some("1")).expect("core");
         Setup { tmp, core }
     }
 
@@ -422,7 +226,15 @@ mod tests {
     }
 
     fn run(s: &Setup, hooks: &Hooks, target: Target<'_>, drain: Option<u32>) -> Outcome {
-        perform(&s.core, hooks, target, "test", drain, &still_here)
+        perform(
+            &s.core.switcher,
+            None,
+            hooks,
+            target,
+            "test",
+            drain,
+            &still_here,
+        )
     }
 
     #[test]
@@ -506,7 +318,8 @@ mod tests {
         };
         let started = Instant::now();
         let out = perform(
-            &s.core,
+            &s.core.switcher,
+            None,
             &hooks,
             Target::Release("1"),
             "test",

@@ -1,10 +1,16 @@
-//! Helpers for unit tests: a temporary directory removed on drop, and a core's settings in it.
+//! Helpers for unit tests: a temporary directory removed on drop, and a core served by a
+//! switcher over it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::core::CoreConfig;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::core::{Core, CoreConfig};
+use crate::docroot::Active;
+use crate::history::History;
+use crate::switcher::{SwitchConfig, Switched, Switcher};
+use crate::usage::Status;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -31,10 +37,23 @@ impl Drop for TempDir {
     }
 }
 
+/// The settings of a core and its switcher, in one struct so a test changes one field.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    pub releases: PathBuf,
+    pub state_path: PathBuf,
+    pub mount_point: PathBuf,
+    pub control_path: PathBuf,
+    pub ttl: Duration,
+    pub track_opens: bool,
+    pub inode_fds: usize,
+    pub mtimes_path: Option<PathBuf>,
+}
+
 /// Settings for a core over `tmp/releases`, with its state file, mount point and socket
 /// paths in `tmp` (nothing is mounted), open tracking on and no mtime log.
-pub fn core_config(tmp: &TempDir) -> CoreConfig {
-    CoreConfig {
+pub fn core_config(tmp: &TempDir) -> TestConfig {
+    TestConfig {
         releases: tmp.path().join("releases"),
         state_path: tmp.path().join("state"),
         mount_point: tmp.path().join("mnt"),
@@ -43,5 +62,69 @@ pub fn core_config(tmp: &TempDir) -> CoreConfig {
         track_opens: true,
         inode_fds: 100_000,
         mtimes_path: None,
+    }
+}
+
+/// A core and the switcher driving it, as the daemon wires them. Derefs to the core for
+/// filesystem calls; the switch's calls go to the switcher.
+pub struct Served {
+    pub core: Arc<Core>,
+    pub switcher: Switcher,
+}
+
+/// The core of `config`, showing what its switcher restores (else `initial`).
+pub fn served(config: TestConfig, initial: Option<&str>) -> Result<Served, String> {
+    let releases = Switcher::open_releases(&config.releases)?;
+    let core = Arc::new(Core::new(CoreConfig {
+        releases: releases.path().to_path_buf(),
+        mount_point: config.mount_point.clone(),
+        control_path: config.control_path,
+        ttl: config.ttl,
+        track_opens: config.track_opens,
+        inode_fds: config.inode_fds,
+        mtimes_path: config.mtimes_path,
+    }));
+    let switch = SwitchConfig {
+        state_path: config.state_path,
+        mount_point: config.mount_point,
+    };
+    let switcher = Switcher::new(switch, releases, core.clone(), initial)?;
+    Ok(Served { core, switcher })
+}
+
+impl std::ops::Deref for Served {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Served {
+    pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
+        self.switcher.activate(name, who)
+    }
+    pub fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
+        self.switcher.rollback(to, who)
+    }
+    pub fn active(&self) -> Arc<Active> {
+        self.switcher.active()
+    }
+    pub fn history(&self) -> History {
+        self.switcher.history()
+    }
+    pub fn status(&self) -> Status {
+        self.switcher.status()
+    }
+    pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
+        self.switcher.prune(keep, apply)
+    }
+    pub fn list(&self) -> Result<Vec<String>, String> {
+        self.switcher.list()
+    }
+    pub fn stop_switching(&self) {
+        self.switcher.stop_switching();
+    }
+    pub fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
+        self.switcher.wait_unused(name, timeout)
     }
 }

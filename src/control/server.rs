@@ -28,9 +28,10 @@ use parking_lot::Mutex;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
 use crate::control::render;
-use crate::core::Core;
 use crate::hooks::Hooks;
+use crate::opcache::Php;
 use crate::switch::{self, Outcome, Target};
+use crate::switcher::Switcher;
 use crate::sys::{self, PeerCred};
 
 /// The whole request line must arrive within this, from `accept` on.
@@ -213,15 +214,18 @@ fn set_socket_mode(path: &Path, access: &Access) -> Result<(), String> {
         .map_err(|e| format!("cannot chmod control socket {shown}: {e}"))
 }
 
-/// Serves control requests on `listener` until the process exits.
-pub fn spawn(
+/// Serves control requests on `listener` until the process exits: switches through
+/// `switcher`, then brings the PHP pools `php` up to date and runs `hooks`.
+pub(crate) fn spawn(
     listener: UnixListener,
-    core: Arc<Core>,
-    hooks: Arc<Hooks>,
+    switcher: Arc<Switcher>,
+    php: Option<Php>,
+    hooks: Hooks,
     access: Access,
 ) -> io::Result<Control> {
     let server = Arc::new(Server {
-        core,
+        switcher,
+        php,
         hooks,
         access,
         slots: Mutex::new(Slots::default()),
@@ -235,8 +239,10 @@ pub fn spawn(
 }
 
 struct Server {
-    core: Arc<Core>,
-    hooks: Arc<Hooks>,
+    switcher: Arc<Switcher>,
+    /// PHP pools whose OPcache is told what each switch changed (`--php-fpm`, `--php-http`).
+    php: Option<Php>,
+    hooks: Hooks,
     access: Access,
     slots: Mutex<Slots>,
     handover: Handover,
@@ -384,7 +390,7 @@ impl Server {
     }
 
     fn respond(&self, line: &[u8], peer: &PeerCred, rights: Rights, client: &UnixStream) -> String {
-        let (core, hooks) = (&*self.core, &*self.hooks);
+        let switcher = &*self.switcher;
         let request = match protocol::parse_request(line) {
             Ok(r) => r,
             Err(msg) => {
@@ -415,20 +421,20 @@ impl Server {
             Request::RollbackTo { name, drain } => {
                 return self.switch(Target::BackTo(&name), drain, &who, client);
             }
-            Request::Prune { keep, apply } => core.prune(keep, apply),
+            Request::Prune { keep, apply } => switcher.prune(keep, apply),
             Request::Status { json } => {
-                let st = core.status();
+                let st = switcher.status();
                 let body = if json {
                     render::status_json(&st)
                 } else {
                     render::status_text(&st)
                 };
-                Ok(crate::opcache::with_status(hooks.php.as_ref(), body, json))
+                Ok(crate::opcache::with_status(self.php.as_ref(), body, json))
             }
-            Request::List { json } => core.list().map(|names| {
-                let active = core.active();
+            Request::List { json } => switcher.list().map(|names| {
+                let active = switcher.active();
                 let (a, p) = (active.name(), active.previous.as_deref());
-                let history = core.history();
+                let history = switcher.history();
                 if json {
                     render::list_json(&names, a, p, &history)
                 } else {
@@ -459,7 +465,16 @@ impl Server {
         client: &UnixStream,
     ) -> String {
         let hung_up = |pause| !matches!(sys::wait_hangup(client.as_fd(), pause), Ok(false));
-        match switch::perform(&self.core, &self.hooks, target, who, drain, &hung_up) {
+        let php = self.php.as_ref();
+        match switch::perform(
+            &self.switcher,
+            php,
+            &self.hooks,
+            target,
+            who,
+            drain,
+            &hung_up,
+        ) {
             Outcome::Done(msg) => protocol::ok_response(&msg),
             Outcome::Partial(msg) => protocol::partial_response(&msg),
             Outcome::Refused(msg) => protocol::error_response(&msg),
