@@ -26,6 +26,7 @@ pub(crate) mod history;
 pub(crate) mod hooks;
 pub(crate) mod inodes;
 pub(crate) mod invalidate;
+pub mod json;
 pub mod keeper;
 pub(crate) mod links;
 pub mod mount_helper;

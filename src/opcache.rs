@@ -31,7 +31,6 @@
 //! invalidated, since what it cached in between is unknown.
 
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -40,7 +39,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::control::render::{iso8601, json_str};
 use crate::docroot::{Active, Docroot};
 use crate::fastcgi::{self, Address};
 use crate::release::Release;
@@ -507,82 +505,25 @@ impl Php {
         Ok(answer[MAGIC.len()..].to_vec())
     }
 
-    /// Appends the pools' last invalidations to `switchctl status` output.
-    pub fn status_text(&self) -> String {
-        let mut out = String::from("php pools:\n");
-        for pool in &self.pools {
-            let line = match &pool.state.lock().last {
-                None => "no switch since the daemon started".to_string(),
-                Some(r) => match &r.error {
-                    Some(e) => {
-                        format!("FAILED at {} for release {}: {e}", iso8601(r.at), r.release)
-                    }
-                    None => format!(
-                        "{}: release {}, {} of {} cached scripts invalidated{} in {:.1} ms",
-                        iso8601(r.at),
-                        r.release,
-                        r.invalidated,
-                        r.cached,
-                        if r.gone > 0 {
-                            format!(" ({} deleted scripts left)", r.gone)
-                        } else {
-                            String::new()
-                        },
-                        r.took.as_secs_f64() * 1000.0
-                    ),
-                },
-            };
-            let _ = writeln!(out, "    {}: {line}", pool.endpoint);
-        }
-        out
-    }
-
-    /// The pools as a JSON array, for `status --json`.
-    pub fn status_json(&self) -> String {
-        let items: Vec<String> = self
-            .pools
+    /// Each pool and its last invalidation, for `switchctl status`.
+    pub(crate) fn pools_status(&self) -> Vec<PoolStatus> {
+        self.pools
             .iter()
-            .map(|pool| {
-                let last = match &pool.state.lock().last {
-                    None => "null".to_string(),
-                    Some(r) => format!(
-                        "{{\"at\":{},\"release\":{},\"cached\":{},\"changed\":{},\
-                         \"invalidated\":{},\"gone\":{},\"took_ms\":{:.3},\"error\":{}}}",
-                        json_str(&iso8601(r.at)),
-                        json_str(&r.release),
-                        r.cached,
-                        r.changed,
-                        r.invalidated,
-                        r.gone,
-                        r.took.as_secs_f64() * 1000.0,
-                        r.error
-                            .as_deref()
-                            .map_or_else(|| "null".to_string(), json_str)
-                    ),
-                };
-                format!(
-                    "{{\"pool\":{},\"last_invalidation\":{last}}}",
-                    json_str(&pool.endpoint.to_string())
-                )
+            .map(|pool| PoolStatus {
+                endpoint: pool.endpoint.to_string(),
+                last: pool.state.lock().last.clone(),
             })
-            .collect();
-        format!("[{}]", items.join(","))
+            .collect()
     }
 }
 
-/// Adds the PHP pools to a `status` answer: a section in text, a `php_pools` field in JSON.
-pub fn with_status(php: Option<&Php>, body: String, json: bool) -> String {
-    let Some(php) = php.filter(|p| !p.is_empty()) else {
-        return body;
-    };
-    if json {
-        match body.trim_end().strip_suffix('}') {
-            Some(head) => format!("{head},\"php_pools\":{}}}\n", php.status_json()),
-            None => body,
-        }
-    } else {
-        body + &php.status_text()
-    }
+/// One pool as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    /// `php-fpm ADDRESS` or `php-http URL`.
+    pub endpoint: String,
+    /// `None` before the first switch since the daemon started.
+    pub last: Option<LastRun>,
 }
 
 /// Waits until none of `processes` (the pool's) holds a script of another release than

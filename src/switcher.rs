@@ -434,7 +434,8 @@ impl Switcher {
         }
     }
 
-    /// Everything `switchctl status` shows of the switch and the releases.
+    /// Everything `switchctl status` shows of the switch and the releases (the control
+    /// server adds the keeper's life and the PHP pools).
     pub fn status(&self) -> Status {
         let active = self.active();
         let active_problem = active
@@ -454,6 +455,8 @@ impl Switcher {
             mount_point: self.config.mount_point.clone(),
             active_problem,
             usage: usage::per_release(&present, &now_used, &last_used),
+            life: None,
+            php_pools: Vec::new(),
         }
     }
 }

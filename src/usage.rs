@@ -2,7 +2,8 @@
 //! reports still uses it (handles, descriptors, working directories, maps; see `procscan`),
 //! when it stopped being used, and a problem with the active one. The counting itself is the
 //! docroot's (`Docroot::usage`); prune spares releases in use and a drain waits for the
-//! previous one to be unused, both through `Switcher`.
+//! previous one to be unused, both through `Switcher`. The control server adds the keeper's
+//! life and the PHP pools to the `Status`, and `control/render` writes it.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -11,6 +12,8 @@ use std::time::SystemTime;
 
 use crate::docroot::Use;
 use crate::history::History;
+use crate::keeper::Life;
+use crate::opcache::PoolStatus;
 use crate::release::{Release, ReleaseSet};
 use crate::sys;
 
@@ -52,6 +55,12 @@ pub struct Status {
     /// Set when the active release's directory was deleted or renamed away while served.
     pub active_problem: Option<String>,
     pub usage: Vec<ReleaseUsage>,
+    /// The serving process's place in the daemon's life (see `keeper`); `None` outside a
+    /// keeper (unit tests).
+    pub life: Option<&'static Life>,
+    /// The PHP pools and their last invalidations (`--php-fpm`, `--php-http`); empty
+    /// without pools.
+    pub php_pools: Vec<PoolStatus>,
 }
 
 /// What is wrong with the active release `rel`, if its directory was deleted, or renamed or

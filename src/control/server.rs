@@ -423,13 +423,10 @@ impl Server {
             }
             Request::Prune { keep, apply } => switcher.prune(keep, apply),
             Request::Status { json } => {
-                let st = switcher.status();
-                let body = if json {
-                    render::status_json(&st)
-                } else {
-                    render::status_text(&st)
-                };
-                Ok(crate::opcache::with_status(self.php.as_ref(), body, json))
+                let mut st = switcher.status();
+                st.life = crate::keeper::life();
+                st.php_pools = self.php.as_ref().map(Php::pools_status).unwrap_or_default();
+                Ok(render::status(&st, json))
             }
             Request::List { json } => switcher.list().map(|names| {
                 let active = switcher.active();
