@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 
 /// The FUSE file type of a `st_mode`, `None` for kinds Linux does not have.
-pub fn kind_of_mode(mode: libc::mode_t) -> Option<FileType> {
+pub(crate) fn kind_of_mode(mode: libc::mode_t) -> Option<FileType> {
     Some(match mode & libc::S_IFMT {
         libc::S_IFREG => FileType::RegularFile,
         libc::S_IFDIR => FileType::Directory,
@@ -20,7 +20,7 @@ pub fn kind_of_mode(mode: libc::mode_t) -> Option<FileType> {
 
 /// The FUSE file type for a `DT_*` directory entry type; unknown types read as regular files,
 /// which only affects the `d_type` hint a plain readdir gives.
-pub fn kind_of_dtype(d_type: u8) -> FileType {
+pub(crate) fn kind_of_dtype(d_type: u8) -> FileType {
     match d_type {
         libc::DT_DIR => FileType::Directory,
         libc::DT_LNK => FileType::Symlink,
@@ -42,7 +42,7 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 }
 
 /// The attributes of `st`, reported under FUSE inode number `ino`.
-pub fn attr_of_stat(ino: u64, st: &libc::stat) -> FileAttr {
+pub(crate) fn attr_of_stat(ino: u64, st: &libc::stat) -> FileAttr {
     let mtime = time(st.st_mtime, st.st_mtime_nsec);
     FileAttr {
         ino: INodeNo(ino),
@@ -64,7 +64,7 @@ pub fn attr_of_stat(ino: u64, st: &libc::stat) -> FileAttr {
 }
 
 /// The root shown while no release is active: an empty directory nobody can write to.
-pub fn empty_root_attr(ino: u64, uid: u32, gid: u32, since: SystemTime) -> FileAttr {
+pub(crate) fn empty_root_attr(ino: u64, uid: u32, gid: u32, since: SystemTime) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: 0,
@@ -90,8 +90,7 @@ mod tests {
 
     #[test]
     fn stat_fields_are_carried_over() {
-        // SAFETY: stat is plain data; zeroed is valid.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut st = crate::sys::zeroed_stat();
         st.st_mode = libc::S_IFREG | 0o640;
         st.st_size = 1234;
         st.st_mtime = 1_700_000_000;

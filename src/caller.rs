@@ -18,7 +18,7 @@ use crate::sys;
 
 /// The credentials of the process that sent a request (its filesystem uid and gid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub uid: u32,
     pub gid: u32,
     /// 0 when the kernel sent the request on its own behalf.
@@ -27,13 +27,13 @@ pub struct Caller {
 
 impl Caller {
     /// Root, for requests the daemon makes for itself and for tests.
-    pub const ROOT: Caller = Caller {
+    pub(crate) const ROOT: Caller = Caller {
         uid: 0,
         gid: 0,
         pid: 0,
     };
 
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.uid == 0
     }
 
@@ -42,7 +42,7 @@ impl Caller {
     ///
     /// # Errors
     /// EACCES when not allowed.
-    pub fn check_dir(
+    pub(crate) fn check_dir(
         &self,
         dir: BorrowedFd<'_>,
         st: &libc::stat,
@@ -120,8 +120,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn stat_with(mode: u32, uid: u32, gid: u32) -> libc::stat {
-        // SAFETY: an all-zero stat is a valid value.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut st = crate::sys::zeroed_stat();
         st.st_mode = libc::S_IFDIR | mode;
         st.st_uid = uid;
         st.st_gid = gid;

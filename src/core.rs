@@ -56,7 +56,7 @@ const MAX_ROOT_NAMES: usize = 100_000;
 
 /// Sends cache invalidations to the kernel. The daemon's implementation wraps fuser's
 /// `Notifier`; tests record the calls.
-pub trait Invalidator: Send + Sync {
+pub(crate) trait Invalidator: Send + Sync {
     /// Drops the kernel's dentry `name` under directory `parent` (and everything below it).
     fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()>;
     /// Drops the kernel's cached attributes and data of inode `ino`.
@@ -65,7 +65,7 @@ pub trait Invalidator: Send + Sync {
 
 /// Settings the core needs from the command line.
 #[derive(Debug, Clone)]
-pub struct CoreConfig {
+pub(crate) struct CoreConfig {
     /// The releases directory's path, for symlink targets seen through the mount (see
     /// `links`); the directory itself is the switcher's.
     pub releases: PathBuf,
@@ -94,20 +94,20 @@ struct RootState {
 
 /// The answer to a lookup: an entry, or a negative entry the kernel may cache for `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     Entry(FileAttr, Duration),
     Negative(Duration),
 }
 
 /// Receives plain directory entries. Returns `true` when the buffer is full and the entry
 /// was not added.
-pub trait DirSink {
+pub(crate) trait DirSink {
     fn add(&mut self, ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool;
 }
 
 /// Receives directory entries with attributes (readdirplus). Returns `true` when the buffer
 /// is full and the entry was not added.
-pub trait DirPlusSink {
+pub(crate) trait DirPlusSink {
     fn add(&mut self, offset: u64, name: &OsStr, attr: &FileAttr, ttl: Duration) -> bool;
 }
 
@@ -128,7 +128,7 @@ struct ActiveDir {
 
 /// The FUSE data plane: what the mount shows, answered from the release the switcher last
 /// published (see `core_docroot.rs`).
-pub struct Core {
+pub(crate) struct Core {
     config: CoreConfig,
     root: Mutex<RootState>,
     portals: Portals,
@@ -144,10 +144,9 @@ pub struct Core {
 
 impl Core {
     /// A core showing an empty root until the switcher publishes a release.
-    pub fn new(config: CoreConfig) -> Core {
+    pub(crate) fn new(config: CoreConfig) -> Core {
         let inode_fds = config.inode_fds;
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = sys::real_ids();
         let mtimes = open_mtimes(config.mtimes_path.as_deref());
         Core {
             config,
@@ -167,7 +166,7 @@ impl Core {
     }
 
     /// Installs the notifier. Called once, after the mount is up.
-    pub fn set_invalidator(&self, invalidator: Box<dyn Invalidator>) {
+    pub(crate) fn set_invalidator(&self, invalidator: Box<dyn Invalidator>) {
         if self.invalidator.set(invalidator).is_err() {
             log::warn!("invalidator installed twice; keeping the first");
         }
@@ -247,7 +246,7 @@ impl Core {
     ///
     /// # Errors
     /// The host's error; ENOENT becomes a `Lookup::Negative` instead.
-    pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Lookup> {
+    pub(crate) fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Lookup> {
         if name.len() > crate::names::NAME_MAX {
             return Err(os_error(libc::ENAMETOOLONG)); // as the host would answer
         }
@@ -400,7 +399,7 @@ impl Core {
     }
 
     /// Drops `n` kernel references to `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
         // Portals live as long as the daemon: nothing to count.
         if !is_portal(ino) {
             self.inodes.forget(ino, n);
@@ -411,7 +410,7 @@ impl Core {
     ///
     /// # Errors
     /// Unknown inode (ESTALE) or the host's error.
-    pub fn getattr(&self, ino: u64) -> io::Result<(FileAttr, Duration)> {
+    pub(crate) fn getattr(&self, ino: u64) -> io::Result<(FileAttr, Duration)> {
         let attr = match self.node(ino)? {
             Node::Root(active) => self.root_attr(&active)?,
             Node::Inode(inode) => attr_of_stat(ino, &self.stat_inode(&inode)?),
@@ -436,7 +435,7 @@ impl Core {
     ///
     /// # Errors
     /// EINVAL when `ino` is not a symlink.
-    pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
+    pub(crate) fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
         match self.node(ino)? {
             Node::Inode(inode) if inode.kind == FileType::Symlink => {
                 self.link_target(&inode.release, &inode.path, inode.fd()?.as_fd())
@@ -449,7 +448,7 @@ impl Core {
     ///
     /// # Errors
     /// EROFS for any write intent; EISDIR/EINVAL for other kinds; the host's error.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
+    pub(crate) fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
         refuse_write_intent(flags)?;
         let inode = self.regular_file(ino)?;
         if !self.config.track_opens {
@@ -470,7 +469,7 @@ impl Core {
     ///
     /// # Errors
     /// EBADF for an unknown or directory handle; the host's error.
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    pub(crate) fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         // Without open tracking the kernel sends no handle (fh 0): read through the inode,
         // which is bound to its release like a handle would be.
         let mut buf = vec![0u8; size as usize];
@@ -502,7 +501,7 @@ impl Core {
     }
 
     /// Closes handle `fh` (file or directory).
-    pub fn release(&self, fh: u64) {
+    pub(crate) fn release(&self, fh: u64) {
         if self.handles.remove(fh).is_none() && !self.handles.is_from_predecessor(fh) {
             log::warn!("release of unknown handle {fh}");
         }
@@ -512,7 +511,7 @@ impl Core {
     ///
     /// # Errors
     /// ENOTDIR for other kinds; the host's error.
-    pub fn opendir(&self, caller: &Caller, ino: u64) -> io::Result<u64> {
+    pub(crate) fn opendir(&self, caller: &Caller, ino: u64) -> io::Result<u64> {
         let (source, release, raw) = match self.node(ino)? {
             active @ (Node::Root(_) | Node::Portal(..)) => match self.active_dir(&active)? {
                 Some(dir) => {
@@ -574,7 +573,7 @@ impl Core {
     ///
     /// # Errors
     /// EBADF for an unknown handle.
-    pub fn readdir(&self, fh: u64, offset: u64, sink: &mut dyn DirSink) -> io::Result<()> {
+    pub(crate) fn readdir(&self, fh: u64, offset: u64, sink: &mut dyn DirSink) -> io::Result<()> {
         let handle = self.dir_items(fh)?;
         let HandleKind::Dir { items, .. } = &handle.kind else {
             return Err(os_error(libc::ENOTDIR));
@@ -595,7 +594,12 @@ impl Core {
     ///
     /// # Errors
     /// EBADF for an unknown handle.
-    pub fn readdirplus(&self, fh: u64, offset: u64, sink: &mut dyn DirPlusSink) -> io::Result<()> {
+    pub(crate) fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        sink: &mut dyn DirPlusSink,
+    ) -> io::Result<()> {
         let handle = self.dir_items(fh)?;
         let HandleKind::Dir { items, source } = &handle.kind else {
             return Err(os_error(libc::ENOTDIR));
@@ -677,7 +681,7 @@ impl Core {
     ///
     /// # Errors
     /// The host's error.
-    pub fn statfs(&self, ino: u64) -> io::Result<libc::statvfs> {
+    pub(crate) fn statfs(&self, ino: u64) -> io::Result<libc::statvfs> {
         match self.node(ino)? {
             Node::Root(active) => match &active.release {
                 Some(rel) => sys::statvfs(rel.root.as_fd()),
@@ -695,7 +699,7 @@ impl Core {
     ///
     /// # Errors
     /// ENODATA when absent; the host's error.
-    pub fn getxattr(
+    pub(crate) fn getxattr(
         &self,
         caller: &Caller,
         ino: u64,
@@ -721,7 +725,12 @@ impl Core {
     ///
     /// # Errors
     /// The host's error.
-    pub fn listxattr(&self, caller: &Caller, ino: u64, size: u32) -> io::Result<sys::XattrAnswer> {
+    pub(crate) fn listxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        size: u32,
+    ) -> io::Result<sys::XattrAnswer> {
         let Some(fd) = self.xattr_fd(ino)? else {
             return xattr_value(Vec::new(), size);
         };
@@ -763,7 +772,7 @@ impl Core {
     ///
     /// # Errors
     /// EROFS for W_OK; ESTALE for an unknown inode.
-    pub fn access(&self, ino: u64, mask: i32) -> io::Result<()> {
+    pub(crate) fn access(&self, ino: u64, mask: i32) -> io::Result<()> {
         self.node(ino)?;
         if mask & libc::W_OK != 0 {
             return Err(os_error(libc::EROFS));
@@ -773,13 +782,13 @@ impl Core {
 
     /// Live inode count (for leak checks in tests).
     #[cfg(test)]
-    pub fn live_inodes(&self) -> usize {
+    pub(crate) fn live_inodes(&self) -> usize {
         self.inodes.len()
     }
 
     /// Open handle count (for leak checks in tests).
     #[cfg(test)]
-    pub fn open_handles(&self) -> usize {
+    pub(crate) fn open_handles(&self) -> usize {
         self.handles.len()
     }
 }
@@ -852,7 +861,7 @@ impl Core {
     ///
     /// # Errors
     /// The log cannot be read.
-    pub fn resume_nodes(
+    pub(crate) fn resume_nodes(
         &self,
         log: Arc<crate::nodelog::NodeLog>,
         releases: &ReleaseSet,
@@ -896,7 +905,7 @@ impl Core {
     ///
     /// # Errors
     /// As for `opendir`.
-    pub fn reopen_dir_handle(&self, ino: u64, fh: u64) -> io::Result<()> {
+    pub(crate) fn reopen_dir_handle(&self, ino: u64, fh: u64) -> io::Result<()> {
         if !self.handles.is_from_predecessor(fh) {
             return Ok(());
         }

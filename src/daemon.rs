@@ -1,7 +1,6 @@
 //! Start-up and shut-down of the `switchfs` daemon: checks, control socket, mount, readiness,
 //! signals. The order matters and is explained where it is not obvious.
 
-use std::ffi::CString;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -18,6 +17,7 @@ use crate::invalidate::KernelInvalidator;
 use crate::keeper::{self, Keeper, Role, ServerLink};
 use crate::nodelog::NodeLog;
 use crate::switcher::{SwitchConfig, Switcher};
+use crate::systemd;
 use crate::{mounts, paths, sys};
 
 /// Everything the daemon is started with, already validated by the command line parser.
@@ -40,11 +40,6 @@ pub struct DaemonArgs {
     pub stop_timeout: Duration,
     /// PHP pools to tell which scripts each switch changed (see `opcache`).
     pub php: crate::opcache::PhpConfig,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
@@ -213,19 +208,13 @@ enum Stop {
 }
 
 fn wait_for_stop(set: &libc::sigset_t, session: &fuser::BackgroundSession) -> Stop {
-    let tick = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 200_000_000,
-    };
     loop {
         if session.guard.is_finished() {
             return Stop::SessionEnded;
         }
-        // SAFETY: set and tick are initialised; a null info pointer is allowed.
-        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
-        if sig < 0 {
+        let Some(sig) = sys::wait_signal(set, Duration::from_millis(200)) else {
             continue; // timeout or EINTR: look at the session again
-        }
+        };
         if sig == libc::SIGHUP {
             log::info!("SIGHUP goes to the keeper (main pid), which upgrades; ignored here");
             continue;
@@ -234,31 +223,6 @@ fn wait_for_stop(set: &libc::sigset_t, session: &fuser::BackgroundSession) -> St
             return Stop::Retire;
         }
         return Stop::Signal(sig);
-    }
-}
-
-/// Tells systemd (or a test) how we are doing, when started with `NOTIFY_SOCKET`.
-pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("sd_notify: {e}");
-            return;
-        }
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        sock.send_to(state.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = sent {
-        log::warn!("sd_notify to {}: {e}", path.to_string_lossy());
     }
 }
 
@@ -472,7 +436,7 @@ fn fuse_config(args: &DaemonArgs, fsname: &str) -> Config {
         // fuser passes Subtype only to fusermount3 (not root); as root it calls mount(2)
         // itself with type "fuse", so the kernel option is what makes findmnt and mount(8)
         // say fuse.switchfs there.
-        if is_root() {
+        if sys::is_root() {
             MountOption::CUSTOM("subtype=switchfs".into())
         } else {
             MountOption::Subtype("switchfs".into())
@@ -483,7 +447,7 @@ fn fuse_config(args: &DaemonArgs, fsname: &str) -> Config {
         MountOption::NoSuid,
     ];
     // As root, serve the web server's user too; the kernel checks modes (default_permissions).
-    fuse_config.acl = if is_root() {
+    fuse_config.acl = if sys::is_root() {
         SessionACL::All
     } else {
         SessionACL::Owner
@@ -579,7 +543,7 @@ fn mount(
     link.ready();
     // Also when resumed: a keeper systemd restarted with its stored connection is not
     // started until a READY=1 comes (a repeated one after a server crash is ignored).
-    sd_notify("READY=1");
+    systemd::notify("READY=1");
     Ok(Serving {
         signals,
         background,
@@ -617,7 +581,7 @@ fn open_session(
             // As root the kernel mounts on the directory our descriptor holds, so a symlink
             // swapped in since the checks cannot redirect the mount. The setuid helper (not
             // root) cannot see our descriptors and gets the checked path.
-            let mount_target = if is_root() {
+            let mount_target = if sys::is_root() {
                 sys::fd_path(target.as_fd())
             } else {
                 mount_point.to_path_buf()
@@ -691,7 +655,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
                 "signal {sig} received: unmounting {}",
                 ours.mount_point.display()
             );
-            sd_notify("STOPPING=1");
+            systemd::notify("STOPPING=1");
             drop(cleanup_socket);
             let unmounted = unmount(&ours);
             switcher.stop_switching();
@@ -700,7 +664,7 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
             }
         }
         Stop::SessionEnded => {
-            sd_notify("STOPPING=1");
+            systemd::notify("STOPPING=1");
             drop(cleanup_socket);
             log::warn!(
                 "{} was unmounted or its connection aborted from outside; exiting",
@@ -746,18 +710,11 @@ impl Drop for SocketFile {
     }
 }
 
-/// A group for the control server's messages, named while the daemon is still one thread
-/// (`getgrgid` is not thread safe).
+/// A group for the control server's messages, by name when it has one.
 fn server_group(gid: u32) -> server::Group {
-    // SAFETY: getgrgid returns null or a pointer valid until the next such call.
-    let gr = unsafe { libc::getgrgid(gid) };
-    let name = if gr.is_null() {
-        gid.to_string()
-    } else {
-        // SAFETY: non-null result; gr_name is a valid C string.
-        unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
-            .to_string_lossy()
-            .into_owned()
+    let name = match sys::group_name(gid) {
+        Ok(Some(name)) => name,
+        _ => gid.to_string(),
     };
     server::Group { gid, name }
 }
@@ -770,12 +727,12 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let c = CString::new(name).map_err(|_| "group name contains NUL".to_string())?;
-    // SAFETY: valid C string; the returned pointer is only read before the next call.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        return Err(format!("no such group {name:?}"));
+    if name.contains('\0') {
+        return Err("group name contains NUL".to_string());
     }
-    // SAFETY: non-null result of getgrnam.
-    Ok(unsafe { (*gr).gr_gid })
+    match sys::group_id_of(name) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(format!("no such group {name:?}")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
 }

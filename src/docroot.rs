@@ -32,7 +32,7 @@ use crate::release::Release;
 /// What the root currently shows: a release (or none yet), the generation it was activated
 /// as, the release before it, and since when. Made by the switcher, shared with the docroot.
 #[derive(Debug)]
-pub struct Active {
+pub(crate) struct Active {
     pub release: Option<Arc<Release>>,
     pub generation: u64,
     pub previous: Option<String>,
@@ -50,7 +50,7 @@ impl Active {
         }
     }
 
-    pub fn name(&self) -> Option<&str> {
+    pub(crate) fn name(&self) -> Option<&str> {
         self.release.as_ref().map(|r| r.name.as_str())
     }
 }
@@ -84,7 +84,7 @@ impl Use {
 /// the modification time the docroot reports for it (FUSE: see `mtimes`; a bind mount: the
 /// file's own). Used by `opcache` to decide which cached scripts a switch changed.
 #[derive(Debug)]
-pub struct FileView {
+pub(crate) struct FileView {
     pub dev: u64,
     pub ino: u64,
     pub size: i64,

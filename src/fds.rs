@@ -19,13 +19,13 @@ use parking_lot::Mutex;
 /// the release roots during a switch, an `--on-activate` hook's pipes, /proc scans), and
 /// per FUSE worker its cloned /dev/fuse descriptor plus up to three transient opens (a path
 /// walk holds two, a read reopens one).
-pub fn reserve_floor(threads: usize) -> usize {
+pub(crate) fn reserve_floor(threads: usize) -> usize {
     64 + 32 + 4 * threads
 }
 
 /// Descriptors kept free for everything that is not an inode: a quarter of the limit, at
 /// most 1,024 (plenty for bursts), never below `reserve_floor`.
-pub fn reserve(limit: usize, threads: usize) -> usize {
+pub(crate) fn reserve(limit: usize, threads: usize) -> usize {
     let floor = reserve_floor(threads);
     (limit / 4).clamp(floor, 1024.max(floor))
 }
@@ -33,7 +33,7 @@ pub fn reserve(limit: usize, threads: usize) -> usize {
 /// The smallest open-file limit switchfs starts with. Below it the inode budget could not
 /// hold the working set of one PHP framework request (100-150 included files and their
 /// directories) and every request would reopen files; with more threads, the reserve grows.
-pub fn min_limit(threads: usize) -> usize {
+pub(crate) fn min_limit(threads: usize) -> usize {
     256.max(reserve_floor(threads) + 128)
 }
 
@@ -41,7 +41,7 @@ pub fn min_limit(threads: usize) -> usize {
 ///
 /// # Errors
 /// The limit is below `min_limit`: a one-line message saying what to raise.
-pub fn inode_budget(limit: u64, threads: usize) -> Result<usize, String> {
+pub(crate) fn inode_budget(limit: u64, threads: usize) -> Result<usize, String> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let min = min_limit(threads);
     if limit < min {
@@ -60,7 +60,7 @@ pub fn inode_budget(limit: u64, threads: usize) -> Result<usize, String> {
 }
 
 #[derive(Debug)]
-pub struct FdBudget {
+pub(crate) struct FdBudget {
     cap: usize,
     open: AtomicUsize,
     ring: Mutex<VecDeque<Weak<FdSlot>>>,
@@ -71,7 +71,7 @@ pub struct FdBudget {
 
 impl FdBudget {
     /// A budget of `cap` descriptors (at least 16).
-    pub fn new(cap: usize) -> Arc<FdBudget> {
+    pub(crate) fn new(cap: usize) -> Arc<FdBudget> {
         Arc::new(FdBudget {
             cap: cap.max(16),
             open: AtomicUsize::new(0),
@@ -81,16 +81,16 @@ impl FdBudget {
     }
 
     /// Descriptors currently held by inodes.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
-    pub fn cap(&self) -> usize {
+    pub(crate) fn cap(&self) -> usize {
         self.cap
     }
 
     /// Whether any descriptor was ever closed to stay within the budget.
-    pub fn has_evicted(&self) -> bool {
+    pub(crate) fn has_evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
     }
 
@@ -124,7 +124,7 @@ impl FdBudget {
 
 /// One inode's descriptor, present or closed for now.
 #[derive(Debug)]
-pub struct FdSlot {
+pub(crate) struct FdSlot {
     /// The descriptor and whether it is readable (not just `O_PATH`).
     fd: Mutex<Option<(Arc<OwnedFd>, bool)>>,
     referenced: AtomicBool,
@@ -134,7 +134,7 @@ pub struct FdSlot {
 }
 
 impl FdSlot {
-    pub fn new(budget: &Arc<FdBudget>) -> Arc<FdSlot> {
+    pub(crate) fn new(budget: &Arc<FdBudget>) -> Arc<FdSlot> {
         Arc::new(FdSlot {
             fd: Mutex::new(None),
             referenced: AtomicBool::new(false),
@@ -144,7 +144,7 @@ impl FdSlot {
     }
 
     /// The descriptor and whether it is readable, if it is open; marks it recently used.
-    pub fn get(&self) -> Option<(Arc<OwnedFd>, bool)> {
+    pub(crate) fn get(&self) -> Option<(Arc<OwnedFd>, bool)> {
         let fd = self.fd.lock().clone();
         if fd.is_some() {
             self.referenced.store(true, Ordering::Relaxed);
@@ -153,7 +153,7 @@ impl FdSlot {
     }
 
     /// Holds `fd` for this inode (replacing any other), within the budget.
-    pub fn install(self: &Arc<Self>, fd: OwnedFd, readable: bool) -> Arc<OwnedFd> {
+    pub(crate) fn install(self: &Arc<Self>, fd: OwnedFd, readable: bool) -> Arc<OwnedFd> {
         self.budget.make_room();
         let fd = Arc::new(fd);
         let previous = self.fd.lock().replace((fd.clone(), readable));
@@ -178,7 +178,7 @@ impl FdSlot {
     /// mapped, or as its working directory): reopening by path fails once their release is
     /// deleted (`rm -rf` after a switch), and the kernel would then fail the process's reads
     /// (or SIGBUS its map) although the file still exists for it, as it would on the host.
-    pub fn set_pinned(&self, on: bool) {
+    pub(crate) fn set_pinned(&self, on: bool) {
         self.pinned.store(on, Ordering::Relaxed);
     }
 

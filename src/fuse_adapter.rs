@@ -22,14 +22,14 @@ use crate::portals::follows_active;
 use crate::sys::XattrAnswer;
 
 /// Serves a `Core` to the kernel.
-pub struct FuseAdapter {
+pub(crate) struct FuseAdapter {
     core: Arc<Core>,
     /// Ask the kernel to enforce POSIX ACLs (see `--acl`).
     acl: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Core>, acl: bool) -> Self {
+    pub(crate) fn new(core: Arc<Core>, acl: bool) -> Self {
         FuseAdapter { core, acl }
     }
 }

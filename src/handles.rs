@@ -18,7 +18,7 @@ use crate::release::Release;
 
 /// One entry of a directory snapshot.
 #[derive(Debug, Clone)]
-pub struct DirItem {
+pub(crate) struct DirItem {
     pub name: OsString,
     pub kind: FileType,
     /// The host inode number, used as the `d_ino` hint of a plain readdir.
@@ -27,7 +27,7 @@ pub struct DirItem {
 
 /// The directory a directory handle lists, kept alive for readdirplus lookups.
 #[derive(Debug)]
-pub enum DirSource {
+pub(crate) enum DirSource {
     /// The root or a top-level directory of the release that was active when opened.
     Active {
         release: Arc<Release>,
@@ -41,7 +41,7 @@ pub enum DirSource {
 }
 
 #[derive(Debug)]
-pub enum HandleKind {
+pub(crate) enum HandleKind {
     File(File),
     /// The entries as they were at opendir, so offsets stay stable for the whole listing.
     Dir {
@@ -51,7 +51,7 @@ pub enum HandleKind {
 }
 
 #[derive(Debug)]
-pub struct Handle {
+pub(crate) struct Handle {
     pub ino: u64,
     /// The release this handle reads from; `None` for the empty root.
     pub release: Option<Arc<Release>>,
@@ -59,7 +59,7 @@ pub struct Handle {
 }
 
 #[derive(Debug)]
-pub struct HandleTable {
+pub(crate) struct HandleTable {
     map: Mutex<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
     /// Handles below this were given out by a predecessor process (see `start_at`).
@@ -77,7 +77,7 @@ impl Default for HandleTable {
 }
 
 impl HandleTable {
-    pub fn insert(&self, handle: Handle) -> u64 {
+    pub(crate) fn insert(&self, handle: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         self.map.lock().insert(fh, Arc::new(handle));
         fh
@@ -85,34 +85,34 @@ impl HandleTable {
 
     /// Numbers new handles from `first` on (if higher): a successor process must not give
     /// out a number the kernel still holds from its predecessor.
-    pub fn start_at(&self, first: u64) {
+    pub(crate) fn start_at(&self, first: u64) {
         self.next.fetch_max(first, Ordering::Relaxed);
         self.first.fetch_max(first, Ordering::Relaxed);
     }
 
     /// Whether `fh` was given out by a predecessor process: the kernel may still use it.
-    pub fn is_from_predecessor(&self, fh: u64) -> bool {
+    pub(crate) fn is_from_predecessor(&self, fh: u64) -> bool {
         fh != 0 && fh < self.first.load(Ordering::Relaxed) && self.get(fh).is_none()
     }
 
     /// Gives handle `from` the number `fh` (a predecessor's handle, opened again).
-    pub fn renumber(&self, from: u64, fh: u64) {
+    pub(crate) fn renumber(&self, from: u64, fh: u64) {
         let mut map = self.map.lock();
         if let Some(handle) = map.remove(&from) {
             map.insert(fh, handle);
         }
     }
 
-    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+    pub(crate) fn get(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.lock().get(&fh).cloned()
     }
 
-    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+    pub(crate) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.lock().remove(&fh)
     }
 
     /// Open handles per release name (the empty root is not counted).
-    pub fn count_by_release(&self) -> HashMap<String, usize> {
+    pub(crate) fn count_by_release(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for handle in self.map.lock().values() {
             if let Some(rel) = &handle.release {
@@ -123,7 +123,7 @@ impl HandleTable {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().len()
     }
 }

@@ -10,7 +10,7 @@
 
 /// How many activations are remembered. The state file trims further (oldest first) when the
 /// names are too long to fit its slot.
-pub const MAX_ENTRIES: usize = 50;
+pub(crate) const MAX_ENTRIES: usize = 50;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {

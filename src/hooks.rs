@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 #[derive(Debug)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     pub commands: Vec<String>,
     pub timeout: Duration,
     pub mount_point: PathBuf,
@@ -21,7 +21,7 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    pub fn new(
+    pub(crate) fn new(
         commands: Vec<String>,
         timeout: Duration,
         mount_point: PathBuf,
@@ -41,7 +41,7 @@ impl Hooks {
     ///
     /// # Errors
     /// One line naming every hook that failed, timed out or could not start.
-    pub fn run(&self, from: Option<&str>, to: &str) -> Result<(), String> {
+    pub(crate) fn run(&self, from: Option<&str>, to: &str) -> Result<(), String> {
         let _serial = self.serial.lock();
         let failures: Vec<String> = self
             .commands
@@ -97,8 +97,8 @@ impl Hooks {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
                 Ok(None) if started.elapsed() >= self.timeout => {
-                    // SAFETY: signalling the process group we created for this hook.
-                    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                    // The whole process group we created for this hook.
+                    let _ = crate::sys::signal(-(child.id() as i32), libc::SIGKILL);
                     let _ = child.kill();
                     let _ = child.wait();
                     break None;

@@ -29,11 +29,11 @@ use crate::fds::{FdBudget, FdSlot};
 use crate::sys;
 
 /// The FUSE inode number of the mount's root.
-pub const ROOT_INO: u64 = 1;
+pub(crate) const ROOT_INO: u64 = 1;
 
 /// One file, directory or symlink of one activated release.
 #[derive(Debug)]
-pub struct Inode {
+pub(crate) struct Inode {
     pub ino: u64,
     pub release: Arc<Release>,
     pub kind: FileType,
@@ -54,7 +54,7 @@ impl Inode {
     ///
     /// # Errors
     /// ESTALE when the path now leads to another file (or nowhere); the host's error.
-    pub fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+    pub(crate) fn fd(&self) -> io::Result<Arc<OwnedFd>> {
         if let Some((fd, _)) = self.slot.get() {
             return Ok(fd);
         }
@@ -65,7 +65,7 @@ impl Inode {
     ///
     /// # Errors
     /// As for `fd`, or the host refuses to open it for reading.
-    pub fn read_fd(&self) -> io::Result<Arc<OwnedFd>> {
+    pub(crate) fn read_fd(&self) -> io::Result<Arc<OwnedFd>> {
         if let Some((fd, true)) = self.slot.get() {
             return Ok(fd);
         }
@@ -105,7 +105,7 @@ struct Maps {
 }
 
 #[derive(Debug)]
-pub struct InodeTable {
+pub(crate) struct InodeTable {
     maps: RwLock<Maps>,
     next_ino: AtomicU64,
     budget: Arc<FdBudget>,
@@ -122,7 +122,7 @@ impl Default for InodeTable {
 }
 
 impl InodeTable {
-    pub fn new(budget: Arc<FdBudget>) -> InodeTable {
+    pub(crate) fn new(budget: Arc<FdBudget>) -> InodeTable {
         InodeTable {
             maps: RwLock::new(Maps::default()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
@@ -134,12 +134,12 @@ impl InodeTable {
 
     /// Descriptors the inodes hold now, and the most they may (for tests).
     #[cfg(test)]
-    pub fn fds(&self) -> (usize, usize) {
+    pub(crate) fn fds(&self) -> (usize, usize) {
         (self.budget.open(), self.budget.cap())
     }
 
     /// Whether the budget ever closed a descriptor; until it has, pinning is not needed.
-    pub fn evicted_any(&self) -> bool {
+    pub(crate) fn evicted_any(&self) -> bool {
         self.budget.has_evicted()
     }
 
@@ -151,7 +151,7 @@ impl InodeTable {
     /// while the budget has room. Any user who can read files under the mount can hold many
     /// open, and unbounded pins would eat the reserve that switches and lookups need (EMFILE
     /// for everyone). Those already open are pinned first: that costs nothing.
-    pub fn pin_only(&self, held: &HashSet<u64>) -> usize {
+    pub(crate) fn pin_only(&self, held: &HashSet<u64>) -> usize {
         let max_pins = self.budget.cap() / 2;
         let mut pinned = self.pinned.lock();
         for ino in pinned.difference(held) {
@@ -199,14 +199,14 @@ impl InodeTable {
     }
 
     /// The live inode `ino`, if the kernel still holds it.
-    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+    pub(crate) fn get(&self, ino: u64) -> Option<Arc<Inode>> {
         self.maps.read().by_ino.get(&ino).map(|s| s.inode.clone())
     }
 
     /// Records one more kernel reference to the host file behind `fd` (stat `st`) in
     /// `release`, creating the entry if needed, and returns its inode. A descriptor that
     /// duplicates an existing entry is simply dropped.
-    pub fn remember(
+    pub(crate) fn remember(
         &self,
         release: &Arc<Release>,
         fd: OwnedFd,
@@ -271,7 +271,7 @@ impl InodeTable {
 
     /// Drops `n` kernel references to `ino`. Unknown inodes are logged, never a panic: the
     /// kernel and we must agree, and a disagreement is a bug to see, not a reason to die.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
         let mut maps = self.maps.write();
         let Some(slot) = maps.by_ino.get(&ino) else {
             if ino != ROOT_INO {
@@ -293,12 +293,12 @@ impl InodeTable {
 
     /// Number of live inodes.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.maps.read().by_ino.len()
     }
 
     /// Number of live inodes per release name.
-    pub fn count_by_release(&self) -> HashMap<String, usize> {
+    pub(crate) fn count_by_release(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for slot in self.maps.read().by_ino.values() {
             *counts.entry(slot.inode.release.name.clone()).or_insert(0) += 1;
@@ -329,14 +329,14 @@ impl Inode {
 
 impl InodeTable {
     /// Records every inode created from now on in `log`.
-    pub fn set_log(&self, log: Arc<NodeLog>) {
+    pub(crate) fn set_log(&self, log: Arc<NodeLog>) {
         let _ = self.log.set(log);
     }
 
     /// Puts back an inode a predecessor handed to the kernel, bound to `release` (opened
     /// again by name), without a descriptor: the first use reopens its path and checks the
     /// host identity, so a file replaced meanwhile answers ESTALE, never another file.
-    pub fn restore(&self, n: &NodeRecord, release: &Arc<Release>) {
+    pub(crate) fn restore(&self, n: &NodeRecord, release: &Arc<Release>) {
         let key = Key {
             generation: release.generation,
             dev: n.host.0,

@@ -16,7 +16,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use fuser::{InitFlags, InitParams, Notifier};
@@ -26,7 +26,7 @@ use crate::core::Invalidator;
 const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
 const FUSE_EXPIRE_ONLY: u32 = 1;
 
-pub struct KernelInvalidator {
+pub(crate) struct KernelInvalidator {
     notifier: Notifier,
     dev_fuse: OwnedFd,
     /// The kernel offered `FUSE_HAS_EXPIRE_ONLY` at INIT.
@@ -35,7 +35,7 @@ pub struct KernelInvalidator {
 
 impl KernelInvalidator {
     /// The invalidator for the connection on `dev_fuse`, initialised with `init`.
-    pub fn new(notifier: Notifier, dev_fuse: OwnedFd, init: &InitParams) -> Self {
+    pub(crate) fn new(notifier: Notifier, dev_fuse: OwnedFd, init: &InitParams) -> Self {
         let expire_only = init.offered.contains(InitFlags::FUSE_HAS_EXPIRE_ONLY);
         if expire_only {
             log::debug!("kernel supports expire-only invalidation");
@@ -49,17 +49,11 @@ impl KernelInvalidator {
 
     fn expire_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let msg = expire_message(parent, name)?;
-        // SAFETY: msg is a valid buffer for its length; the descriptor is ours.
-        let n = unsafe { libc::write(self.dev_fuse.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
+        match crate::sys::write_message(self.dev_fuse.as_fd(), &msg) {
             // Not cached: nothing to expire.
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(());
-            }
-            return Err(e);
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
         }
-        Ok(())
     }
 }
 

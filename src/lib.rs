@@ -6,9 +6,8 @@
 //! `fuse_adapter` is the thin fuser binding; `control` is the socket protocol; `daemon` wires
 //! them together. Modules are `pub` only where a binary, a test or the bench uses them.
 //!
-//! Every `unsafe` block says why it is sound (`// SAFETY:`), and clippy enforces it.
-
-#![deny(clippy::undocumented_unsafe_blocks)]
+//! Every `unsafe` block is in `sys` and says why it is sound (`// SAFETY:`); the `[lints]`
+//! table of Cargo.toml makes clippy enforce it for every target.
 
 pub(crate) mod attr;
 pub(crate) mod caller;
@@ -44,6 +43,7 @@ pub mod state;
 pub(crate) mod switch;
 pub(crate) mod switcher;
 pub mod sys;
+pub(crate) mod systemd;
 pub(crate) mod usage;
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// The target to answer for a symlink at `link` (relative to the release root) whose
 /// stored target is `target`, in a release whose real directory is `release_dir`.
-pub fn target_seen_through_mount(release_dir: &Path, link: &Path, target: &[u8]) -> Vec<u8> {
+pub(crate) fn target_seen_through_mount(release_dir: &Path, link: &Path, target: &[u8]) -> Vec<u8> {
     if target.first() == Some(&b'/') || !leaves_release(link, target) {
         return target.to_vec();
     }

@@ -215,7 +215,7 @@ fn version_record(path: &Path, v: &Version) -> Record {
 /// The mtime to report for one file, remembered on its inode so `getattr` agrees with
 /// `lookup` for as long as the file is unchanged on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MtimeOverride {
+pub(crate) struct MtimeOverride {
     pub real: (i64, i64),
     pub reported: i64,
 }
@@ -223,7 +223,7 @@ pub struct MtimeOverride {
 impl MtimeOverride {
     /// Applies the override to `st` if the file's real mtime is still the one it was
     /// computed for.
-    pub fn apply(&self, st: &mut libc::stat) {
+    pub(crate) fn apply(&self, st: &mut libc::stat) {
         if (st.st_mtime, st.st_mtime_nsec) == self.real && st.st_mtime != self.reported {
             st.st_mtime = self.reported;
             st.st_mtime_nsec = 0;
@@ -232,7 +232,7 @@ impl MtimeOverride {
 }
 
 #[derive(Debug, Default)]
-pub struct MtimeRegistry {
+pub(crate) struct MtimeRegistry {
     paths: Mutex<HashMap<PathBuf, History>>,
     /// The log every fact is appended to; `None` keeps the registry in memory only. Lock
     /// order: `store` before `paths`, and `paths` is never held while waiting for `store`.
@@ -247,7 +247,7 @@ enum Decision {
 }
 
 /// Where the registry of the daemon whose state file is `state` lives.
-pub fn log_path(state: &Path) -> PathBuf {
+pub(crate) fn log_path(state: &Path) -> PathBuf {
     let mut name = state.as_os_str().to_os_string();
     name.push(".mtimes");
     PathBuf::from(name)
@@ -259,7 +259,7 @@ impl MtimeRegistry {
     ///
     /// # Errors
     /// The log cannot be opened or created safely (see `store`).
-    pub fn open(path: &Path) -> io::Result<MtimeRegistry> {
+    pub(crate) fn open(path: &Path) -> io::Result<MtimeRegistry> {
         let (mut store, records, damage) = Store::open(path)?;
         let mut paths: HashMap<PathBuf, History> = HashMap::new();
         for rec in records {
@@ -297,7 +297,7 @@ impl MtimeRegistry {
     }
 
     /// Makes every fact learned so far durable (`fdatasync` of the log, if it was written).
-    pub fn sync(&self) {
+    pub(crate) fn sync(&self) {
         if let Some(store) = &self.store {
             store::sync_locked(store);
         }
@@ -338,7 +338,7 @@ impl MtimeRegistry {
 
     /// The mtime to report for the regular file `fd` (stat `st`) found at `path` (relative
     /// to the root of `release`). `None` when the real mtime can be reported as it is.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         release: &Arc<Release>,
         path: &Path,
@@ -491,7 +491,7 @@ impl MtimeRegistry {
 
     /// Number of paths tracked (for tests).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.paths.lock().len()
     }
 }
@@ -553,22 +553,14 @@ mod tests {
     fn file(dir: &Path, name: &str, content: &str, mtime: i64) -> (OwnedFd, libc::stat) {
         let path = dir.join(name);
         std::fs::write(&path, content).unwrap();
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        let times = [
-            libc::timespec {
-                tv_sec: mtime,
-                tv_nsec: 0,
-            },
-            libc::timespec {
-                tv_sec: mtime,
-                tv_nsec: 0,
-            },
-        ];
-        assert_eq!(
-            // SAFETY: valid path and times array.
-            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-            0
-        );
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64);
+        let times = std::fs::FileTimes::new().set_accessed(at).set_modified(at);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_times(times)
+            .unwrap();
         let fd = sys::open_dir_path(dir, true).unwrap();
         let fd = sys::open_path_beneath(fd.as_fd(), std::ffi::OsStr::new(name)).unwrap();
         let st = sys::fstat(fd.as_fd()).unwrap();
@@ -668,8 +660,7 @@ mod tests {
             real: (100, 5),
             reported: 200,
         };
-        // SAFETY: plain data.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut st = sys::zeroed_stat();
         st.st_mtime = 100;
         st.st_mtime_nsec = 5;
         o.apply(&mut st);

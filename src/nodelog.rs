@@ -44,7 +44,7 @@ use crate::mtimes::MtimeOverride;
 
 /// One node as a successor needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRecord {
+pub(crate) struct NodeRecord {
     pub ino: u64,
     pub generation: u64,
     pub release: String,
@@ -56,7 +56,7 @@ pub struct NodeRecord {
 
 /// What a successor restores.
 #[derive(Debug, Default)]
-pub struct Restored {
+pub(crate) struct Restored {
     pub nodes: Vec<NodeRecord>,
     pub portals: Vec<(u64, OsString)>,
     pub root_names: HashSet<(u64, OsString)>,
@@ -70,7 +70,7 @@ const SWITCH: u8 = b'S';
 
 /// The append-only log of node facts (see the module doc).
 #[derive(Debug)]
-pub struct NodeLog {
+pub(crate) struct NodeLog {
     file: Mutex<Appender>,
 }
 
@@ -87,7 +87,7 @@ struct Appender {
 const MIN_COMPACT: u64 = 1 << 20;
 
 impl NodeLog {
-    pub fn new(fd: OwnedFd) -> NodeLog {
+    pub(crate) fn new(fd: OwnedFd) -> NodeLog {
         NodeLog {
             file: Mutex::new(Appender {
                 file: File::from(fd),
@@ -96,25 +96,25 @@ impl NodeLog {
         }
     }
 
-    pub fn node(&self, n: &NodeRecord) {
+    pub(crate) fn node(&self, n: &NodeRecord) {
         self.append(NODE, &node_payload(n));
     }
 
-    pub fn forget(&self, ino: u64) {
+    pub(crate) fn forget(&self, ino: u64) {
         self.append(FORGET, &ino.to_le_bytes());
     }
 
-    pub fn portal(&self, ino: u64, name: &std::ffi::OsStr) {
+    pub(crate) fn portal(&self, ino: u64, name: &std::ffi::OsStr) {
         self.append(PORTAL, &name_payload(ino, name));
     }
 
-    pub fn root_name(&self, parent: u64, name: &std::ffi::OsStr) {
+    pub(crate) fn root_name(&self, parent: u64, name: &std::ffi::OsStr) {
         self.append(ROOT_NAME, &name_payload(parent, name));
     }
 
     /// A switch published a new release: the names recorded before it were handed to the
     /// switch to expire.
-    pub fn switch(&self) {
+    pub(crate) fn switch(&self) {
         self.append(SWITCH, &[]);
     }
 
@@ -141,7 +141,7 @@ impl NodeLog {
     ///
     /// # Errors
     /// The memfd cannot be read or rewritten.
-    pub fn load_and_compact(&self) -> io::Result<Restored> {
+    pub(crate) fn load_and_compact(&self) -> io::Result<Restored> {
         compact(&mut self.file.lock())
     }
 }

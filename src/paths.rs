@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// A short, stable, filesystem-safe key for a mount point: its last component (sanitised)
 /// and a hash of the whole path. A hash keeps socket paths under the 108-byte limit of
 /// `sockaddr_un` however deep the mount point is.
-pub fn mount_key(mount_point: &Path) -> String {
+pub(crate) fn mount_key(mount_point: &Path) -> String {
     let bytes = mount_point.as_os_str().as_encoded_bytes();
     // FNV-1a, 64 bit: stable across builds, unlike std's DefaultHasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -31,24 +31,19 @@ pub fn mount_key(mount_point: &Path) -> String {
     format!("{base}-{hash:016x}")
 }
 
-fn is_root() -> bool {
-    crate::sys::euid() == 0
-}
-
 fn user_dir(var: &str, fallback: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os(var).filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("switchfs");
     }
     match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         Some(home) => PathBuf::from(home).join(fallback).join("switchfs"),
-        // SAFETY: getuid cannot fail.
-        None => std::env::temp_dir().join(format!("switchfs-{}", unsafe { libc::getuid() })),
+        None => std::env::temp_dir().join(format!("switchfs-{}", crate::sys::real_ids().0)),
     }
 }
 
 /// `/run/switchfs/KEY.sock` for root, else under `$XDG_RUNTIME_DIR`.
-pub fn default_control_path(mount_point: &Path) -> PathBuf {
-    let dir = if is_root() {
+pub(crate) fn default_control_path(mount_point: &Path) -> PathBuf {
+    let dir = if crate::sys::is_root() {
         PathBuf::from("/run/switchfs")
     } else {
         user_dir("XDG_RUNTIME_DIR", ".cache")
@@ -57,8 +52,8 @@ pub fn default_control_path(mount_point: &Path) -> PathBuf {
 }
 
 /// `/var/lib/switchfs/KEY.state` for root, else under `$XDG_STATE_HOME`.
-pub fn default_state_path(mount_point: &Path) -> PathBuf {
-    let dir = if is_root() {
+pub(crate) fn default_state_path(mount_point: &Path) -> PathBuf {
+    let dir = if crate::sys::is_root() {
         PathBuf::from("/var/lib/switchfs")
     } else {
         user_dir("XDG_STATE_HOME", ".local/state")
@@ -70,7 +65,7 @@ pub fn default_state_path(mount_point: &Path) -> PathBuf {
 // mount point, releases directory and state file must not contain one another).
 
 /// Device and inode of `path` (following links), or None if it cannot be stat'ed.
-pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
@@ -78,7 +73,7 @@ pub fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// Whether `path` is the directory `dir` (device and inode) or lies below it: each of
 /// `path`'s ancestors is compared by identity, so another spelling (a symlinked parent, a
 /// bind mount of the directory) is caught too. `path` should be absolute and canonical.
-pub fn is_within(path: &Path, dir: (u64, u64)) -> bool {
+pub(crate) fn is_within(path: &Path, dir: (u64, u64)) -> bool {
     path.ancestors()
         .filter(|p| !p.as_os_str().is_empty())
         .any(|p| file_id(p) == Some(dir))
@@ -86,7 +81,7 @@ pub fn is_within(path: &Path, dir: (u64, u64)) -> bool {
 
 /// The nearest ancestor of `path` (itself included) that exists, canonicalized: where a file
 /// that does not exist yet would end up.
-pub fn existing_ancestor(path: &Path) -> Option<PathBuf> {
+pub(crate) fn existing_ancestor(path: &Path) -> Option<PathBuf> {
     let abs = std::path::absolute(path).ok()?;
     abs.ancestors().find_map(|p| std::fs::canonicalize(p).ok())
 }
@@ -97,7 +92,7 @@ pub fn existing_ancestor(path: &Path) -> Option<PathBuf> {
 ///
 /// # Errors
 /// Any component is missing, not searchable or a symlink.
-pub fn open_nofollow(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     let root = crate::sys::open_dir_path(Path::new("/"), true)?;
     match path.strip_prefix("/") {
         Ok(rel) if !rel.as_os_str().is_empty() => {

@@ -22,19 +22,19 @@ use crate::inodes::ROOT_INO;
 const PORTAL_BIT: u64 = 1 << 62;
 
 /// Whether `ino` is a portal's inode number (whether or not it was handed out).
-pub fn is_portal(ino: u64) -> bool {
+pub(crate) fn is_portal(ino: u64) -> bool {
     ino & PORTAL_BIT != 0
 }
 
 /// Whether `ino` shows whatever release is active (the root and the portals), so its
 /// attributes and listing change at each switch.
-pub fn follows_active(ino: u64) -> bool {
+pub(crate) fn follows_active(ino: u64) -> bool {
     ino == ROOT_INO || is_portal(ino)
 }
 
 /// The portals handed out so far, by name and by inode number.
 #[derive(Debug, Default)]
-pub struct Portals {
+pub(crate) struct Portals {
     inner: RwLock<Table>,
 }
 
@@ -48,13 +48,13 @@ impl Portals {
     /// The stable inode number of the portal for top-level directory `name`, given out on
     /// first use and the same for the life of the daemon.
     #[cfg(test)]
-    pub fn ino(&self, name: &OsStr) -> u64 {
+    pub(crate) fn ino(&self, name: &OsStr) -> u64 {
         self.ino_or_new(name).0
     }
 
     /// As `ino`, and whether this call gave the number out (a successor process must learn
     /// it, see `nodelog`).
-    pub fn ino_or_new(&self, name: &OsStr) -> (u64, bool) {
+    pub(crate) fn ino_or_new(&self, name: &OsStr) -> (u64, bool) {
         if let Some(ino) = self.inner.read().by_name.get(name) {
             return (*ino, false);
         }
@@ -77,19 +77,19 @@ impl Portals {
     }
 
     /// Takes over portal `ino` for `name` as a predecessor process gave it out.
-    pub fn restore(&self, ino: u64, name: OsString) {
+    pub(crate) fn restore(&self, ino: u64, name: OsString) {
         let mut table = self.inner.write();
         table.by_name.insert(name.clone(), ino);
         table.by_ino.insert(ino, name);
     }
 
     /// The name of portal `ino`; `None` if no such portal was handed out.
-    pub fn name(&self, ino: u64) -> Option<OsString> {
+    pub(crate) fn name(&self, ino: u64) -> Option<OsString> {
         self.inner.read().by_ino.get(&ino).cloned()
     }
 
     /// Every portal's inode number, for invalidating their attributes at a switch.
-    pub fn inos(&self) -> Vec<u64> {
+    pub(crate) fn inos(&self) -> Vec<u64> {
         self.inner.read().by_ino.keys().copied().collect()
     }
 }

@@ -7,9 +7,7 @@
 //! in use for days. /proc tells what processes actually hold, right now.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs;
-use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +18,7 @@ use parking_lot::Mutex;
 
 /// Counts of references per FUSE inode number of one mount.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ProcRefs {
+pub(crate) struct ProcRefs {
     /// Open file descriptors.
     pub open_files: HashMap<u64, usize>,
     /// Working and root directories.
@@ -31,32 +29,12 @@ pub struct ProcRefs {
 
 /// `(st_dev, st_ino)` of `path` from cached attributes only: `AT_STATX_DONT_SYNC` keeps a
 /// FUSE mount from being asked (a dead or busy mount must not stall the scan).
-pub fn dev_ino(path: &Path) -> Option<(u64, u64)> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    let mut stx = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: valid C string and writable statx buffer.
-    let ret = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_DONT_SYNC,
-            libc::STATX_INO,
-            stx.as_mut_ptr(),
-        )
-    };
-    if ret != 0 {
-        return None;
-    }
-    // SAFETY: filled in by the successful call.
-    let stx = unsafe { stx.assume_init() };
-    Some((
-        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-        stx.stx_ino,
-    ))
+pub(crate) fn dev_ino(path: &Path) -> Option<(u64, u64)> {
+    crate::sys::dev_ino_nosync(path)
 }
 
 /// Scans every process this user may inspect for references to device `dev`.
-pub fn scan(dev: u64) -> ProcRefs {
+pub(crate) fn scan(dev: u64) -> ProcRefs {
     let mut refs = ProcRefs::default();
     let Ok(procs) = fs::read_dir("/proc") else {
         return refs;
@@ -101,7 +79,7 @@ pub fn scan(dev: u64) -> ProcRefs {
 
 /// How processes reference one host file or directory (see [`scan_host`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HostUse {
+pub(crate) struct HostUse {
     /// Working and root directories.
     pub dirs: usize,
     /// Open file descriptors.
@@ -111,13 +89,13 @@ pub struct HostUse {
 }
 
 impl HostUse {
-    pub fn add(&mut self, other: HostUse) {
+    pub(crate) fn add(&mut self, other: HostUse) {
         self.dirs += other.dirs;
         self.open_files += other.open_files;
         self.maps += other.maps;
     }
 
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.dirs + self.open_files + self.maps > 0
     }
 }
@@ -128,7 +106,7 @@ impl HostUse {
 /// the paths /proc shows: a path in /proc is informational (it may be stale or ambiguous),
 /// while the device and inode are what the descriptor really holds. The caller walks the
 /// release to find which of them are in it.
-pub fn scan_host(dev: u64) -> HashMap<(u64, u64), HostUse> {
+pub(crate) fn scan_host(dev: u64) -> HashMap<(u64, u64), HostUse> {
     let mut refs: HashMap<(u64, u64), HostUse> = HashMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return refs;

@@ -24,7 +24,7 @@ use crate::sys;
 
 /// What keeps a release from being pruned, decided by the caller (active, previous, in use
 /// through the mount), as the text shown after "keep NAME".
-pub type KeepReason<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type KeepReason<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Deletes (with `apply`) or lists the releases beyond the newest `keep` of `names` (oldest
 /// first), sparing those `kept` gives a reason for and those processes use through their real
@@ -32,7 +32,7 @@ pub type KeepReason<'a> = &'a dyn Fn(&str) -> Option<String>;
 ///
 /// # Errors
 /// A deletion failed: the message says which release, why, and how many were deleted before.
-pub fn prune(
+pub(crate) fn prune(
     releases: &ReleaseSet,
     names: &[String],
     keep: usize,
@@ -160,7 +160,7 @@ fn tally_tree(
 /// # Errors
 /// Why it could not be deleted, naming the path inside the release where it stopped (a mount
 /// point inside it, for instance, is left alone and refused).
-pub fn remove_release(releases: BorrowedFd<'_>, name: &str) -> Result<(), String> {
+pub(crate) fn remove_release(releases: BorrowedFd<'_>, name: &str) -> Result<(), String> {
     let name = OsStr::new(name);
     let root = sys::open_subdir(releases, name).map_err(|e| match e.raw_os_error() {
         Some(libc::ELOOP) | Some(libc::ENOTDIR) => "not a directory (a symlink?)".to_string(),

@@ -16,7 +16,7 @@ use crate::sys;
 
 /// One release as served: its name, the generation it was activated as, and its directory.
 #[derive(Debug)]
-pub struct Release {
+pub(crate) struct Release {
     pub name: String,
     /// Unique per activation; keys the inode table so no inode is shared between two
     /// activations, even of the same directory.
@@ -32,7 +32,7 @@ pub struct Release {
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Release {
-    pub fn new(name: &str, generation: u64, root: OwnedFd) -> Release {
+    pub(crate) fn new(name: &str, generation: u64, root: OwnedFd) -> Release {
         Release {
             name: name.to_string(),
             generation,
@@ -41,7 +41,7 @@ impl Release {
     }
 
     /// Release `name` served from `root` under a generation no other `Release` has.
-    pub fn with_new_generation(name: &str, root: OwnedFd) -> Release {
+    pub(crate) fn with_new_generation(name: &str, root: OwnedFd) -> Release {
         Release::new(
             name,
             NEXT_GENERATION.fetch_add(1, AtomicOrdering::Relaxed),
@@ -60,7 +60,7 @@ pub(crate) fn same_dir(a: &OwnedFd, b: &OwnedFd) -> bool {
 
 /// The directory holding one subdirectory per release.
 #[derive(Debug)]
-pub struct ReleaseSet {
+pub(crate) struct ReleaseSet {
     path: PathBuf,
     fd: OwnedFd,
 }
@@ -70,19 +70,19 @@ impl ReleaseSet {
     ///
     /// # Errors
     /// The path does not exist or is not a directory.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
         let fd = sys::open_dir_path(path, false)?;
         let path = std::fs::canonicalize(path)?;
         Ok(ReleaseSet { path, fd })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The pinned releases directory: prune lists and deletes through it, never through the
     /// path, which the owner of its parent could turn into a symlink to anywhere.
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
@@ -97,7 +97,7 @@ impl ReleaseSet {
     ///
     /// # Errors
     /// A one-line message naming the release and what is wrong with it.
-    pub fn open_release(&self, name: &str) -> Result<OwnedFd, String> {
+    pub(crate) fn open_release(&self, name: &str) -> Result<OwnedFd, String> {
         let fd = self.open_dir(name)?;
         let st =
             sys::fstat(fd.as_fd()).map_err(|e| format!("cannot stat release {name:?}: {e}"))?;
@@ -127,7 +127,7 @@ impl ReleaseSet {
     /// # Errors
     /// A one-line message: invalid name, no such release, or not a directory (a symlinked
     /// release is refused: it could point anywhere, and deploy tools upload real directories).
-    pub fn open_dir(&self, name: &str) -> Result<OwnedFd, String> {
+    pub(crate) fn open_dir(&self, name: &str) -> Result<OwnedFd, String> {
         validate_release_name(name)?;
         let here = self.path.display();
         let fd = sys::open_path_beneath(self.fd.as_fd(), std::ffi::OsStr::new(name)).map_err(
@@ -155,7 +155,7 @@ impl ReleaseSet {
     ///
     /// # Errors
     /// The releases directory cannot be read.
-    pub fn list(&self) -> io::Result<Vec<String>> {
+    pub(crate) fn list(&self) -> io::Result<Vec<String>> {
         let mut names: Vec<String> = sys::read_dir(self.fd.as_fd())?
             .into_iter()
             .filter(|e| e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN)
@@ -170,7 +170,7 @@ impl ReleaseSet {
 
 /// A total order for release names: all-digit names first, by value (so `10` follows `9`,
 /// as Capistrano timestamps and Deployer counters expect), then every other name byte-wise.
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
     let key = |s: &str| s.parse::<u128>().ok();
     match (key(a), key(b)) {
         (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.cmp(b)),

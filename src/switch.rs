@@ -27,7 +27,7 @@ use crate::switcher::{Switched, Switcher};
 
 /// What to switch to, as the control socket asked.
 #[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
+pub(crate) enum Target<'a> {
     /// `activate NAME`.
     Release(&'a str),
     /// `rollback`: one step back through the history.
@@ -38,7 +38,7 @@ pub enum Target<'a> {
 
 /// How a whole switch ended, for the control socket to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Switched (or already active), and every later step succeeded.
     Done(String),
     /// Switched, but OPcache, a hook or the drain failed: the switch stays.
@@ -51,7 +51,7 @@ pub enum Outcome {
 /// requester for the log; `drain` is the optional wait in seconds for the previous release
 /// to be unused; `hung_up(pause)` waits up to `pause` and says whether the requester has
 /// gone (nobody would read the answer, so the drain wait ends early).
-pub fn perform(
+pub(crate) fn perform(
     switcher: &Switcher,
     php: Option<&Php>,
     hooks: &Hooks,

@@ -21,7 +21,7 @@ use crate::usage::{self, Status};
 
 /// Settings the switch needs from the command line.
 #[derive(Debug, Clone)]
-pub struct SwitchConfig {
+pub(crate) struct SwitchConfig {
     /// Where the active release is made durable before a switch is acknowledged.
     pub state_path: PathBuf,
     /// Shown by `status`.
@@ -30,7 +30,7 @@ pub struct SwitchConfig {
 
 /// What a successful `activate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Switched {
+pub(crate) struct Switched {
     /// The line shown to the operator.
     pub message: String,
     pub from: Option<String>,
@@ -75,7 +75,7 @@ impl Switched {
 /// Proof that the switch lock is held, for the steps that need it.
 pub(crate) struct SwitchGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
 
-pub struct Switcher {
+pub(crate) struct Switcher {
     docroot: Arc<dyn Docroot>,
     releases: ReleaseSet,
     config: SwitchConfig,
@@ -183,12 +183,12 @@ impl Switcher {
     }
 
     /// The active release as of now.
-    pub fn active(&self) -> Arc<Active> {
+    pub(crate) fn active(&self) -> Arc<Active> {
         self.active.lock().clone()
     }
 
     /// The activation history and rollback marks, as of now.
-    pub fn history(&self) -> History {
+    pub(crate) fn history(&self) -> History {
         self.history.lock().clone()
     }
 
@@ -206,7 +206,7 @@ impl Switcher {
     ///
     /// # Errors
     /// The releases directory cannot be read.
-    pub fn list(&self) -> Result<Vec<String>, String> {
+    pub(crate) fn list(&self) -> Result<Vec<String>, String> {
         self.releases.list().map_err(|e| {
             format!(
                 "cannot list releases in {}: {e}",
@@ -224,7 +224,7 @@ impl Switcher {
     ///
     /// # Errors
     /// A one-line message; the active release is then unchanged.
-    pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
+    pub(crate) fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         let guard = self.lock();
         self.activate_held(&guard, name, who, None)
     }
@@ -235,7 +235,7 @@ impl Switcher {
     ///
     /// # Errors
     /// Nothing to roll back to, or the switch fails; the history is then unchanged.
-    pub fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
+    pub(crate) fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
         let guard = self.lock();
         let current = self.active();
         let current = current
@@ -360,7 +360,7 @@ impl Switcher {
     /// Ends switching for good and gives the state file up: called at shutdown once the mount
     /// is detached, so a successor started while this daemon drains can lock and resume the
     /// state. Waits for a switch in progress to finish.
-    pub fn stop_switching(&self) {
+    pub(crate) fn stop_switching(&self) {
         let _guard = self.lock();
         self.stopping.store(true, Ordering::Relaxed);
         self.state.unlock();
@@ -382,7 +382,7 @@ impl Switcher {
     /// # Errors
     /// The releases directory cannot be listed; a deletion failed (the message says which
     /// were deleted before).
-    pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
+    pub(crate) fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
         let _guard = self.lock();
         self.refuse_if_stopping()?;
         let names = self.list()?;
@@ -421,7 +421,7 @@ impl Switcher {
 
     /// Waits until nothing uses release `name` any more (no inode the kernel holds, no open
     /// handle, not active), at most `timeout`. Returns whether it drained.
-    pub fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.usage().get(name).is_some_and(Use::in_use) {
@@ -436,7 +436,7 @@ impl Switcher {
 
     /// Everything `switchctl status` shows of the switch and the releases (the control
     /// server adds the keeper's life and the PHP pools).
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let active = self.active();
         let active_problem = active
             .release

@@ -14,10 +14,10 @@ use crate::usage::Status;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path =
             std::env::temp_dir().join(format!("switchfs-unit-{tag}-{}-{n}", std::process::id()));
@@ -26,7 +26,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -39,20 +39,20 @@ impl Drop for TempDir {
 
 /// The settings of a core and its switcher, in one struct so a test changes one field.
 #[derive(Debug, Clone)]
-pub struct TestConfig {
-    pub releases: PathBuf,
-    pub state_path: PathBuf,
-    pub mount_point: PathBuf,
-    pub control_path: PathBuf,
-    pub ttl: Duration,
-    pub track_opens: bool,
-    pub inode_fds: usize,
-    pub mtimes_path: Option<PathBuf>,
+pub(crate) struct TestConfig {
+    pub(crate) releases: PathBuf,
+    pub(crate) state_path: PathBuf,
+    pub(crate) mount_point: PathBuf,
+    pub(crate) control_path: PathBuf,
+    pub(crate) ttl: Duration,
+    pub(crate) track_opens: bool,
+    pub(crate) inode_fds: usize,
+    pub(crate) mtimes_path: Option<PathBuf>,
 }
 
 /// Settings for a core over `tmp/releases`, with its state file, mount point and socket
 /// paths in `tmp` (nothing is mounted), open tracking on and no mtime log.
-pub fn core_config(tmp: &TempDir) -> TestConfig {
+pub(crate) fn core_config(tmp: &TempDir) -> TestConfig {
     TestConfig {
         releases: tmp.path().join("releases"),
         state_path: tmp.path().join("state"),
@@ -67,13 +67,13 @@ pub fn core_config(tmp: &TempDir) -> TestConfig {
 
 /// A core and the switcher driving it, as the daemon wires them. Derefs to the core for
 /// filesystem calls; the switch's calls go to the switcher.
-pub struct Served {
-    pub core: Arc<Core>,
-    pub switcher: Switcher,
+pub(crate) struct Served {
+    pub(crate) core: Arc<Core>,
+    pub(crate) switcher: Switcher,
 }
 
 /// The core of `config`, showing what its switcher restores (else `initial`).
-pub fn served(config: TestConfig, initial: Option<&str>) -> Result<Served, String> {
+pub(crate) fn served(config: TestConfig, initial: Option<&str>) -> Result<Served, String> {
     let releases = Switcher::open_releases(&config.releases)?;
     let core = Arc::new(Core::new(CoreConfig {
         releases: releases.path().to_path_buf(),
@@ -100,31 +100,31 @@ impl std::ops::Deref for Served {
 }
 
 impl Served {
-    pub fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
+    pub(crate) fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         self.switcher.activate(name, who)
     }
-    pub fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
+    pub(crate) fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
         self.switcher.rollback(to, who)
     }
-    pub fn active(&self) -> Arc<Active> {
+    pub(crate) fn active(&self) -> Arc<Active> {
         self.switcher.active()
     }
-    pub fn history(&self) -> History {
+    pub(crate) fn history(&self) -> History {
         self.switcher.history()
     }
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.switcher.status()
     }
-    pub fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
+    pub(crate) fn prune(&self, keep: usize, apply: bool) -> Result<String, String> {
         self.switcher.prune(keep, apply)
     }
-    pub fn list(&self) -> Result<Vec<String>, String> {
+    pub(crate) fn list(&self) -> Result<Vec<String>, String> {
         self.switcher.list()
     }
-    pub fn stop_switching(&self) {
+    pub(crate) fn stop_switching(&self) {
         self.switcher.stop_switching();
     }
-    pub fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_unused(&self, name: &str, timeout: Duration) -> bool {
         self.switcher.wait_unused(name, timeout)
     }
 }

@@ -51,7 +51,7 @@ const MAX_LINGERING: usize = 256;
 
 /// A group given on the command line, with its name for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub(crate) struct Group {
     pub gid: u32,
     pub name: String,
 }
@@ -68,7 +68,7 @@ impl std::fmt::Display for Group {
 
 /// Who may do what beyond root and the daemon's own user.
 #[derive(Debug, Clone)]
-pub struct Access {
+pub(crate) struct Access {
     pub owner_uid: u32,
     /// May switch, roll back and prune (and read).
     pub control_group: Option<Group>,
@@ -78,7 +78,7 @@ pub struct Access {
 
 /// What a peer may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rights {
+pub(crate) enum Rights {
     All,
     ReadOnly,
     Nothing,
@@ -87,7 +87,7 @@ pub enum Rights {
 impl Access {
     /// The rights of `peer`, from the credentials the kernel recorded at connect (its uid,
     /// primary group and supplementary groups), never from anything the peer says.
-    pub fn rights(&self, peer: &PeerCred) -> Rights {
+    pub(crate) fn rights(&self, peer: &PeerCred) -> Rights {
         let member = |g: &Option<Group>| {
             g.as_ref()
                 .is_some_and(|g| peer.gid == g.gid || peer.groups.contains(&g.gid))
@@ -136,7 +136,7 @@ impl Access {
 /// # Errors
 /// A one-line message: another daemon is listening, the path is something else, or the
 /// socket cannot be created.
-pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
     let shown = path.display();
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -168,11 +168,7 @@ pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot check control socket {shown}: {e}")),
     }
-    // SAFETY: umask only changes this process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    let bound = sys::with_umask(0o177, || UnixListener::bind(path));
     let listener = bound.map_err(|e| format!("cannot create control socket {shown}: {e}"))?;
     set_socket_mode(path, access).inspect_err(|_| {
         let _ = std::fs::remove_file(path);
@@ -197,15 +193,8 @@ fn set_socket_mode(path: &Path, access: &Access) -> Result<(), String> {
     let mode = match gids.as_slice() {
         [] => return Ok(()),
         [gid] | [gid, _] if gids.iter().all(|g| g == gid) => {
-            let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| format!("control socket path {shown} contains NUL"))?;
-            // SAFETY: valid C string; uid -1 leaves the owner unchanged.
-            if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, *gid) } != 0 {
-                let e = io::Error::last_os_error();
-                return Err(format!(
-                    "cannot give control socket {shown} to group {gid}: {e}"
-                ));
-            }
+            sys::chown_group(path, *gid)
+                .map_err(|e| format!("cannot give control socket {shown} to group {gid}: {e}"))?;
             0o660
         }
         _ => 0o666,
@@ -625,13 +614,13 @@ impl Handover {
 }
 
 /// The running control server.
-pub struct Control(Arc<Server>);
+pub(crate) struct Control(Arc<Server>);
 
 impl Control {
     /// Stops accepting clients and waits (at most `timeout`) until every accepted one is
     /// answered. The listener itself stays open in the keeper: clients arriving now wait in
     /// its backlog for the successor, none is accepted here and then dropped.
-    pub fn hand_over(&self, timeout: Duration) {
+    pub(crate) fn hand_over(&self, timeout: Duration) {
         use std::sync::atomic::Ordering;
         let deadline = Instant::now() + timeout;
         self.0.handover.requested.store(true, Ordering::SeqCst);

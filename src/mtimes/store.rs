@@ -60,11 +60,11 @@ pub(super) struct Damage {
 }
 
 impl Damage {
-    pub fn any(&self) -> bool {
+    pub(super) fn any(&self) -> bool {
         self.bad_header || self.bad_lines > 0 || self.torn_tail
     }
 
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         if self.bad_header {
             return "it is not a switchfs mtime log".into();
         }
@@ -228,7 +228,7 @@ impl Store {
     /// # Errors
     /// Its directory cannot be opened, or the file cannot be read or created, or it is not a
     /// regular file owned by us with one link.
-    pub fn open(path: &Path) -> io::Result<(Store, Vec<Record>, Damage)> {
+    pub(super) fn open(path: &Path) -> io::Result<(Store, Vec<Record>, Damage)> {
         let (dir_path, name) = split(path)?;
         let dir = sys::open_dir_readable(dir_path)?;
         let (mut file, created) = open_or_create(dir.as_fd(), &name)?;
@@ -255,7 +255,7 @@ impl Store {
     /// Appends `recs` with one `write` (durable against a crash of this process at once, and
     /// against a crash of the machine after the next `sync`). A failure is logged, not
     /// returned: the decision was made and must be answered either way.
-    pub fn append(&mut self, recs: &[Record]) {
+    pub(super) fn append(&mut self, recs: &[Record]) {
         let text: String = recs.iter().map(encode).collect();
         match self.file.write_all(text.as_bytes()) {
             Ok(()) => {
@@ -280,13 +280,13 @@ impl Store {
     }
 
     /// Whether the log holds enough superseded lines to be worth rewriting.
-    pub fn wants_compaction(&self) -> bool {
+    pub(super) fn wants_compaction(&self) -> bool {
         self.records > self.compact_at
     }
 
     /// Replaces the log with exactly `recs`: a new file written and synced, renamed over the
     /// old one, the directory synced. On failure the old log stays in use.
-    pub fn rewrite(&mut self, recs: &[Record]) -> io::Result<()> {
+    pub(super) fn rewrite(&mut self, recs: &[Record]) -> io::Result<()> {
         let mut tmp_name = self.name.clone();
         tmp_name.push(".new");
         match sys::unlink_at(self.dir.as_fd(), &tmp_name, false) {
@@ -315,7 +315,7 @@ impl Store {
     }
 
     /// Makes every appended line durable (`fdatasync`), if any is not yet.
-    pub fn sync(&mut self) {
+    pub(super) fn sync(&mut self) {
         if let Some(file) = self.take_dirty() {
             sync_file(&file, &self.name);
         }
@@ -341,14 +341,14 @@ impl Store {
 
     /// Ends a line cut short by a crash, so the next append starts a line of its own (for a
     /// log that could not be rewritten).
-    pub fn end_torn_line(&mut self) {
+    pub(super) fn end_torn_line(&mut self) {
         if let Err(e) = self.file.write_all(b"\n") {
             log::error!("cannot append to the mtime log {:?}: {e}", self.name);
         }
     }
 
     #[cfg(test)]
-    pub fn records(&self) -> usize {
+    pub(super) fn records(&self) -> usize {
         self.records
     }
 }
