@@ -260,7 +260,15 @@ fn corrupt_state_falls_back_to_initial() {
     let again = served(core_config(&f.tmp), Some("2")).unwrap();
     assert_eq!(again.active().name(), Some("2"));
     drop(again);
-    std::fs::write(f.tmp.path().join("state"), "active=gone\n").unwrap();
+    // A state switchfs wrote, naming a release that has gone since.
+    let gone = state::PersistedState {
+        active: "gone".into(),
+        previous: None,
+        history: crate::history::History::default().activated("gone"),
+    };
+    state::StateFile::new(f.tmp.path().join("state"))
+        .save(&gone)
+        .unwrap();
     let again = served(core_config(&f.tmp), None).unwrap();
     assert_eq!(
         again.active().name(),

@@ -9,8 +9,7 @@
 //! acknowledged, so nothing acknowledged is lost.
 //!
 //! The file itself is (re)created the old way, a temporary file renamed over it, when it is
-//! missing, in the older one-copy format, or no longer the file we hold open (replaced or
-//! deleted under us), so the path always ends up holding what we acknowledged. Each slot is
+//! missing, unreadable, or no longer the file we hold open (replaced or deleted under us), so the path always ends up holding what we acknowledged. Each slot is
 //! text padded with NULs, so `cat` shows it.
 
 use std::ffi::{OsStr, OsString};
@@ -55,17 +54,16 @@ pub fn load(path: &Path) -> io::Result<Option<PersistedState>> {
     }
 }
 
-/// A state file's content: the state, and the sequence number of its newest slot when the file
-/// is in the slot format (`None` for the one-copy format of switchfs before slots, which is
-/// rewritten in slots at the next switch).
-fn decode(bytes: Vec<u8>) -> io::Result<(PersistedState, Option<u64>)> {
+/// A state file's content: the state, and the sequence number of its newest slot.
+fn decode(bytes: Vec<u8>) -> io::Result<(PersistedState, u64)> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
-    if bytes.starts_with(MAGIC.as_bytes()) {
-        let (seq, state) = newest_slot(&bytes).map_err(invalid)?;
-        return Ok((state, Some(seq)));
+    if !bytes.starts_with(MAGIC.as_bytes()) {
+        return Err(invalid(format!(
+            "not a switchfs state file (no {MAGIC:?} header)"
+        )));
     }
-    let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
-    parse(&text).map(|state| (state, None)).map_err(invalid)
+    let (seq, state) = newest_slot(&bytes).map_err(invalid)?;
+    Ok((state, seq))
 }
 
 /// The intact slot with the highest sequence number.
@@ -320,8 +318,7 @@ impl StateFile {
         Ok(dir)
     }
 
-    /// Reads the state like [`load`] and, when the file is in the slot format, keeps it open
-    /// so the next save is in place.
+    /// Reads the state like [`load`] and keeps the file open so the next save is in place.
     ///
     /// # Errors
     /// As [`load`]; also a state file that is a symlink or not a regular file (refused, never
@@ -355,7 +352,7 @@ impl StateFile {
         let (state, seq) = decode(bytes)?;
         // In place only into a plain file of our own: a hard link planted to another file
         // must be replaced by rename, not written through.
-        if let Some(seq) = seq.filter(|_| writable && check_own_plain_file(&file).is_ok()) {
+        if writable && check_own_plain_file(&file).is_ok() {
             open.slots = Some(Slots::new(file, seq)?);
         }
         Ok(Some(state))
@@ -651,18 +648,6 @@ mod tests {
     }
 
     #[test]
-    fn the_older_one_copy_format_is_read_and_then_replaced() {
-        let tmp = TempDir::new("state");
-        let path = tmp.path().join("state");
-        fs::write(&path, "active=1\nprevious=2\n").unwrap();
-        let file = StateFile::new(path.clone());
-        assert_eq!(file.load().unwrap(), Some(st("1", Some("2"))));
-        file.save(&st("2", Some("1"))).unwrap();
-        assert!(fs::read(&path).unwrap().starts_with(MAGIC.as_bytes()));
-        assert_eq!(load(&path).unwrap(), Some(st("2", Some("1"))));
-    }
-
-    #[test]
     fn a_state_file_replaced_or_deleted_under_us_is_written_anew() {
         let tmp = TempDir::new("state");
         let path = tmp.path().join("state");
@@ -779,12 +764,13 @@ mod tests {
             text.contains("history=1/3/2\nrolled_back=3\n"),
             "readable with cat: {text:?}"
         );
-        // Written before histories existed: previous, then active.
-        fs::write(&path, "active=2\nprevious=1\n").unwrap();
+        // A slot written before histories existed: previous, then active.
+        let slot = |body: &str| format!("{MAGIC} seq=1 sum={:016x}\n{body}", checksum(1, body));
+        fs::write(&path, slot("active=2\nprevious=1\n")).unwrap();
         let old = load(&path).unwrap().unwrap();
         assert_eq!(old.history.entries(), names(&["1", "2"]));
         // A name in the history is validated like any other.
-        fs::write(&path, "active=2\nhistory=1/../x\n").unwrap();
+        fs::write(&path, slot("active=2\nhistory=1/../x\n")).unwrap();
         assert_eq!(load(&path).unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 
