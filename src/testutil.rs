@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::core::{Core, CoreConfig};
-use crate::docroot::Active;
-use crate::history::History;
-use crate::switcher::{SwitchConfig, Switched, Switcher};
-use crate::usage::Status;
+use crate::fs::core::{Core, CoreConfig};
+use crate::switch::docroot::Active;
+use crate::switch::history::History;
+use crate::switch::switcher::{SwitchConfig, Switched, Switcher};
+use crate::switch::usage::Status;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 

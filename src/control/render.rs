@@ -3,11 +3,11 @@
 
 use std::fmt::Write;
 
-use crate::history::History;
 use crate::json::{self, Object, iso8601, unix_secs};
-use crate::keeper::Life;
-use crate::opcache::{LastRun, PoolStatus};
-use crate::usage::{ReleaseUsage, Status};
+use crate::life::keeper::Life;
+use crate::php::opcache::{LastRun, PoolStatus};
+use crate::switch::history::History;
+use crate::switch::usage::{ReleaseUsage, Status};
 
 /// `switchctl status`, as text or (`json`) one JSON object and a newline.
 pub fn status(st: &Status, json: bool) -> String {

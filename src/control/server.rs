@@ -28,10 +28,10 @@ use parking_lot::Mutex;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
 use crate::control::render;
-use crate::hooks::Hooks;
-use crate::opcache::Php;
+use crate::php::opcache::Php;
+use crate::switch::hooks::Hooks;
+use crate::switch::switcher::Switcher;
 use crate::switch::{self, Outcome, Target};
-use crate::switcher::Switcher;
 use crate::sys::{self, PeerCred};
 
 /// The whole request line must arrive within this, from `accept` on.
@@ -413,7 +413,7 @@ impl Server {
             Request::Prune { keep, apply } => switcher.prune(keep, apply),
             Request::Status { json } => {
                 let mut st = switcher.status();
-                st.life = crate::keeper::life();
+                st.life = crate::life::keeper::life();
                 st.php_pools = self.php.as_ref().map(Php::pools_status).unwrap_or_default();
                 Ok(render::status(&st, json))
             }

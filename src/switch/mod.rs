@@ -19,11 +19,22 @@
 //! 6. **drain**: with `drain=SECS`, wait for the previous release to be unused;
 //! 7. **answer**: `Outcome` says what the operator reads.
 
+pub(crate) mod docroot;
+pub(crate) mod history;
+pub(crate) mod hooks;
+pub mod names;
+pub(crate) mod procscan;
+pub(crate) mod prune;
+pub(crate) mod release;
+pub mod state;
+pub(crate) mod switcher;
+pub(crate) mod usage;
+
 use std::time::{Duration, Instant};
 
-use crate::hooks::Hooks;
-use crate::opcache::Php;
-use crate::switcher::{Switched, Switcher};
+use crate::php::opcache::Php;
+use crate::switch::hooks::Hooks;
+use crate::switch::switcher::{Switched, Switcher};
 
 /// What to switch to, as the control socket asked.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +173,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::inodes::ROOT_INO;
+    use crate::fs::inodes::ROOT_INO;
     use crate::testutil::{Served, TempDir, TestConfig, served};
 
     struct Setup {
@@ -290,10 +301,14 @@ mod tests {
     fn hold_index(s: &Setup) -> u64 {
         let ino = match s
             .core
-            .lookup(&crate::caller::Caller::ROOT, ROOT_INO, "index.php".as_ref())
+            .lookup(
+                &crate::fs::caller::Caller::ROOT,
+                ROOT_INO,
+                "index.php".as_ref(),
+            )
             .expect("lookup")
         {
-            crate::core::Lookup::Entry(attr, _) => attr.ino.0,
+            crate::fs::core::Lookup::Entry(attr, _) => attr.ino.0,
             other => panic!("{other:?}"),
         };
         s.core.open(ino, libc::O_RDONLY).expect("open")

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::control::{client, server};
-use crate::core::{Core, CoreConfig};
-use crate::hooks::Hooks;
-use crate::invalidate::KernelInvalidator;
-use crate::keeper::{self, Keeper, Role, ServerLink};
-use crate::nodelog::NodeLog;
-use crate::switcher::{SwitchConfig, Switcher};
-use crate::systemd;
-use crate::{mounts, paths, sys};
+use crate::fs::core::{Core, CoreConfig};
+use crate::fs::invalidate::KernelInvalidator;
+use crate::fs::nodelog::NodeLog;
+use crate::life::keeper::{self, Keeper, Role, ServerLink};
+use crate::life::systemd;
+use crate::life::{mounts, paths};
+use crate::switch::hooks::Hooks;
+use crate::switch::switcher::{SwitchConfig, Switcher};
+use crate::sys;
 
 /// Everything the daemon is started with, already validated by the command line parser.
 #[derive(Debug, Clone)]
@@ -39,7 +40,7 @@ pub struct DaemonArgs {
     pub hook_timeout: Duration,
     pub stop_timeout: Duration,
     /// PHP pools to tell which scripts each switch changed (see `opcache`).
-    pub php: crate::opcache::PhpConfig,
+    pub php: crate::php::opcache::PhpConfig,
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
@@ -188,7 +189,7 @@ fn open_file_limit(threads: usize) -> Result<(u64, usize), String> {
             sys::nofile_hard_limit().map_err(|e| format!("cannot read the open file limit: {e}"))?
         }
     };
-    Ok((limit, crate::fds::inode_budget(limit, threads)?))
+    Ok((limit, crate::fs::fds::inode_budget(limit, threads)?))
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -346,7 +347,7 @@ struct Configured {
     access: server::Access,
     listener: UnixListener,
     cleanup_socket: SocketFile,
-    php: Option<crate::opcache::Php>,
+    php: Option<crate::php::opcache::Php>,
     core: Arc<Core>,
     switcher: Arc<Switcher>,
 }
@@ -378,12 +379,15 @@ fn configure(
     let php = if args.php.fpm.is_empty() && args.php.http.is_empty() {
         None
     } else {
-        Some(crate::opcache::Php::new(&args.php, &paths.mount_point)?)
+        Some(crate::php::opcache::Php::new(
+            &args.php,
+            &paths.mount_point,
+        )?)
     };
     let releases = Switcher::open_releases(&paths.releases)?;
     let config = CoreConfig {
         releases: releases.path().to_path_buf(),
-        mtimes_path: Some(crate::mtimes::log_path(&paths.state_path)),
+        mtimes_path: Some(crate::fs::mtimes::log_path(&paths.state_path)),
         mount_point: paths.mount_point.clone(),
         control_path: paths.control_path.clone(),
         ttl: args.cache_timeout,
@@ -496,7 +500,7 @@ fn mount(
         paths.releases.to_string_lossy()
     );
     let fuse_config = fuse_config(args, &fsname);
-    let adapter = crate::fuse_adapter::FuseAdapter::new(core.clone(), args.acl);
+    let adapter = crate::fs::adapter::FuseAdapter::new(core.clone(), args.acl);
     let resumed = link.resume.is_some();
     let session = open_session(adapter, &fuse_config, &link, paths.target, &mount_point)?;
     let params = session
@@ -557,12 +561,12 @@ fn mount(
 
 /// The FUSE session: the keeper's connection resumed (`link.resume`), or a new mount.
 fn open_session(
-    adapter: crate::fuse_adapter::FuseAdapter,
+    adapter: crate::fs::adapter::FuseAdapter,
     fuse_config: &fuser::Config,
     link: &ServerLink,
     target: Option<OwnedFd>,
     mount_point: &Path,
-) -> Result<fuser::Session<crate::fuse_adapter::FuseAdapter>, String> {
+) -> Result<fuser::Session<crate::fs::adapter::FuseAdapter>, String> {
     match (&link.resume, target) {
         (Some(resume), _) => {
             let fd = resume
@@ -613,7 +617,7 @@ fn start_control(
     mount_point: &Path,
     listener: UnixListener,
     switcher: &Arc<Switcher>,
-    php: Option<crate::opcache::Php>,
+    php: Option<crate::php::opcache::Php>,
     access: server::Access,
 ) -> Result<server::Control, String> {
     let hooks = Hooks::new(

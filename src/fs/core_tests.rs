@@ -8,11 +8,11 @@ use std::time::Duration;
 use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
-use crate::caller::Caller;
-use crate::core::{Core, DirPlusSink, DirSink, Invalidator, Lookup};
-use crate::inodes::ROOT_INO;
-use crate::mounts::CONTROL_XATTR;
-use crate::state;
+use crate::fs::caller::Caller;
+use crate::fs::core::{Core, DirPlusSink, DirSink, Invalidator, Lookup};
+use crate::fs::inodes::ROOT_INO;
+use crate::life::mounts::CONTROL_XATTR;
+use crate::switch::state;
 use crate::sys::XattrAnswer;
 use crate::testutil::{Served, served};
 use crate::testutil::{TempDir, core_config};
@@ -264,7 +264,7 @@ fn corrupt_state_falls_back_to_initial() {
     let gone = state::PersistedState {
         active: "gone".into(),
         previous: None,
-        history: crate::history::History::default().activated("gone"),
+        history: crate::switch::history::History::default().activated("gone"),
     };
     state::StateFile::new(f.tmp.path().join("state"))
         .save(&gone)
@@ -646,7 +646,7 @@ fn top_level_directories_are_portals_that_follow_the_active_release() {
         a1.ino, a2.ino,
         "same inode across switches: its dentry (a cwd) survives"
     );
-    assert!(crate::portals::follows_active(a1.ino.0));
+    assert!(crate::fs::portals::follows_active(a1.ino.0));
     // Below the portal, entries are bound to their release as usual.
     let deep2 = walk(&f.core, "a/b/c/deep.txt");
     assert_ne!(deep1.ino, deep2.ino);

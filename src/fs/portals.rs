@@ -16,7 +16,7 @@ use std::ffi::{OsStr, OsString};
 
 use parking_lot::RwLock;
 
-use crate::inodes::ROOT_INO;
+use crate::fs::inodes::ROOT_INO;
 
 /// Inode numbers of portals carry this bit; table inodes count up from 2 and never reach it.
 const PORTAL_BIT: u64 = 1 << 62;

@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use fuser::FileType;
 use parking_lot::Mutex;
 
-use crate::mtimes::MtimeOverride;
+use crate::fs::mtimes::MtimeOverride;
 
 /// One node as a successor needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

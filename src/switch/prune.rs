@@ -18,8 +18,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use crate::procscan::{self, HostUse};
-use crate::release::ReleaseSet;
+use crate::switch::procscan::{self, HostUse};
+use crate::switch::release::ReleaseSet;
 use crate::sys;
 
 /// What keeps a release from being pruned, decided by the caller (active, previous, in use

@@ -28,19 +28,19 @@ use std::time::Duration;
 use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 
-use crate::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
-use crate::caller::Caller;
-use crate::docroot::Active;
 use crate::errno::os_error;
-use crate::fds::FdBudget;
-use crate::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
-use crate::inodes::{Inode, InodeTable, ROOT_INO};
-use crate::links;
-use crate::mounts::CONTROL_XATTR;
-use crate::mtimes::MtimeRegistry;
-use crate::names::is_plain_component;
-use crate::portals::{Portals, is_portal};
-use crate::release::{Release, ReleaseSet};
+use crate::fs::attr::{attr_of_stat, empty_root_attr, kind_of_dtype};
+use crate::fs::caller::Caller;
+use crate::fs::fds::FdBudget;
+use crate::fs::handles::{DirItem, DirSource, Handle, HandleKind, HandleTable};
+use crate::fs::inodes::{Inode, InodeTable, ROOT_INO};
+use crate::fs::links;
+use crate::fs::mtimes::MtimeRegistry;
+use crate::fs::portals::{Portals, is_portal};
+use crate::life::mounts::CONTROL_XATTR;
+use crate::switch::docroot::Active;
+use crate::switch::names::is_plain_component;
+use crate::switch::release::{Release, ReleaseSet};
 use crate::sys;
 
 #[path = "core_docroot.rs"]
@@ -137,7 +137,7 @@ pub(crate) struct Core {
     mtimes: MtimeRegistry,
     invalidator: OnceLock<Box<dyn Invalidator>>,
     /// Where node ids are recorded for a successor process (see `nodelog`).
-    nodelog: OnceLock<Arc<crate::nodelog::NodeLog>>,
+    nodelog: OnceLock<Arc<crate::fs::nodelog::NodeLog>>,
     uid: u32,
     gid: u32,
 }
@@ -247,7 +247,7 @@ impl Core {
     /// # Errors
     /// The host's error; ENOENT becomes a `Lookup::Negative` instead.
     pub(crate) fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Lookup> {
-        if name.len() > crate::names::NAME_MAX {
+        if name.len() > crate::switch::names::NAME_MAX {
             return Err(os_error(libc::ENAMETOOLONG)); // as the host would answer
         }
         if !is_plain_component(name) {
@@ -863,7 +863,7 @@ impl Core {
     /// The log cannot be read.
     pub(crate) fn resume_nodes(
         &self,
-        log: Arc<crate::nodelog::NodeLog>,
+        log: Arc<crate::fs::nodelog::NodeLog>,
         releases: &ReleaseSet,
         first_handle: u64,
     ) -> io::Result<usize> {

@@ -14,11 +14,11 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::attr::empty_root_attr;
-use crate::caller::Caller;
-use crate::core::{Core, DirPlusSink, DirSink, Lookup};
 use crate::errno::errno_of;
-use crate::portals::follows_active;
+use crate::fs::attr::empty_root_attr;
+use crate::fs::caller::Caller;
+use crate::fs::core::{Core, DirPlusSink, DirSink, Lookup};
+use crate::fs::portals::follows_active;
 use crate::sys::XattrAnswer;
 
 /// Serves a `Core` to the kernel.

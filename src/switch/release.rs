@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-use crate::names::validate_release_name;
+use crate::switch::names::validate_release_name;
 use crate::sys;
 
 /// One release as served: its name, the generation it was activated as, and its directory.

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fuser::FileType;
 use parking_lot::Mutex;
 
-use crate::inodes::Inode;
-use crate::release::Release;
+use crate::fs::inodes::Inode;
+use crate::switch::release::Release;
 
 /// One entry of a directory snapshot.
 #[derive(Debug, Clone)]

@@ -39,9 +39,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::docroot::{Active, Docroot};
-use crate::fastcgi::{self, Address};
-use crate::release::Release;
+use crate::php::fastcgi::{self, Address};
+use crate::switch::docroot::{Active, Docroot};
+use crate::switch::release::Release;
 
 /// Where the daemon finds the shipped script by default (`scripts/install` puts it there).
 pub const DEFAULT_SCRIPT: &str = "/usr/local/share/switchfs/opcache-invalidate.php";

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::history::History;
-use crate::names::validate_release_name;
+use crate::switch::history::History;
+use crate::switch::names::validate_release_name;
 use crate::sys;
 
 /// What survives a restart.

@@ -10,11 +10,11 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::docroot::Use;
-use crate::history::History;
-use crate::keeper::Life;
-use crate::opcache::PoolStatus;
-use crate::release::{Release, ReleaseSet};
+use crate::life::keeper::Life;
+use crate::php::opcache::PoolStatus;
+use crate::switch::docroot::Use;
+use crate::switch::history::History;
+use crate::switch::release::{Release, ReleaseSet};
 use crate::sys;
 
 /// Per-release usage, for `status`.
@@ -119,6 +119,6 @@ pub(crate) fn per_release(
             }
         })
         .collect();
-    usage.sort_by(|a, b| crate::release::natural_cmp(&a.name, &b.name));
+    usage.sort_by(|a, b| crate::switch::release::natural_cmp(&a.name, &b.name));
     usage
 }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::docroot::{Active, Docroot, Use};
-use crate::history::History;
-use crate::release::{Release, ReleaseSet, same_dir};
-use crate::state::{PersistedState, StateFile};
-use crate::usage::{self, Status};
+use crate::switch::docroot::{Active, Docroot, Use};
+use crate::switch::history::History;
+use crate::switch::release::{Release, ReleaseSet, same_dir};
+use crate::switch::state::{PersistedState, StateFile};
+use crate::switch::usage::{self, Status};
 
 /// Settings the switch needs from the command line.
 #[derive(Debug, Clone)]
@@ -398,7 +398,7 @@ impl Switcher {
                 None
             }
         };
-        crate::prune::prune(&self.releases, &names, keep, apply, &kept)
+        crate::switch::prune::prune(&self.releases, &names, keep, apply, &kept)
     }
 
     /// What uses each release right now: the active pointer and what the docroot reports.

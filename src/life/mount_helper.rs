@@ -175,10 +175,12 @@ pub fn failure_line(log_tail: &str) -> Option<String> {
 /// state file otherwise.
 pub fn default_log_path(mount_point: &Path, root: bool) -> PathBuf {
     if root {
-        PathBuf::from("/var/log/switchfs")
-            .join(format!("{}.log", crate::paths::mount_key(mount_point)))
+        PathBuf::from("/var/log/switchfs").join(format!(
+            "{}.log",
+            crate::life::paths::mount_key(mount_point)
+        ))
     } else {
-        crate::paths::default_state_path(mount_point).with_extension("log")
+        crate::life::paths::default_state_path(mount_point).with_extension("log")
     }
 }
 

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Core;
-use crate::docroot::{Active, Docroot, FileView, Use};
 use crate::errno::os_error;
-use crate::inodes::ROOT_INO;
-use crate::procscan;
-use crate::release::{Release, same_dir};
+use crate::fs::inodes::ROOT_INO;
+use crate::switch::docroot::{Active, Docroot, FileView, Use};
+use crate::switch::procscan;
+use crate::switch::release::{Release, same_dir};
 use crate::sys;
 
 /// Selects one counter of a `Use`.

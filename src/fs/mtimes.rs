@@ -66,7 +66,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::release::Release;
+use crate::switch::release::Release;
 use crate::sys;
 use store::{Record, Store};
 

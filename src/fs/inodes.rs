@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fuser::FileType;
 use parking_lot::RwLock;
 
-use crate::mtimes::MtimeOverride;
-use crate::nodelog::{NodeLog, NodeRecord};
-use crate::release::Release;
+use crate::fs::mtimes::MtimeOverride;
+use crate::fs::nodelog::{NodeLog, NodeRecord};
+use crate::switch::release::Release;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use crate::fds::{FdBudget, FdSlot};
+use crate::fs::fds::{FdBudget, FdSlot};
 use crate::sys;
 
 /// The FUSE inode number of the mount's root.
@@ -246,7 +246,7 @@ impl InodeTable {
         let inode = Arc::new(Inode {
             ino,
             release: release.clone(),
-            kind: crate::attr::kind_of_mode(st.st_mode).unwrap_or(FileType::RegularFile),
+            kind: crate::fs::attr::kind_of_mode(st.st_mode).unwrap_or(FileType::RegularFile),
             path,
             mtime,
             host,

@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use fuser::{InitFlags, InitParams, Notifier};
 
-use crate::core::Invalidator;
+use crate::fs::core::Invalidator;
 
 const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
 const FUSE_EXPIRE_ONLY: u32 = 1;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::release::Release;
+use crate::switch::release::Release;
 
 /// What the root currently shows: a release (or none yet), the generation it was activated
 /// as, the release before it, and since when. Made by the switcher, shared with the docroot.

@@ -1,0 +1,10 @@
+//! The process's life: start-up and shut-down (`daemon`), the keeper that holds the mount
+//! across crashes and upgrades (`keeper`), systemd, our mounts and mount(8)'s helper, and
+//! default paths.
+
+pub mod daemon;
+pub mod keeper;
+pub mod mount_helper;
+pub mod mounts;
+pub(crate) mod paths;
+pub(crate) mod systemd;
