@@ -2,8 +2,6 @@
 //! it keeps": *Only the root and the top-level directories follow the pointer*,
 //! *Confinement*, *Symlinks resolve as through `current -> releases/N`*, *Read-only*).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
@@ -12,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Everything a differential walk compares: type, mode, size, owner, link target, content.
 fn snapshot(root: &Path) -> BTreeMap<String, String> {

@@ -3,8 +3,6 @@
 //! `activate` returns, every new lookup sees the new release whatever the kernel had cached;
 //! what was opened before keeps its release.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
@@ -12,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::*;
+use crate::common::*;
 
 fn listing(fx: &Fixture, dir: &str) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(fx.m(dir))

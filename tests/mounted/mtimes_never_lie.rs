@@ -1,13 +1,11 @@
 //! The daemon's own life (README "How it works, and the rules it keeps": *Modification times
 //! never lie to OPcache*): what it promised before a restart or a crash still holds after it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Sets every file of release `rel` to the same mtime, as reproducible builds, `tar` and
 /// `rsync -t` do.

@@ -2,11 +2,9 @@
 //! one release further back through the activation history, never returns to the release it
 //! just left, survives restarts, and `--to NAME` goes back to a named release.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Releases 1 to 4, each `index.php` saying which it is; 1 served, then 2, 3, 4 deployed.
 fn four_deploys(fx: &Fixture) -> Daemon {

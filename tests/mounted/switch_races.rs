@@ -4,8 +4,6 @@
 //! or break the relative symlinks deploy tools make (README, "How it works, and the rules it
 //! keeps").
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 
 fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();

@@ -5,15 +5,13 @@
 //! A refused start must leave nothing mounted; the mounts these tests provoke on the old
 //! behaviour (a release mounted over itself) are never switched, so they cannot hang.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::thread;
 
-use common::*;
+use crate::common::*;
 
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)

@@ -2,8 +2,6 @@
 //! (README "Usage", `switchctl`, and "How it works, and the rules it keeps": bad input changes
 //! nothing), slow and abandoned clients, names the wire must carry exactly, and a fuzz storm.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -13,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Groups that exist only as numbers: the daemon and the kernel need nothing more.
 const STATUS_GID: u32 = 64001;

@@ -4,9 +4,7 @@
 //! before `Switcher` and `json::Object` replaced the hand-made JSON; the one field added
 //! since is `mode` (the data plane, `Docroot::mode`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Replaces what differs between runs: the fixture's path, ISO 8601 times, pids and Unix
 /// times (every run of three or more digits), and the kernel's cached inode counts.

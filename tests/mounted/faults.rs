@@ -1,8 +1,6 @@
 //! Faults production throws at a docroot: releases deleted or renamed under us, signals under
 //! load, a corrupt state file, a full disk. Nothing panics, nothing is lost.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::process::Command;
@@ -10,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn status(fx: &Fixture) -> String {
     stdout(&fx.ctl(&["status"]))

@@ -1,7 +1,5 @@
 //! Security with the real thing: other users, ACLs, crafted names, hostile control clients.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -11,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn acls_and_modes_are_enforced_exactly_as_on_the_native_directory() {

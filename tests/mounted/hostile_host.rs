@@ -3,15 +3,13 @@
 //! that is being deleted. README "How it works, and the rules it keeps" (Bad input changes
 //! nothing; The state file) and docs/operations.md (Deploy, roll back, clean up).
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn need_root() {
     assert!(

@@ -5,8 +5,6 @@
 //! working across each, and a switch after a restart still expires what the kernel cached
 //! before it.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -17,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn status_json(fx: &Fixture) -> String {
     let out = fx.ctl(&["status", "--json"]);
