@@ -73,7 +73,9 @@ impl Switched {
 }
 
 /// Proof that the switch lock is held, for the steps that need it.
-pub(crate) struct SwitchGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+struct SwitchGuard<'a> {
+    _held: MutexGuard<'a, ()>,
+}
 
 pub(crate) struct Switcher {
     docroot: Arc<dyn Docroot>,
@@ -216,7 +218,9 @@ impl Switcher {
     }
 
     fn lock(&self) -> SwitchGuard<'_> {
-        SwitchGuard(self.lock.lock())
+        SwitchGuard {
+            _held: self.lock.lock(),
+        }
     }
 
     /// Makes release `name` active: validate, persist, publish, invalidate. Returns the line
