@@ -9,7 +9,7 @@ use std::io;
 use fuser::Errno;
 
 /// The errno to send to the kernel for `err`.
-pub fn errno_of(err: &io::Error) -> Errno {
+pub(crate) fn errno_of(err: &io::Error) -> Errno {
     if let Some(code) = err.raw_os_error()
         && code > 0
     {
@@ -39,7 +39,7 @@ fn code_of_kind(kind: io::ErrorKind) -> i32 {
 }
 
 /// An `io::Error` carrying the OS error `code`, for the core to return.
-pub fn os_error(code: i32) -> io::Error {
+pub(crate) fn os_error(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 

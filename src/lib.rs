@@ -1,55 +1,32 @@
 //! switchfs: a FUSE docroot that shows one release directory and switches between releases
 //! atomically, so web servers and PHP caches that key on paths never see a stale release.
 //!
-//! Layout (docs/architecture.md draws it): `core` holds the filesystem logic (release pointer,
-//! lookups, reads) and is tested without a mount; `switch` is the switch, step by step;
-//! `fuse_adapter` is the thin fuser binding; `control` is the socket protocol; `daemon` wires
-//! them together. Modules are `pub` only where a binary, a test or the bench uses them.
+//! Layout (docs/architecture.md draws it), one folder per concern: `switch` is the switch
+//! (`Switcher`, the `Docroot` trait, state, history, releases, prune, hooks); `fs` is the FUSE
+//! data plane (`core` and its parts, `adapter` the thin fuser binding); `php` tells PHP pools
+//! what changed; `control` is the socket protocol; `life` is the process's life (`daemon`
+//! wires everything together, `keeper` holds the mount). Modules are `pub` only where a
+//! binary, a test or the bench uses them.
 //!
-//! Every `unsafe` block says why it is sound (`// SAFETY:`), and clippy enforces it.
+//! Every `unsafe` block is in `sys` and says why it is sound (`// SAFETY:`); the `[lints]`
+//! table of Cargo.toml makes clippy enforce it for every target.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
-pub(crate) mod attr;
 pub mod bind;
-pub(crate) mod caller;
-pub mod config_file;
 pub mod control;
-pub(crate) mod core;
-pub mod daemon;
 pub mod docs;
 pub(crate) mod errno;
-pub mod fastcgi;
-pub(crate) mod fds;
-pub(crate) mod fuse_adapter;
-pub(crate) mod handles;
-pub(crate) mod history;
-pub(crate) mod hooks;
-pub(crate) mod inodes;
-pub(crate) mod invalidate;
-pub mod keeper;
-pub(crate) mod links;
-pub mod log_format;
-pub mod mount_helper;
-pub mod mounts;
-pub(crate) mod mtimes;
-pub mod names;
-pub(crate) mod nodelog;
-pub mod opcache;
-pub(crate) mod paths;
-pub(crate) mod portals;
-pub(crate) mod procscan;
-pub(crate) mod prune;
-pub(crate) mod release;
-pub mod state;
-pub mod strict_modes;
+pub(crate) mod fs;
+pub mod json;
+pub(crate) mod life;
+pub(crate) mod php;
 pub(crate) mod switch;
 pub mod sys;
-pub(crate) mod tcp_owner;
-pub(crate) mod usage;
 
-#[cfg(test)]
-mod core_tests;
+// The public paths binaries, tests and the bench use, whatever folder a module lives in.
+pub use life::{config_file, daemon, keeper, log_format, mount_helper, mounts, strict_modes};
+pub use php::{fastcgi, opcache};
+pub use switch::{names, state};
+
 #[cfg(test)]
 mod testutil;
 

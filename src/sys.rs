@@ -1028,6 +1028,141 @@ pub fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
+// ---- Identity, groups, signals, files and the FUSE device for the rest of the crate ----
+// (moved here from attr, caller, control/server, core, daemon, hooks, invalidate, mtimes,
+// paths and procscan, so this file is the whole unsafe boundary).
+
+/// Whether we run as root (effective uid 0).
+pub fn is_root() -> bool {
+    euid() == 0
+}
+
+/// The real user and group ids we run as.
+pub fn real_ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid cannot fail and touch no memory of ours.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// An all-zero `stat`, for tests that build one by hand.
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: stat is plain data, for which all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Runs `f` with the process's file creation mask set to `mask`, then restores it. The mask
+/// is process-wide: call it while no other thread creates files (at start-up).
+pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(mask) };
+    let result = f();
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    result
+}
+
+/// Gives the file at `path` to group `gid`, leaving its owner (follows a symlink: for a path
+/// only we can write, such as the control socket we just bound).
+pub fn chown_group(path: &std::path::Path, gid: u32) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C string; uid -1 leaves the owner unchanged.
+    check(unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) }).map(drop)
+}
+
+/// Waits up to `timeout` for one of the blocked signals in `set`: `Some(signal)`, or `None`
+/// on timeout or interruption.
+pub fn wait_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> Option<i32> {
+    let tick = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and tick are initialised; a null info pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
+    (sig > 0).then_some(sig)
+}
+
+/// A `getgr*_r` call into a buffer that grows until the entry fits: the entry, `None` when
+/// there is no such group.
+fn group_entry(
+    call: impl Fn(&mut libc::group, &mut [u8], &mut *mut libc::group) -> libc::c_int,
+) -> io::Result<Option<(u32, String)>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: group is plain data, for which all zeroes is a valid value.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        match call(&mut gr, &mut buf, &mut found) {
+            0 if found.is_null() => return Ok(None),
+            0 => {
+                // SAFETY: on success gr_name points to a NUL-terminated string in `buf`,
+                // which outlives this read.
+                let name = unsafe { CStr::from_ptr(gr.gr_name) };
+                return Ok(Some((gr.gr_gid, name.to_string_lossy().into_owned())));
+            }
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// The name of group `gid`; `None` when it has none.
+pub fn group_name(gid: u32) -> io::Result<Option<String>> {
+    group_entry(|gr, buf, found| {
+        // SAFETY: every pointer is valid for the call; buf's length is passed with it.
+        unsafe { libc::getgrgid_r(gid, gr, buf.as_mut_ptr().cast(), buf.len(), found) }
+    })
+    .map(|e| e.map(|(_, name)| name))
+}
+
+/// The id of the group named `name`; `None` when there is none.
+pub fn group_id_of(name: &str) -> io::Result<Option<u32>> {
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    group_entry(|gr, buf, found| {
+        // SAFETY: valid C string; every pointer is valid for the call; buf's length is
+        // passed with it.
+        unsafe { libc::getgrnam_r(c.as_ptr(), gr, buf.as_mut_ptr().cast(), buf.len(), found) }
+    })
+    .map(|e| e.map(|(gid, _)| gid))
+}
+
+/// `(st_dev, st_ino)` of `path` from cached attributes only: `AT_STATX_DONT_SYNC` keeps a
+/// FUSE mount from being asked (a dead or busy mount must not stall a /proc scan).
+pub fn dev_ino_nosync(path: &std::path::Path) -> Option<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: valid C string and writable statx buffer.
+    let ret = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    // SAFETY: filled in by the successful call.
+    let stx = unsafe { stx.assume_init() };
+    Some((
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        stx.stx_ino,
+    ))
+}
+
+/// Writes one whole message to `fd` in one `write(2)` (a FUSE notification on /dev/fuse,
+/// which the kernel takes whole or refuses).
+pub fn write_message(fd: BorrowedFd<'_>, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: msg is a valid buffer for its length; the descriptor is borrowed for the call.
+    let n = unsafe { libc::write(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+
 // ==== Bind-mode data plane (src/bind/): the new mount API, mount ids, the namespace probe ====
 // libc 0.2 has the syscall numbers but not these flags; each is copied from the kernel header
 // named beside it.

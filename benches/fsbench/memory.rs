@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use std::time::Instant;
-use switchfs::control::render::json_str;
+use switchfs::json::json_str;
 
 use crate::args::Args;
 use crate::report::{jnum, median, ms, us, with_commas};

@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use switchfs::control::render::json_str;
+use switchfs::json::json_str;
 
 use crate::args::Args;
 use crate::{Res, ctx};

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
-use switchfs::control::render::json_str;
+use switchfs::json::json_str;
 
 use crate::args::Args;
 use crate::memory::proc_stats;

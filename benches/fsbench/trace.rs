@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::path::PathBuf;
-use switchfs::control::render::json_str;
+use switchfs::json::json_str;
 
 use crate::report::{jnum, ms};
 use crate::{Res, ctx};

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use switchfs::control::render::json_str;
+use switchfs::json::json_str;
 
 use crate::args::Args;
 use crate::report::median;

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{BindDocroot, ReleaseMount, host};
-use crate::{procscan, sys};
+use crate::switch::procscan;
+use crate::sys;
 
 /// How long one scan may spend listing memory maps.
 const MAPS_DEADLINE: Duration = Duration::from_millis(500);

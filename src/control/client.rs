@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::control::protocol::{self, Failure, Request};
-use crate::mounts;
+use crate::life::mounts;
 // Kept here for callers that find it beside the other client functions.
-pub use crate::mounts::query_control_xattr;
+pub use crate::life::mounts::query_control_xattr;
 
 /// How long `request` keeps retrying while the daemon answers `busy` (too many clients).
 const BUSY_RETRY: Duration = Duration::from_secs(10);

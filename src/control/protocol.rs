@@ -11,7 +11,7 @@
 //! a name plus arguments: `activate 4%20drain=0` is the directory `4 drain=0`, `activate 4
 //! drain=0` is release `4` with a drain wait. A plain name like `43` encodes to itself.
 
-use crate::names::validate_release_name;
+use crate::switch::names::validate_release_name;
 
 /// Longest request line accepted, newline included. Anything longer is refused unread.
 pub const MAX_REQUEST: usize = 4096;

@@ -1,67 +1,24 @@
-//! How status and release lists read, for people and for machines (JSON, written by hand:
-//! a dozen fields do not justify a serialisation framework).
+//! How status and release lists read, for people and for machines: one function per answer,
+//! text or JSON from the same `Status` (JSON through `json::Object`, one name per value).
 
 use std::fmt::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::history::History;
-use crate::usage::Status;
+use crate::json::{self, Object, iso8601, unix_secs};
+use crate::life::keeper::Life;
+use crate::php::opcache::{LastRun, PoolStatus};
+use crate::switch::history::History;
+use crate::switch::usage::{ReleaseUsage, Status};
 
-/// `s` as a JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_opt(s: Option<&str>) -> String {
-    s.map_or_else(|| "null".to_string(), json_str)
-}
-
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
+/// `switchctl status`, as text or (`json`) one JSON object and a newline.
+pub fn status(st: &Status, json: bool) -> String {
+    if json {
+        status_json(st)
+    } else {
+        status_text(st)
     }
 }
 
-/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
-pub fn iso8601(t: SystemTime) -> String {
-    let secs = unix_secs(t);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-pub fn status_text(st: &Status) -> String {
+fn status_text(st: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -80,30 +37,68 @@ pub fn status_text(st: &Status) -> String {
     if let Some(problem) = &st.active_problem {
         let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
     }
-    out.push_str(&life_text());
+    if let Some(l) = st.life {
+        out.push_str(&life_text(l));
+    }
     let _ = writeln!(out, "releases:");
     for u in &st.usage {
-        let mark = if u.active { "*" } else { " " };
-        let gone = if u.present { "" } else { " (directory gone)" };
-        let state = if u.in_use {
-            format!(
-                "{}: {} open files, {} working dirs, {} maps, {} open handles",
-                if u.active { "active" } else { "in use" },
-                u.open_files,
-                u.dirs,
-                u.maps,
-                u.open_handles
-            )
-        } else {
-            match u.unused_since {
-                Some(t) => format!("unused since {}", iso8601(t)),
-                None => "unused since the daemon started".to_string(),
-            }
-        };
-        let state = format!("{state} ({} inodes cached by the kernel)", u.live_inodes);
-        let _ = writeln!(out, "  {mark} {}{gone}: {state}", u.name);
+        out.push_str(&usage_text(u));
+    }
+    if !st.php_pools.is_empty() {
+        out.push_str("php pools:\n");
+        for pool in &st.php_pools {
+            let _ = writeln!(out, "    {}: {}", pool.endpoint, pool_text(pool));
+        }
     }
     out
+}
+
+/// One release's line of `status`.
+fn usage_text(u: &ReleaseUsage) -> String {
+    let mark = if u.active { "*" } else { " " };
+    let gone = if u.present { "" } else { " (directory gone)" };
+    let state = if u.in_use {
+        format!(
+            "{}: {} open files, {} working dirs, {} maps, {} open handles",
+            if u.active { "active" } else { "in use" },
+            u.open_files,
+            u.dirs,
+            u.maps,
+            u.open_handles
+        )
+    } else {
+        match u.unused_since {
+            Some(t) => format!("unused since {}", iso8601(t)),
+            None => "unused since the daemon started".to_string(),
+        }
+    };
+    format!(
+        "  {mark} {}{gone}: {state} ({} inodes cached by the kernel)\n",
+        u.name, u.live_inodes
+    )
+}
+
+/// A pool's last invalidation, after its name in `status`.
+fn pool_text(pool: &PoolStatus) -> String {
+    match &pool.last {
+        None => "no switch since the daemon started".to_string(),
+        Some(r) => match &r.error {
+            Some(e) => format!("FAILED at {} for release {}: {e}", iso8601(r.at), r.release),
+            None => format!(
+                "{}: release {}, {} of {} cached scripts invalidated{} in {:.1} ms",
+                iso8601(r.at),
+                r.release,
+                r.invalidated,
+                r.cached,
+                if r.gone > 0 {
+                    format!(" ({} deleted scripts left)", r.gone)
+                } else {
+                    String::new()
+                },
+                r.took.as_secs_f64() * 1000.0
+            ),
+        },
+    }
 }
 
 /// The `history:`, `rollback to:` and `rolled back:` lines of `status`.
@@ -131,90 +126,97 @@ fn history_text(history: &History, active: Option<&str>) -> String {
     out
 }
 
-fn json_list(names: &[String]) -> String {
-    let items: Vec<String> = names.iter().map(|n| json_str(n)).collect();
-    format!("[{}]", items.join(","))
+fn status_json(st: &Status) -> String {
+    let target = st
+        .active
+        .as_deref()
+        .and_then(|a| st.history.rollback_target(a));
+    let mut o = Object::new()
+        .opt_str("active", st.active.as_deref())
+        .str("since", &iso8601(st.since))
+        .num("since_unix", unix_secs(st.since))
+        .opt_str("previous", st.previous.as_deref())
+        .str("releases_dir", &st.releases_dir.to_string_lossy())
+        .str("mount_point", &st.mount_point.to_string_lossy())
+        .opt_str("problem", st.active_problem.as_deref())
+        .raw("releases", &json::array(st.usage.iter().map(usage_json)))
+        .raw("history", &json::str_array(&newest_first(&st.history)))
+        .opt_str("rollback_to", target.as_deref())
+        .raw("rolled_back", &json::str_array(st.history.rolled_back()))
+        .str("mode", st.mode);
+    if let Some(l) = st.life {
+        o = life_json(o, l);
+    }
+    if !st.php_pools.is_empty() {
+        o = o.raw(
+            "php_pools",
+            &json::array(st.php_pools.iter().map(pool_json)),
+        );
+    }
+    o.finish() + "\n"
 }
 
-pub fn status_json(st: &Status) -> String {
-    let usage: Vec<String> = st
-        .usage
-        .iter()
-        .map(|u| {
-            format!(
-                "{{\"name\":{},\"active\":{},\"present\":{},\"in_use\":{},\
-                 \"open_files\":{},\"working_dirs\":{},\"maps\":{},\"open_handles\":{},\
-                 \"cached_inodes\":{},\"unused_since\":{}}}",
-                json_str(&u.name),
-                u.active,
-                u.present,
-                u.in_use,
-                u.open_files,
-                u.dirs,
-                u.maps,
-                u.open_handles,
-                u.live_inodes,
-                u.unused_since
-                    .map_or_else(|| "null".to_string(), |t| json_str(&iso8601(t)))
-            )
-        })
-        .collect();
-    format!(
-        "{{\"active\":{},\"since\":{},\"since_unix\":{},\"previous\":{},\"releases_dir\":{},\
-         \"mount_point\":{},\"problem\":{},\"releases\":[{}],\"history\":{},\
-         \"rollback_to\":{},\"rolled_back\":{}{}}}\n",
-        json_opt(st.active.as_deref()),
-        json_str(&iso8601(st.since)),
-        unix_secs(st.since),
-        json_opt(st.previous.as_deref()),
-        json_str(&st.releases_dir.to_string_lossy()),
-        json_str(&st.mount_point.to_string_lossy()),
-        json_opt(st.active_problem.as_deref()),
-        usage.join(","),
-        json_list(&newest_first(&st.history)),
-        json_opt(
-            st.active
-                .as_deref()
-                .and_then(|a| st.history.rollback_target(a))
-                .as_deref()
-        ),
-        json_list(st.history.rolled_back()),
-        life_json(),
-    )
+fn usage_json(u: &ReleaseUsage) -> String {
+    Object::new()
+        .str("name", &u.name)
+        .num("active", u.active)
+        .num("present", u.present)
+        .num("in_use", u.in_use)
+        .num("open_files", u.open_files)
+        .num("working_dirs", u.dirs)
+        .num("maps", u.maps)
+        .num("open_handles", u.open_handles)
+        .num("cached_inodes", u.live_inodes)
+        .opt_str("unused_since", u.unused_since.map(iso8601).as_deref())
+        .finish()
+}
+
+fn pool_json(pool: &PoolStatus) -> String {
+    let last = pool
+        .last
+        .as_ref()
+        .map_or_else(|| "null".to_string(), last_run_json);
+    Object::new()
+        .str("pool", &pool.endpoint)
+        .raw("last_invalidation", &last)
+        .finish()
+}
+
+fn last_run_json(r: &LastRun) -> String {
+    Object::new()
+        .str("at", &iso8601(r.at))
+        .str("release", &r.release)
+        .num("cached", r.cached)
+        .num("changed", r.changed)
+        .num("invalidated", r.invalidated)
+        .num("gone", r.gone)
+        .raw("took_ms", &format!("{:.3}", r.took.as_secs_f64() * 1000.0))
+        .opt_str("error", r.error.as_deref())
+        .finish()
 }
 
 // The serving process's place in the daemon's life (see `keeper`).
 
 /// `pid:` (the server), `main pid:` (the keeper, to signal for a reload), when the server
 /// started, and the mount's restarts and upgrades.
-fn life_text() -> String {
-    match crate::keeper::life() {
-        Some(l) => format!(
-            "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n",
-            l.pid,
-            iso8601(l.started),
-            l.main_pid,
-            l.restarts,
-            l.upgrades
-        ),
-        None => String::new(),
-    }
+fn life_text(l: &Life) -> String {
+    format!(
+        "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n",
+        l.pid,
+        iso8601(l.started),
+        l.main_pid,
+        l.restarts,
+        l.upgrades
+    )
 }
 
-fn life_json() -> String {
-    match crate::keeper::life() {
-        Some(l) => format!(
-            ",\"pid\":{},\"main_pid\":{},\"started\":{},\"started_unix\":{},\
-             \"restarts\":{},\"upgrades\":{}",
-            l.pid,
-            l.main_pid,
-            json_str(&iso8601(l.started)),
-            unix_secs(l.started),
-            l.restarts,
-            l.upgrades
-        ),
-        None => String::new(),
-    }
+fn life_json(o: Object, l: &Life) -> Object {
+    o.num("pid", l.pid)
+        .num("main_pid", l.main_pid)
+        .str("started", &iso8601(l.started))
+        .num("started_unix", unix_secs(l.started))
+        .num("restarts", l.restarts)
+        .num("upgrades", l.upgrades)
 }
 
 fn newest_first(history: &History) -> Vec<String> {
@@ -266,45 +268,26 @@ pub fn list_json(
 ) -> String {
     let target = active.and_then(|a| history.rollback_target(a));
     let newest = newest_first(history);
-    let items: Vec<String> = names
-        .iter()
-        .map(|n| {
-            let position = newest.iter().position(|h| h == n);
-            format!(
-                "{{\"name\":{},\"active\":{},\"previous\":{},\"history\":{},\
-                 \"rollback_target\":{},\"rolled_back\":{}}}",
-                json_str(n),
-                Some(n.as_str()) == active,
-                Some(n.as_str()) == previous,
-                position.map_or_else(|| "null".to_string(), |p| p.to_string()),
-                target.as_deref() == Some(n.as_str()),
-                history.is_rolled_back(n)
+    let items = names.iter().map(|n| {
+        let position = newest.iter().position(|h| h == n);
+        Object::new()
+            .str("name", n)
+            .num("active", Some(n.as_str()) == active)
+            .num("previous", Some(n.as_str()) == previous)
+            .raw(
+                "history",
+                &position.map_or_else(|| "null".to_string(), |p| p.to_string()),
             )
-        })
-        .collect();
-    format!("[{}]\n", items.join(","))
+            .num("rollback_target", target.as_deref() == Some(n.as_str()))
+            .num("rolled_back", history.is_rolled_back(n))
+            .finish()
+    });
+    json::array(items) + "\n"
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn dates() {
-        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_446_000);
-        assert_eq!(iso8601(t), "2026-11-23T15:00:00Z");
-        assert_eq!(
-            iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-    }
-
-    #[test]
-    fn json_escapes() {
-        assert_eq!(json_str("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
-    }
 
     #[test]
     fn lists_mark_active_and_previous() {
@@ -346,6 +329,50 @@ mod tests {
              \"rollback_target\":false,\"rolled_back\":true"
             ),
             "{json}"
+        );
+    }
+
+    /// The pools' section reads as `opcache::with_status` wrote it before `Status` carried
+    /// the pools (strings taken from that code).
+    #[test]
+    fn php_pools_read_as_before() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_446_000);
+        let pools = [
+            PoolStatus {
+                endpoint: "php-fpm /run/php/a.sock".into(),
+                last: Some(LastRun {
+                    at,
+                    release: "2".into(),
+                    cached: 3,
+                    changed: 2,
+                    invalidated: 2,
+                    gone: 1,
+                    took: Duration::from_micros(1500),
+                    error: None,
+                }),
+            },
+            PoolStatus {
+                endpoint: "php-http http://127.0.0.1/x.php".into(),
+                last: None,
+            },
+        ];
+        let text: String = pools
+            .iter()
+            .map(|p| format!("    {}: {}\n", p.endpoint, pool_text(p)))
+            .collect();
+        assert_eq!(
+            text,
+            "    php-fpm /run/php/a.sock: 2026-11-23T15:00:00Z: release 2, 2 of 3 cached \
+             scripts invalidated (1 deleted scripts left) in 1.5 ms\n    \
+             php-http http://127.0.0.1/x.php: no switch since the daemon started\n"
+        );
+        assert_eq!(
+            json::array(pools.iter().map(pool_json)),
+            "[{\"pool\":\"php-fpm /run/php/a.sock\",\"last_invalidation\":{\"at\":\
+             \"2026-11-23T15:00:00Z\",\"release\":\"2\",\"cached\":3,\"changed\":2,\
+             \"invalidated\":2,\"gone\":1,\"took_ms\":1.500,\"error\":null}},\
+             {\"pool\":\"php-http http://127.0.0.1/x.php\",\"last_invalidation\":null}]"
         );
     }
 }

@@ -28,8 +28,9 @@ use parking_lot::Mutex;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
 use crate::control::render;
-use crate::core::Core;
-use crate::hooks::Hooks;
+use crate::php::opcache::Php;
+use crate::switch::hooks::Hooks;
+use crate::switch::switcher::Switcher;
 use crate::switch::{self, Outcome, Target};
 use crate::sys::{self, PeerCred};
 
@@ -50,7 +51,7 @@ const MAX_LINGERING: usize = 256;
 
 /// A group given on the command line, with its name for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub(crate) struct Group {
     pub gid: u32,
     pub name: String,
 }
@@ -67,7 +68,7 @@ impl std::fmt::Display for Group {
 
 /// Who may do what beyond root and the daemon's own user.
 #[derive(Debug, Clone)]
-pub struct Access {
+pub(crate) struct Access {
     pub owner_uid: u32,
     /// May switch, roll back and prune (and read).
     pub control_group: Option<Group>,
@@ -77,7 +78,7 @@ pub struct Access {
 
 /// What a peer may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rights {
+pub(crate) enum Rights {
     All,
     ReadOnly,
     Nothing,
@@ -86,7 +87,7 @@ pub enum Rights {
 impl Access {
     /// The rights of `peer`, from the credentials the kernel recorded at connect (its uid,
     /// primary group and supplementary groups), never from anything the peer says.
-    pub fn rights(&self, peer: &PeerCred) -> Rights {
+    pub(crate) fn rights(&self, peer: &PeerCred) -> Rights {
         let member = |g: &Option<Group>| {
             g.as_ref()
                 .is_some_and(|g| peer.gid == g.gid || peer.groups.contains(&g.gid))
@@ -135,7 +136,7 @@ impl Access {
 /// # Errors
 /// A one-line message: another daemon is listening, the path is something else, or the
 /// socket cannot be created.
-pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
     let shown = path.display();
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -167,11 +168,7 @@ pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot check control socket {shown}: {e}")),
     }
-    // SAFETY: umask only changes this process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    let bound = sys::with_umask(0o177, || UnixListener::bind(path));
     let listener = bound.map_err(|e| format!("cannot create control socket {shown}: {e}"))?;
     set_socket_mode(path, access).inspect_err(|_| {
         let _ = std::fs::remove_file(path);
@@ -196,15 +193,8 @@ fn set_socket_mode(path: &Path, access: &Access) -> Result<(), String> {
     let mode = match gids.as_slice() {
         [] => return Ok(()),
         [gid] | [gid, _] if gids.iter().all(|g| g == gid) => {
-            let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| format!("control socket path {shown} contains NUL"))?;
-            // SAFETY: valid C string; uid -1 leaves the owner unchanged.
-            if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, *gid) } != 0 {
-                let e = io::Error::last_os_error();
-                return Err(format!(
-                    "cannot give control socket {shown} to group {gid}: {e}"
-                ));
-            }
+            sys::chown_group(path, *gid)
+                .map_err(|e| format!("cannot give control socket {shown} to group {gid}: {e}"))?;
             0o660
         }
         _ => 0o666,
@@ -213,15 +203,18 @@ fn set_socket_mode(path: &Path, access: &Access) -> Result<(), String> {
         .map_err(|e| format!("cannot chmod control socket {shown}: {e}"))
 }
 
-/// Serves control requests on `listener` until the process exits.
-pub fn spawn(
+/// Serves control requests on `listener` until the process exits: switches through
+/// `switcher`, then brings the PHP pools `php` up to date and runs `hooks`.
+pub(crate) fn spawn(
     listener: UnixListener,
-    core: Arc<Core>,
-    hooks: Arc<Hooks>,
+    switcher: Arc<Switcher>,
+    php: Option<Php>,
+    hooks: Hooks,
     access: Access,
 ) -> io::Result<Control> {
     let server = Arc::new(Server {
-        core,
+        switcher,
+        php,
         hooks,
         access,
         slots: Mutex::new(Slots::default()),
@@ -235,8 +228,10 @@ pub fn spawn(
 }
 
 struct Server {
-    core: Arc<Core>,
-    hooks: Arc<Hooks>,
+    switcher: Arc<Switcher>,
+    /// PHP pools whose OPcache is told what each switch changed (`--php-fpm`, `--php-http`).
+    php: Option<Php>,
+    hooks: Hooks,
     access: Access,
     slots: Mutex<Slots>,
     handover: Handover,
@@ -384,7 +379,7 @@ impl Server {
     }
 
     fn respond(&self, line: &[u8], peer: &PeerCred, rights: Rights, client: &UnixStream) -> String {
-        let (core, hooks) = (&*self.core, &*self.hooks);
+        let switcher = &*self.switcher;
         let request = match protocol::parse_request(line) {
             Ok(r) => r,
             Err(msg) => {
@@ -415,20 +410,17 @@ impl Server {
             Request::RollbackTo { name, drain } => {
                 return self.switch(Target::BackTo(&name), drain, &who, client);
             }
-            Request::Prune { keep, apply } => core.prune(keep, apply),
+            Request::Prune { keep, apply } => switcher.prune(keep, apply),
             Request::Status { json } => {
-                let st = core.status();
-                let body = if json {
-                    render::status_json(&st)
-                } else {
-                    render::status_text(&st)
-                };
-                Ok(crate::opcache::with_status(hooks.php.as_ref(), body, json))
+                let mut st = switcher.status();
+                st.life = crate::life::keeper::life();
+                st.php_pools = self.php.as_ref().map(Php::pools_status).unwrap_or_default();
+                Ok(render::status(&st, json))
             }
-            Request::List { json } => core.list().map(|names| {
-                let active = core.active();
+            Request::List { json } => switcher.list().map(|names| {
+                let active = switcher.active();
                 let (a, p) = (active.name(), active.previous.as_deref());
-                let history = core.history();
+                let history = switcher.history();
                 if json {
                     render::list_json(&names, a, p, &history)
                 } else {
@@ -459,7 +451,16 @@ impl Server {
         client: &UnixStream,
     ) -> String {
         let hung_up = |pause| !matches!(sys::wait_hangup(client.as_fd(), pause), Ok(false));
-        match switch::perform(&self.core, &self.hooks, target, who, drain, &hung_up) {
+        let php = self.php.as_ref();
+        match switch::perform(
+            &self.switcher,
+            php,
+            &self.hooks,
+            target,
+            who,
+            drain,
+            &hung_up,
+        ) {
             Outcome::Done(msg) => protocol::ok_response(&msg),
             Outcome::Partial(msg) => protocol::partial_response(&msg),
             Outcome::Refused(msg) => protocol::error_response(&msg),
@@ -613,13 +614,13 @@ impl Handover {
 }
 
 /// The running control server.
-pub struct Control(Arc<Server>);
+pub(crate) struct Control(Arc<Server>);
 
 impl Control {
     /// Stops accepting clients and waits (at most `timeout`) until every accepted one is
     /// answered. The listener itself stays open in the keeper: clients arriving now wait in
     /// its backlog for the successor, none is accepted here and then dropped.
-    pub fn hand_over(&self, timeout: Duration) {
+    pub(crate) fn hand_over(&self, timeout: Duration) {
         use std::sync::atomic::Ordering;
         let deadline = Instant::now() + timeout;
         self.0.handover.requested.store(true, Ordering::SeqCst);

@@ -12,18 +12,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub const SWITCHFS: &str = env!("CARGO_BIN_EXE_switchfs");
-pub const SWITCHCTL: &str = env!("CARGO_BIN_EXE_switchctl");
+pub(crate) const SWITCHFS: &str = env!("CARGO_BIN_EXE_switchfs");
+pub(crate) const SWITCHCTL: &str = env!("CARGO_BIN_EXE_switchctl");
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// Fails the test, loudly and with the fix, when this machine cannot mount FUSE.
-pub fn require_fuse() {
+pub(crate) fn require_fuse() {
     assert!(
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: these tests mount a real FUSE filesystem. \
@@ -41,14 +41,14 @@ pub fn require_fuse() {
 }
 
 /// A temporary directory with `releases/`, `mnt/`, a state file and a control socket path.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub root: PathBuf,
     /// When not 0, daemons start with this `RLIMIT_NOFILE` (soft and hard).
     pub nofile: std::sync::atomic::AtomicU64,
 }
 
 impl Fixture {
-    pub fn new(tag: &str) -> Fixture {
+    pub(crate) fn new(tag: &str) -> Fixture {
         require_fuse();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Short paths: the control socket must fit in sockaddr_un.
@@ -62,24 +62,24 @@ impl Fixture {
         }
     }
 
-    pub fn releases(&self) -> PathBuf {
+    pub(crate) fn releases(&self) -> PathBuf {
         self.root.join("releases")
     }
-    pub fn mnt(&self) -> PathBuf {
+    pub(crate) fn mnt(&self) -> PathBuf {
         self.root.join("mnt")
     }
-    pub fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.root.join("state")
     }
-    pub fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.root.join("ctl.sock")
     }
-    pub fn m(&self, rel: &str) -> PathBuf {
+    pub(crate) fn m(&self, rel: &str) -> PathBuf {
         self.mnt().join(rel)
     }
 
     /// Writes `content` at `path` inside release `rel`, creating directories.
-    pub fn write(&self, rel: &str, path: &str, content: &str) {
+    pub(crate) fn write(&self, rel: &str, path: &str, content: &str) {
         let full = self.releases().join(rel).join(path);
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         std::fs::write(full, content).unwrap();
@@ -87,7 +87,7 @@ impl Fixture {
 
     /// Two releases with the same layout and release-specific contents, plus a few entries
     /// that exist in only one of them.
-    pub fn two_releases(&self) {
+    pub(crate) fn two_releases(&self) {
         for rel in ["1", "2"] {
             self.write(rel, "index.php", &format!("<?php echo 'release {rel}';"));
             self.write(rel, "app/a/b/c/deep.php", &format!("deep {rel}"));
@@ -99,11 +99,11 @@ impl Fixture {
     }
 
     /// Starts the daemon with the standard paths plus `extra` arguments.
-    pub fn start(&self, extra: &[&str]) -> Daemon {
+    pub(crate) fn start(&self, extra: &[&str]) -> Daemon {
         Daemon::start(self, extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    pub fn ctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn ctl(&self, args: &[&str]) -> Output {
         Command::new(SWITCHCTL)
             .arg("--control")
             .arg(self.socket())
@@ -114,7 +114,7 @@ impl Fixture {
     }
 
     /// Runs `switchctl activate NAME` and asserts it succeeded.
-    pub fn activate(&self, name: &str) {
+    pub(crate) fn activate(&self, name: &str) {
         let out = self.ctl(&["activate", name]);
         assert!(
             out.status.success(),
@@ -125,7 +125,7 @@ impl Fixture {
 
     /// Makes the fixture's directories traversable for other users (tests that run a
     /// command as `nobody`).
-    pub fn open_up_for_others(&self) {
+    pub(crate) fn open_up_for_others(&self) {
         use std::os::unix::fs::PermissionsExt;
         for dir in [self.root.clone(), self.releases(), self.mnt()] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -133,7 +133,7 @@ impl Fixture {
     }
 
     /// The active release, as `switchctl status --json` reports it.
-    pub fn active(&self) -> String {
+    pub(crate) fn active(&self) -> String {
         let out = self.ctl(&["status", "--json"]);
         assert!(
             out.status.success(),
@@ -150,7 +150,7 @@ impl Fixture {
             .to_string()
     }
 
-    pub fn read(&self, rel: &str) -> String {
+    pub(crate) fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.m(rel))
             .unwrap_or_else(|e| panic!("reading {rel} through the mount: {e}"))
     }
@@ -172,23 +172,23 @@ impl Drop for Fixture {
 
 /// A running `switchfs`. Dropping it stops it (SIGTERM, then SIGKILL) and makes sure nothing
 /// stays mounted, even when the test failed.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub child: Option<Child>,
     pub mnt: PathBuf,
     pub log: PathBuf,
 }
 
 impl Daemon {
-    pub fn start(fx: &Fixture, extra: &[&str]) -> Result<Daemon, String> {
+    pub(crate) fn start(fx: &Fixture, extra: &[&str]) -> Result<Daemon, String> {
         Self::start_with(fx, &fx.mnt(), extra)
     }
 
-    pub fn start_with(fx: &Fixture, mnt: &Path, extra: &[&str]) -> Result<Daemon, String> {
+    pub(crate) fn start_with(fx: &Fixture, mnt: &Path, extra: &[&str]) -> Result<Daemon, String> {
         Self::start_exe(fx, Path::new(SWITCHFS), mnt, extra)
     }
 
     /// Starts the `switchfs` binary at `exe` (a copy, for upgrades) instead of the built one.
-    pub fn start_exe(
+    pub(crate) fn start_exe(
         fx: &Fixture,
         exe: &Path,
         mnt: &Path,
@@ -265,7 +265,7 @@ impl Daemon {
     }
 
     /// The process serving the mount: the keeper's child (README, "Crashes and upgrades").
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         let main = self.main_pid();
         let children = format!("/proc/{main}/task/{main}/children");
         std::fs::read_to_string(children)
@@ -275,12 +275,12 @@ impl Daemon {
     }
 
     /// The process the test started: the keeper, which systemd would track.
-    pub fn main_pid(&self) -> i32 {
+    pub(crate) fn main_pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
     /// Sends `sig` and waits for the daemon to exit; returns its exit status.
-    pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
+    pub(crate) fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(child.id() as i32, sig) };
@@ -297,7 +297,7 @@ impl Daemon {
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -322,7 +322,7 @@ impl Drop for Daemon {
 }
 
 /// Whether `path` is a mount point right now (per /proc/self/mountinfo).
-pub fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = path.to_string_lossy().replace(' ', "\\040");
     text.lines()
@@ -330,7 +330,7 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 /// Detaches whatever is mounted at `path`, as a last resort after a failed test.
-pub fn force_unmount(path: &Path) {
+pub(crate) fn force_unmount(path: &Path) {
     if !is_mounted(path) {
         return;
     }
@@ -344,13 +344,13 @@ pub fn force_unmount(path: &Path) {
 /// A shell parked with its working directory in `dir` (it has done `cd` when `park`
 /// returns), that runs `then` once resumed: how a request or a worker sits in a directory
 /// across a switch.
-pub struct ParkedShell {
+pub(crate) struct ParkedShell {
     child: Child,
     out: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl ParkedShell {
-    pub fn park(dir: &Path, then: &str) -> ParkedShell {
+    pub(crate) fn park(dir: &Path, then: &str) -> ParkedShell {
         use std::io::BufRead;
         let script = format!("cd \"$1\" && echo ready && read go && {then}");
         let mut child = Command::new("sh")
@@ -373,7 +373,7 @@ impl ParkedShell {
     }
 
     /// Lets the shell go on and returns its output, asserting it succeeded.
-    pub fn resume(mut self) -> String {
+    pub(crate) fn resume(mut self) -> String {
         use std::io::{Read, Write};
         self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let mut text = String::new();
@@ -385,7 +385,7 @@ impl ParkedShell {
 }
 
 /// Runs a command as user and group nobody (65534), without supplementary groups.
-pub fn as_nobody(args: &[&str]) -> Output {
+pub(crate) fn as_nobody(args: &[&str]) -> Output {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .args(args)
@@ -395,7 +395,7 @@ pub fn as_nobody(args: &[&str]) -> Output {
 
 /// `sh -c SCRIPT` as user and group nobody (65534), without supplementary groups, not yet
 /// started: for attackers and readers that run alongside the test.
-pub fn nobody_shell(script: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(crate) fn nobody_shell(script: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid=65534",
@@ -409,7 +409,7 @@ pub fn nobody_shell(script: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 /// Stderr of `out`, asserting it is exactly one line.
-pub fn one_line_error(out: &Output) -> String {
+pub(crate) fn one_line_error(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         !out.status.success(),
@@ -423,12 +423,12 @@ pub fn one_line_error(out: &Output) -> String {
     err.trim_end().to_string()
 }
 
-pub fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// The state the daemon persisted at `path`, as "active=A previous=P" (previous "-" if none).
-pub fn persisted(path: &Path) -> String {
+pub(crate) fn persisted(path: &Path) -> String {
     match switchfs::state::load(path) {
         Ok(Some(st)) => format!(
             "active={} previous={}",
@@ -445,7 +445,7 @@ pub fn persisted(path: &Path) -> String {
 /// Runs `switchfs ARGS` (nothing added but `NOTIFY_SOCKET`, and the fixture's `nofile`
 /// limit) expecting it to refuse to start, and returns its error, asserted to be one line
 /// with a non-zero exit. If it starts serving instead, it is stopped and the test fails.
-pub fn refused_start(fx: &Fixture, args: &[&std::ffi::OsStr]) -> String {
+pub(crate) fn refused_start(fx: &Fixture, args: &[&std::ffi::OsStr]) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let notify_path = fx.root.join(format!("notify-r{n}"));
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -512,7 +512,7 @@ pub fn refused_start(fx: &Fixture, args: &[&std::ffi::OsStr]) -> String {
 }
 
 /// Every mount point at or below `dir`, from /proc/self/mountinfo (as spelled there).
-pub fn mounts_under(dir: &Path) -> Vec<String> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = dir.to_string_lossy().replace(' ', "\\040");
     text.lines()
@@ -523,7 +523,7 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// `mount --bind src dst` (root only).
-pub fn bind_mount(src: &Path, dst: &Path) {
+pub(crate) fn bind_mount(src: &Path, dst: &Path) {
     let s = CString::new(src.as_os_str().as_encoded_bytes()).unwrap();
     let d = CString::new(dst.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid C strings; the other arguments may be null for MS_BIND.
@@ -547,7 +547,7 @@ pub fn bind_mount(src: &Path, dst: &Path) {
 }
 
 /// Waits up to `secs` for `cond`; whether it became true.
-pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if cond() {
@@ -560,7 +560,7 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Aborts the FUSE connection of the mount on top at `path` (through fusectl, mounted on
 /// /sys/fs/fuse/connections if it is not yet): what an operator does to free a hung mount.
-pub fn abort_fuse_connection(path: &Path) {
+pub(crate) fn abort_fuse_connection(path: &Path) {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
