@@ -503,7 +503,7 @@ fn log_lines_carry_journal_priorities_or_millisecond_timestamps() {
     let text = log_of_a_run(&fx, &log, this_file);
     assert!(
         text.lines()
-            .any(|l| l.starts_with("<6>switchfs::daemon: serving ")),
+            .any(|l| l.starts_with("<6>switchfs::life::daemon: serving ")),
         "{text}"
     );
     for line in text.lines() {
@@ -519,9 +519,9 @@ fn log_lines_carry_journal_priorities_or_millisecond_timestamps() {
         format!("{}:{}", m.dev(), m.ino() + 1)
     };
     let text = log_of_a_run(&fx, &log, another_file);
-    assert!(text.contains(" INFO  switchfs::daemon] serving "), "{text}");
+    assert!(text.contains(" INFO  switchfs::life::daemon] serving "), "{text}");
     for line in text.lines() {
-        // [2026-12-02T00:14:07.590Z INFO  switchfs::daemon] ...
+        // [2026-12-02T00:14:07.590Z INFO  switchfs::life::daemon] ...
         let b = line.as_bytes();
         let stamp = b.len() > 25
             && b[0] == b'['
