@@ -305,6 +305,8 @@ pub fn run(args: DaemonArgs) -> Result<u8, String> {
 fn serve(args: &DaemonArgs, link: ServerLink) -> Result<(), String> {
     let (fd_limit, inode_fds) = open_file_limit(args.threads)?;
     let paths = resolve_paths(args, link.resume.is_some())?;
+    // An upgrade's candidate stops here until the running server has left (see `keeper`).
+    link.prove()?;
     let configured = configure(args, &paths, &link, inode_fds)?;
     let serving = mount(args, paths, configured, link)?;
     log::info!(
@@ -537,6 +539,9 @@ fn mount(
         // Before Linux 6.9: requests the dead server took wait until their callers give up.
         log::warn!("cannot ask the kernel to resend requests the dead server took: {e}");
     }
+    if resumed {
+        keeper::fault_after_resume();
+    }
     let ours = identify_ours(&mount_point, &fsname, &paths.control_path, resumed)?;
     log::debug!(
         "our mount: id {}, device {}:{}",
@@ -559,6 +564,7 @@ fn mount(
             }
         })?;
     link.ready();
+    link.follow();
     // Also when resumed: a keeper systemd restarted with its stored connection is not
     // started until a READY=1 comes (a repeated one after a server crash is ignored).
     sd_notify("READY=1");

@@ -1027,3 +1027,44 @@ pub fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
         set
     }
 }
+
+// The fail-safe upgrade (see `keeper`): the keeper's signals and environment, and the path
+// it was started with.
+
+/// Removes `name` from the environment.
+///
+/// # Safety contract (checked by the callers, not the compiler)
+/// Call only while the process has one thread: the environment is not locked against a
+/// concurrent reader.
+pub fn remove_env_single_threaded(name: &str) {
+    // SAFETY: the callers (`keeper::role`, at start-up) run while the process has one
+    // thread, so no other thread reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}
+
+/// Waits up to `timeout` for one of the signals of `set` (blocked beforehand); `None` on
+/// timeout or EINTR.
+pub fn wait_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> Option<i32> {
+    let tick = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and tick are initialised; a null info pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
+    (sig > 0).then_some(sig)
+}
+
+/// The path this process was started with, exactly as passed to `execve` (`AT_EXECFN`):
+/// a symlink in it is not resolved, unlike `/proc/self/exe`.
+pub fn exec_filename() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getauxval only reads the auxiliary vector; for AT_EXECFN it returns 0 or a
+    // pointer to a NUL-terminated string on the process's initial stack, valid for its life.
+    let ptr = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated, never freed (see above).
+    let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes();
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+}

@@ -190,14 +190,49 @@ pub fn status_json(st: &Status) -> String {
 fn life_text() -> String {
     match crate::keeper::life() {
         Some(l) => format!(
-            "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n",
+            "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n{}",
             l.pid,
             iso8601(l.started),
             l.main_pid,
             l.restarts,
-            l.upgrades
+            l.upgrades,
+            last_upgrade_text(l.last_upgrade.as_ref())
         ),
         None => String::new(),
+    }
+}
+
+/// `last upgrade:` the last SIGHUP's attempt: when, which binary, how it went.
+fn last_upgrade_text(a: Option<&crate::keeper::Attempt>) -> String {
+    let Some(a) = a else {
+        return String::new();
+    };
+    let cause = if a.cause.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", a.cause)
+    };
+    format!(
+        "last upgrade: {} at {} to {}{cause}\n",
+        a.outcome.as_str().to_uppercase(),
+        iso8601(a.at),
+        a.binary
+    )
+}
+
+fn last_upgrade_json(a: Option<&crate::keeper::Attempt>) -> String {
+    match a {
+        None => "null".to_string(),
+        Some(a) => format!(
+            "{{\"attempt\":{},\"at\":{},\"at_unix\":{},\"binary\":{},\"outcome\":{},\
+             \"cause\":{}}}",
+            a.number,
+            json_str(&iso8601(a.at)),
+            unix_secs(a.at),
+            json_str(&a.binary),
+            json_str(a.outcome.as_str()),
+            json_opt((!a.cause.is_empty()).then_some(a.cause.as_str()))
+        ),
     }
 }
 
@@ -205,13 +240,14 @@ fn life_json() -> String {
     match crate::keeper::life() {
         Some(l) => format!(
             ",\"pid\":{},\"main_pid\":{},\"started\":{},\"started_unix\":{},\
-             \"restarts\":{},\"upgrades\":{}",
+             \"restarts\":{},\"upgrades\":{},\"last_upgrade\":{}",
             l.pid,
             l.main_pid,
             json_str(&iso8601(l.started)),
             unix_secs(l.started),
             l.restarts,
-            l.upgrades
+            l.upgrades,
+            last_upgrade_json(l.last_upgrade.as_ref())
         ),
         None => String::new(),
     }
