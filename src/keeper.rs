@@ -542,6 +542,8 @@ fn messages(link: BorrowedFd<'_>) -> Vec<(Vec<u8>, Vec<OwnedFd>)> {
             Ok(Some((data, _))) if data.is_empty() => return got,
             Ok(Some(message)) => got.push(message),
             Ok(None) => return got,
+            // A server that exited with our messages unread resets its link: gone too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
             Err(e) => {
                 log::warn!("keeper socket: {e}");
                 return got;
