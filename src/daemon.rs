@@ -542,14 +542,31 @@ fn mount(
     if resumed {
         keeper::fault_after_resume();
     }
-    let ours = identify_ours(&mount_point, &fsname, &paths.control_path, resumed)?;
+    let known = link.resume.as_ref().and_then(|r| r.mount);
+    let ours = match known {
+        // Never a look at our own mount from a resumed server (see `Resume::mount`).
+        Some((id, dev)) => mounts::OurMount {
+            id,
+            dev,
+            mount_point: mount_point.clone(),
+            fsname: fsname.clone(),
+        },
+        None => identify_ours(&mount_point, &fsname, &paths.control_path, resumed)?,
+    };
     log::debug!(
         "our mount: id {}, device {}:{}",
         ours.id,
         libc::major(ours.dev),
         libc::minor(ours.dev)
     );
-    if !resumed && let Err(e) = link.hand_over(dev_fuse.as_fd(), listener.as_fd(), &params) {
+    if !resumed
+        && let Err(e) = link.hand_over(
+            dev_fuse.as_fd(),
+            listener.as_fd(),
+            &params,
+            (ours.id, ours.dev),
+        )
+    {
         unmount(&ours);
         return Err(e);
     }

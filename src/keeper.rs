@@ -163,14 +163,15 @@ fn server_role(server: &str, resume: Option<&str>) -> Result<ServerLink, String>
             let mut w = text.splitn(3, ' ');
             let fuse = fd_of(w.next())?;
             let listener = fd_of(w.next())?;
-            let params = w
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or("malformed FUSE_INIT parameters from the keeper")?;
+            let (mount, params) = split_mount(w.next().unwrap_or(""));
+            let params = params
+                .parse()
+                .map_err(|_| "malformed FUSE_INIT parameters from the keeper")?;
             Some(Resume {
                 fuse,
                 listener,
                 params,
+                mount,
             })
         }
         None => None,
@@ -192,11 +193,38 @@ fn server_role(server: &str, resume: Option<&str>) -> Result<ServerLink, String>
     })
 }
 
+/// `mount=ID:DEV PARAMS` (the mount's id and device, then the `FUSE_INIT` parameters), or
+/// the parameters alone, as an earlier version stored them in systemd's store.
+fn split_mount(text: &str) -> (Option<(u64, u64)>, &str) {
+    let Some((mount, params)) = text
+        .strip_prefix("mount=")
+        .and_then(|rest| rest.split_once(' '))
+    else {
+        return (None, text);
+    };
+    let parsed = mount
+        .split_once(':')
+        .and_then(|(id, dev)| Some((id.parse().ok()?, dev.parse().ok()?)));
+    (parsed, params)
+}
+
 /// What the keeper holds once the first server handed the connection over.
 struct Held {
     fuse: OwnedFd,
     listener: OwnedFd,
     params: InitParams,
+    /// The mount's id and device (see `Resume::mount`).
+    mount: Option<(u64, u64)>,
+}
+
+impl Held {
+    /// `mount=ID:DEV PARAMS`, as `split_mount` reads it.
+    fn describe(&self) -> String {
+        match self.mount {
+            Some((id, dev)) => format!("mount={id}:{dev} {}", self.params),
+            None => self.params.to_string(),
+        }
+    }
 }
 
 /// A server process the keeper started.
@@ -352,7 +380,7 @@ impl Keeper {
                     "{} {} {}",
                     held.fuse.as_raw_fd(),
                     held.listener.as_raw_fd(),
-                    held.params
+                    held.describe()
                 ),
             );
             inherit.extend([held.fuse.as_fd(), held.listener.as_fd()]);
@@ -415,16 +443,16 @@ impl Keeper {
             }
             return;
         }
-        let params = std::str::from_utf8(data)
-            .ok()
-            .and_then(|t| t.parse::<InitParams>().ok());
+        let text = std::str::from_utf8(data).unwrap_or("");
+        let (mount, params) = split_mount(text);
         let mut fds = fds.into_iter();
-        match (params, fds.next(), fds.next()) {
+        match (params.parse::<InitParams>().ok(), fds.next(), fds.next()) {
             (Some(params), Some(fuse), Some(listener)) => {
                 let held = Held {
                     fuse,
                     listener,
                     params,
+                    mount,
                 };
                 systemd::store(&held, self.nodes.as_fd());
                 self.held = Some(held);
@@ -648,7 +676,7 @@ mod systemd {
     fn params_memfd(held: &Held) -> std::io::Result<OwnedFd> {
         let fd = sys::memfd("switchfs-init")?;
         let mut file = std::fs::File::from(fd);
-        file.write_all(held.params.to_string().as_bytes())?;
+        file.write_all(held.describe().as_bytes())?;
         Ok(file.into())
     }
 
@@ -685,7 +713,8 @@ mod systemd {
         std::io::Seek::rewind(&mut file)
             .and_then(|_| std::io::Read::read_to_string(&mut file, &mut text))
             .map_err(|e| format!("cannot read the stored FUSE parameters: {e}"))?;
-        let params = text
+        let (mount, params) = super::split_mount(&text);
+        let params = params
             .parse()
             .map_err(|_| "malformed FUSE parameters in systemd's store".to_string())?;
         Ok(Some((
@@ -693,6 +722,7 @@ mod systemd {
                 fuse,
                 listener,
                 params,
+                mount,
             },
             nodes,
         )))
@@ -716,5 +746,23 @@ mod systemd {
             }
         }
         Some(fds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_mount;
+
+    #[test]
+    fn the_mount_travels_with_the_fuse_parameters_and_old_texts_still_read() {
+        assert_eq!(
+            split_mount("mount=27:49 7 45 ff 131072 f 1048576"),
+            (Some((27, 49)), "7 45 ff 131072 f 1048576")
+        );
+        // What an earlier version put in systemd's store: the parameters alone.
+        assert_eq!(
+            split_mount("7 45 ff 131072 f 1048576"),
+            (None, "7 45 ff 131072 f 1048576")
+        );
     }
 }

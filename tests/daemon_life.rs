@@ -754,8 +754,13 @@ fn a_broken_new_binary_never_takes_over() {
     let v2 = v.real("v2");
     v.flip("v2");
     let load = load_on(&fx);
+    let started = Instant::now();
     let (ok, line) = reload(&fx);
     assert!(ok, "{line}");
+    println!(
+        "good upgrade: the reload client returned after {:?}",
+        started.elapsed()
+    );
     assert!(line.contains("/opt/v2/switchfs"), "{line}");
     let json = status_json(&fx);
     assert_eq!(field(&json, "upgrades"), 1, "{json}");

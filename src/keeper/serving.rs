@@ -154,6 +154,10 @@ pub struct Resume {
     pub fuse: OwnedFd,
     pub listener: OwnedFd,
     pub params: InitParams,
+    /// The mount's id and device, as the server that made it identified them: a resumed
+    /// server must not look at its own mount (a request to itself, taken by a worker that
+    /// then crashes, would never be answered, and the process could never exit).
+    pub mount: Option<(u64, u64)>,
 }
 
 /// A server's ties to its keeper.
@@ -184,8 +188,9 @@ impl ServerLink {
         fuse: BorrowedFd<'_>,
         listener: BorrowedFd<'_>,
         params: &InitParams,
+        mount: (u64, u64),
     ) -> Result<(), String> {
-        let text = params.to_string();
+        let text = format!("mount={}:{} {params}", mount.0, mount.1);
         sys::send_with_fds(
             self.keeper.as_fd(),
             None,

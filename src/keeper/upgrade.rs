@@ -49,7 +49,7 @@ const TAKEOVER_DEADLINE: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// A new server that dies this soon after READY fails the upgrade instead of being
 /// restarted from its own (broken) binary.
-const PROBATION: Duration = Duration::from_secs(2);
+const PROBATION: Duration = Duration::from_secs(1);
 
 /// The version of the state one keeper hands the next across its `exec`.
 const KEEPER_STATE_VERSION: &str = "2";
@@ -334,7 +334,7 @@ impl Keeper {
             self.upgrades,
             self.serial,
             self.attempts,
-            held.params
+            held.describe()
         );
         let fds = [
             server.link.as_fd(),
@@ -378,10 +378,10 @@ impl Keeper {
         let pid = num(w.next())? as i32;
         let (restarts, upgrades, serial) = (num(w.next())?, num(w.next())?, num(w.next())?);
         let attempts = num(w.next())?;
-        let params = w
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or("malformed FUSE_INIT parameters from the previous keeper")?;
+        let (mount, params) = super::split_mount(w.next().unwrap_or(""));
+        let params = params
+            .parse()
+            .map_err(|_| "malformed FUSE_INIT parameters from the previous keeper")?;
         let install = take_env_os(INSTALL_ENV)
             .map(std::path::PathBuf::from)
             .ok_or("the previous keeper did not say where switchfs is installed")?;
@@ -395,6 +395,7 @@ impl Keeper {
                 fuse,
                 listener,
                 params,
+                mount,
             }),
             server: Some(Server {
                 pid,
