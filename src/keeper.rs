@@ -488,16 +488,17 @@ impl Keeper {
             .is_some_and(upgrade::Upgrade::took_over);
         if took_over && self.stopping {
             // Stopped while it took over: it unmounted, as asked.
-            self.upgrade_failed("the daemon was stopped during the upgrade".into());
+            self.upgrade_failed("the daemon was stopped during the upgrade".into(), None);
             return Some(exit_code(status));
         }
         if took_over {
             // The new binary's server took the connection and died: back to ours.
-            self.upgrade_failed(format!(
+            let cause = format!(
                 "its server {} died ({}) after taking over",
                 server.pid,
                 describe(status)
-            ));
+            );
+            self.upgrade_failed(cause, Some(status));
             return self.respawn();
         }
         let code = exit_code(status);

@@ -177,12 +177,22 @@ impl Keeper {
         self.send_life();
     }
 
-    /// Ends the upgrade in progress as failed (the caller restarts ours if needed).
-    pub(super) fn upgrade_failed(&mut self, cause: String) {
-        if let Some(up) = self.upgrade.take() {
-            let cause = up.killed.unwrap_or(cause);
-            self.record_failure(up.binary, cause);
-        }
+    /// Ends the upgrade in progress as failed (the caller restarts ours if needed): `cause`,
+    /// or why the keeper killed it, with how it ended if not by that kill (`status`).
+    pub(super) fn upgrade_failed(&mut self, cause: String, status: Option<i32>) {
+        let Some(up) = self.upgrade.take() else {
+            return;
+        };
+        let cause = match (up.killed, status) {
+            (Some(killed), Some(st))
+                if !(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL) =>
+            {
+                format!("{killed}; it ended with {}", describe(st))
+            }
+            (Some(killed), _) => killed,
+            (None, _) => cause,
+        };
+        self.record_failure(up.binary, cause);
     }
 
     /// The candidate started and checked its arguments: the running server retires.
@@ -230,7 +240,7 @@ impl Keeper {
     /// The candidate died before it took the connection.
     pub(super) fn candidate_ended(&mut self, status: i32) {
         let cause = format!("it exited ({}) before it was ready", describe(status));
-        self.upgrade_failed(cause);
+        self.upgrade_failed(cause, Some(status));
     }
 
     /// The server that took over said READY: ping it on the control socket.
