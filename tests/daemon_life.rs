@@ -785,3 +785,19 @@ fn a_broken_new_binary_never_takes_over() {
     assert!(reads > 10, "only {reads} reads");
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
 }
+
+/// `switchctl upgrade --pid` (systemd's $MAINPID) refuses a pid that is not the daemon's
+/// main pid, with one line, and nothing is attempted.
+#[test]
+fn the_reload_client_refuses_a_wrong_main_pid() {
+    let fx = Fixture::new("life-wrongpid");
+    releases(&fx);
+    let d = fx.start(&["--initial", "1"]);
+    let out = fx.ctl(&["upgrade", "--pid", &d.pid().to_string()]);
+    assert!(!out.status.success());
+    let err = one_line_error(&out);
+    assert!(err.contains("is not the main pid"), "{err}");
+    let json = status_json(&fx);
+    assert!(json.contains("\"last_upgrade\":null"), "{json}");
+    assert_eq!(serving_pid(&fx), d.pid(), "nothing was upgraded");
+}
