@@ -1455,3 +1455,32 @@ pub fn classic_mount_id_of_proc_link(path: &std::path::Path) -> io::Result<u64> 
     }
     Ok(stx.stx_mnt_id)
 }
+
+// The fail-safe upgrade (see `keeper`): the keeper's signals and environment, and the path
+// it was started with.
+
+/// Removes `name` from the environment.
+///
+/// # Safety contract (checked by the callers, not the compiler)
+/// Call only while the process has one thread: the environment is not locked against a
+/// concurrent reader.
+pub fn remove_env_single_threaded(name: &str) {
+    // SAFETY: the callers (`keeper::role`, at start-up) run while the process has one
+    // thread, so no other thread reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}
+
+/// The path this process was started with, exactly as passed to `execve` (`AT_EXECFN`):
+/// a symlink in it is not resolved, unlike `/proc/self/exe`.
+pub fn exec_filename() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getauxval only reads the auxiliary vector; for AT_EXECFN it returns 0 or a
+    // pointer to a NUL-terminated string on the process's initial stack, valid for its life.
+    let ptr = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated, never freed (see above).
+    let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes();
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+}

@@ -519,7 +519,10 @@ fn log_lines_carry_journal_priorities_or_millisecond_timestamps() {
         format!("{}:{}", m.dev(), m.ino() + 1)
     };
     let text = log_of_a_run(&fx, &log, another_file);
-    assert!(text.contains(" INFO  switchfs::life::daemon] serving "), "{text}");
+    assert!(
+        text.contains(" INFO  switchfs::life::daemon] serving "),
+        "{text}"
+    );
     for line in text.lines() {
         // [2026-12-02T00:14:07.590Z INFO  switchfs::life::daemon] ...
         let b = line.as_bytes();

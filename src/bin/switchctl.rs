@@ -84,6 +84,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upgrade the daemon to the binary now installed at the path it was started with
+    /// (SIGHUP to its main pid) and wait, at most --timeout seconds, for the outcome. The
+    /// new binary takes over only once it proved itself. Exit 0 when it serves, 1 when it
+    /// failed (the running version goes on serving; the cause is printed). For the unit's
+    /// ExecReload.
+    Upgrade {
+        /// Refuse unless this is the daemon's main pid (systemd's $MAINPID).
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+    },
 }
 
 fn release_name(s: &str) -> Result<String, String> {
@@ -103,6 +113,10 @@ fn run(cli: Cli) -> Result<String, Failure> {
         _ => None,
     };
     let timeout = cli.timeout.max(u64::from(drain.unwrap_or(0)) + 30);
+    if let Command::Upgrade { pid } = cli.command {
+        let wait = Duration::from_secs(cli.timeout);
+        return switchfs::control::reload::upgrade(&socket, pid, wait);
+    }
     let request = match cli.command {
         Command::Activate { name, wait_drain } => Request::Activate {
             name,
@@ -125,6 +139,7 @@ fn run(cli: Cli) -> Result<String, Failure> {
         },
         Command::Status { json } => Request::Status { json },
         Command::List { json } => Request::List { json },
+        Command::Upgrade { .. } => unreachable!("handled above"),
     };
     client::request(&socket, &request, Duration::from_secs(timeout))
 }

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod protocol;
+pub mod reload;
 pub mod render;
 pub(crate) mod server;

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::json::{self, Object, iso8601, unix_secs};
-use crate::life::keeper::Life;
+use crate::life::keeper::{Attempt, Life};
 use crate::php::opcache::{LastRun, PoolStatus};
 use crate::switch::history::History;
 use crate::switch::usage::{ReleaseUsage, Status};
@@ -37,7 +37,7 @@ fn status_text(st: &Status) -> String {
     if let Some(problem) = &st.active_problem {
         let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
     }
-    if let Some(l) = st.life {
+    if let Some(l) = &st.life {
         out.push_str(&life_text(l));
     }
     let _ = writeln!(out, "releases:");
@@ -144,7 +144,7 @@ fn status_json(st: &Status) -> String {
         .opt_str("rollback_to", target.as_deref())
         .raw("rolled_back", &json::str_array(st.history.rolled_back()))
         .str("mode", st.mode);
-    if let Some(l) = st.life {
+    if let Some(l) = &st.life {
         o = life_json(o, l);
     }
     if !st.php_pools.is_empty() {
@@ -201,13 +201,46 @@ fn last_run_json(r: &LastRun) -> String {
 /// started, and the mount's restarts and upgrades.
 fn life_text(l: &Life) -> String {
     format!(
-        "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n",
+        "server pid:   {} (since {}; main pid {}, {} restarts, {} upgrades)\n{}",
         l.pid,
         iso8601(l.started),
         l.main_pid,
         l.restarts,
-        l.upgrades
+        l.upgrades,
+        last_upgrade_text(l.last_upgrade.as_ref())
     )
+}
+
+/// `last upgrade:` the last SIGHUP's attempt: when, which binary, how it went.
+fn last_upgrade_text(a: Option<&Attempt>) -> String {
+    let Some(a) = a else {
+        return String::new();
+    };
+    let cause = if a.cause.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", a.cause)
+    };
+    format!(
+        "last upgrade: {} at {} to {}{cause}\n",
+        a.outcome.as_str().to_uppercase(),
+        iso8601(a.at),
+        a.binary
+    )
+}
+
+fn last_upgrade_json(a: Option<&Attempt>) -> String {
+    let Some(a) = a else {
+        return "null".to_string();
+    };
+    Object::new()
+        .num("attempt", a.number)
+        .str("at", &iso8601(a.at))
+        .num("at_unix", unix_secs(a.at))
+        .str("binary", &a.binary)
+        .str("outcome", a.outcome.as_str())
+        .opt_str("cause", (!a.cause.is_empty()).then_some(a.cause.as_str()))
+        .finish()
 }
 
 fn life_json(o: Object, l: &Life) -> Object {
@@ -217,6 +250,7 @@ fn life_json(o: Object, l: &Life) -> Object {
         .num("started_unix", unix_secs(l.started))
         .num("restarts", l.restarts)
         .num("upgrades", l.upgrades)
+        .raw("last_upgrade", &last_upgrade_json(l.last_upgrade.as_ref()))
 }
 
 fn newest_first(history: &History) -> Vec<String> {

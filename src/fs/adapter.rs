@@ -107,6 +107,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::keeper::fault_on_request();
         match self.core.lookup(&caller(req), parent.0, name) {
             Ok(Lookup::Entry(attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
             Ok(Lookup::Negative(ttl)) => {
@@ -123,6 +124,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::keeper::fault_on_request();
         match self.core.getattr(ino.0) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(log_err("getattr", &e)),

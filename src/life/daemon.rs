@@ -283,6 +283,8 @@ pub fn run(args: DaemonArgs) -> Result<u8, String> {
 fn serve(args: &DaemonArgs, link: ServerLink) -> Result<(), String> {
     let (fd_limit, inode_fds) = open_file_limit(args.threads)?;
     let paths = resolve_paths(args, link.resume.is_some())?;
+    // An upgrade's candidate stops here until the running server has left (see `keeper`).
+    link.prove()?;
     let configured = configure(args, &paths, &link, inode_fds)?;
     let serving = mount(args, paths, configured, link)?;
     log::info!(
@@ -559,14 +561,34 @@ fn mount(
         // Before Linux 6.9: requests the dead server took wait until their callers give up.
         log::warn!("cannot ask the kernel to resend requests the dead server took: {e}");
     }
-    let ours = identify_ours(&mount_point, &fsname, &paths.control_path, resumed)?;
+    if resumed {
+        keeper::fault_after_resume();
+    }
+    let known = link.resume.as_ref().and_then(|r| r.mount);
+    let ours = match known {
+        // Never a look at our own mount from a resumed server (see `Resume::mount`).
+        Some((id, dev)) => mounts::OurMount {
+            id,
+            dev,
+            mount_point: mount_point.clone(),
+            fsname: fsname.clone(),
+        },
+        None => identify_ours(&mount_point, &fsname, &paths.control_path, resumed)?,
+    };
     log::debug!(
         "our mount: id {}, device {}:{}",
         ours.id,
         libc::major(ours.dev),
         libc::minor(ours.dev)
     );
-    if !resumed && let Err(e) = link.hand_over(dev_fuse.as_fd(), listener.as_fd(), &params) {
+    if !resumed
+        && let Err(e) = link.hand_over(
+            dev_fuse.as_fd(),
+            listener.as_fd(),
+            &params,
+            (ours.id, ours.dev),
+        )
+    {
         unmount(&ours);
         return Err(e);
     }
@@ -581,6 +603,7 @@ fn mount(
             }
         })?;
     link.ready();
+    link.follow();
     // Also when resumed: a keeper systemd restarted with its stored connection is not
     // started until a READY=1 comes (a repeated one after a server crash is ignored).
     systemd::notify("READY=1");

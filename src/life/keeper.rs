@@ -6,23 +6,29 @@
 //! would hang it). It starts the **server**, the same binary with the same arguments, which
 //! does everything switchfs does: checks, mount, control socket, requests. Once mounted, the
 //! server hands the keeper the `/dev/fuse` descriptor, the control socket's listener and what
-//! `FUSE_INIT` settled (one `SCM_RIGHTS` message). From then on:
+//! `FUSE_INIT` settled (one `SCM_RIGHTS` message on its own link, a socket pair per server).
+//! From then on:
 //!
 //! - **Crash** (SIGKILL, panic, abort, OOM): the connection stays open in the keeper, so the
 //!   kernel keeps the requests instead of failing them. The keeper starts a new server at
 //!   once with the descriptors inherited; it resumes the session (`Session::resume`), sends
 //!   `FUSE_NOTIFY_RESEND` for the requests the dead one had read, and restores the node ids
 //!   the kernel holds (`nodelog`, a memfd the keeper also holds). Control clients wait in the
-//!   listener's backlog meanwhile.
-//! - **Upgrade** (SIGHUP to the keeper, `systemctl reload`): the keeper `exec`s the binary now
-//!   installed at its path, keeping its pid (systemd's main pid does not change) and its
-//!   descriptors; the new keeper asks the old server to retire (SIGUSR2: finish a switch in
-//!   progress, exit without unmounting) and starts a server of the new binary, which resumes
-//!   as after a crash.
+//!   listener's backlog meanwhile. The server is started from a descriptor of the binary the
+//!   keeper runs (`/proc/self/fd/N`, what `fexecve` does), so it is found even after a
+//!   package removed that version's files.
+//! - **Upgrade** (SIGHUP to the keeper; `switchctl upgrade`, the unit's `ExecReload`, sends
+//!   it and waits for the outcome): fail-safe, see `upgrade`. The binary installed at the
+//!   path the daemon was started with, resolved now, is started beside the running server
+//!   and must prove itself before that one retires, then take over and keep serving for a
+//!   probation; if it fails anywhere, the running version goes on serving (or is started
+//!   again at once from the descriptor the keeper kept), the keeper logs one line with the
+//!   cause and `status` shows the failed attempt. Only then does the keeper `exec` the new
+//!   binary itself, keeping its pid (systemd's main pid) and descriptors.
 //! - **Stop** (SIGTERM/SIGINT): forwarded to the server, which unmounts and exits; the keeper
 //!   exits with its status. A server still starting is stopped once it says it serves (a
-//!   `ready` message); a stop during an upgrade starts the successor anyway, so that one
-//!   unmounts.
+//!   `ready` message); a stop during an upgrade lets the server that holds the connection
+//!   unmount.
 //! - A server that dies before it serves is restarted with a growing pause (given up after
 //!   10 in a row); one that served is restarted at once.
 //! - **Keeper killed**: the server gets SIGKILL too (`PR_SET_PDEATHSIG`): a server nobody
@@ -33,28 +39,41 @@
 //! (`SWITCHFS_SERVER`, `SWITCHFS_RESUME`, `SWITCHFS_KEEPER`); each process takes them and
 //! sets close-on-exec again at once, so no hook ever inherits them.
 
+mod serving;
+mod upgrade;
+
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use fuser::InitParams;
+
+pub use serving::{
+    Attempt, Life, Outcome, Resume, ServerLink, fault_after_resume, fault_on_request, life,
+};
 
 use crate::sys;
 
 const SERVER_ENV: &str = "SWITCHFS_SERVER";
 const RESUME_ENV: &str = "SWITCHFS_RESUME";
 const KEEPER_ENV: &str = "SWITCHFS_KEEPER";
+/// The path the daemon was started with, carried across the keeper's own `exec`.
+const INSTALL_ENV: &str = "SWITCHFS_INSTALL_PATH";
+/// The last upgrade attempt, carried across the keeper's own `exec`.
+const ATTEMPT_ENV: &str = "SWITCHFS_LAST_UPGRADE";
 
 /// Variables that hand descriptors to a switchfs process. Whoever starts switchfs for
 /// someone else (the mount helper) removes them, so no caller can make the daemon adopt
 /// descriptors of its choosing.
-pub const HANDOFF_ENV: [&str; 6] = [
+pub const HANDOFF_ENV: [&str; 9] = [
     SERVER_ENV,
     RESUME_ENV,
     KEEPER_ENV,
+    INSTALL_ENV,
+    ATTEMPT_ENV,
+    serving::FAULT_ENV,
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
@@ -63,32 +82,8 @@ pub const HANDOFF_ENV: [&str; 6] = [
 /// The signal the keeper sends a server to retire for an upgrade.
 pub const RETIRE: i32 = libc::SIGUSR2;
 
-/// Handle numbers of the n-th server start at n << 40, so no two servers give out the same.
-const HANDLE_SHIFT: u32 = 40;
-
 /// A server that died this many times in a row before it served is given up on.
 const MAX_QUICK_DEATHS: u32 = 10;
-
-/// Where a server process stands in the daemon's life, for `status`.
-#[derive(Debug, Clone)]
-pub struct Life {
-    /// This process, which serves FUSE requests.
-    pub pid: u32,
-    /// The keeper: the process to signal for a reload, the one systemd tracks.
-    pub main_pid: u32,
-    /// When this process started serving.
-    pub started: SystemTime,
-    /// Servers restarted after a crash, and upgrades, since the mount was made.
-    pub restarts: u64,
-    pub upgrades: u64,
-}
-
-static LIFE: OnceLock<Life> = OnceLock::new();
-
-/// The serving process's place in the daemon's life, once it runs under a keeper.
-pub fn life() -> Option<&'static Life> {
-    LIFE.get()
-}
 
 /// What this process is, from its environment.
 pub enum Role {
@@ -99,64 +94,15 @@ pub enum Role {
     Server(ServerLink),
 }
 
-/// A resumed server's inherited connection.
-pub struct Resume {
-    pub fuse: OwnedFd,
-    pub listener: OwnedFd,
-    pub params: InitParams,
-}
-
-/// A server's ties to its keeper.
-pub struct ServerLink {
-    keeper: OwnedFd,
-    /// The node id log (see `nodelog`).
-    pub nodes: OwnedFd,
-    /// Set when the connection is already mounted and initialised: resume it.
-    pub resume: Option<Resume>,
-    serial: u64,
-}
-
-impl ServerLink {
-    /// The first handle number this server may give out.
-    pub fn first_handle(&self) -> u64 {
-        (self.serial << HANDLE_SHIFT) + 1
-    }
-
-    /// Gives the keeper the connection and the control listener, so they outlive this
-    /// process.
-    ///
-    /// # Errors
-    /// The keeper is gone.
-    pub fn hand_over(
-        &self,
-        fuse: BorrowedFd<'_>,
-        listener: BorrowedFd<'_>,
-        params: &InitParams,
-    ) -> Result<(), String> {
-        let text = params.to_string();
-        sys::send_with_fds(
-            self.keeper.as_fd(),
-            None,
-            text.as_bytes(),
-            &[fuse, listener],
-        )
-        .map_err(|e| format!("cannot hand the connection to the keeper: {e}"))
-    }
-
-    /// Tells the keeper this server serves: a death from now on is restarted at once.
-    pub fn ready(&self) {
-        if let Err(e) = sys::send_with_fds(self.keeper.as_fd(), None, READY, &[]) {
-            log::warn!("cannot tell the keeper we serve: {e}");
-        }
-    }
-}
-
 /// Reads this process's role from the environment and removes the variables, so nothing
 /// this process starts sees them. Call while the process has one thread.
 ///
 /// # Errors
 /// A variable names descriptors this process does not have.
 pub fn role() -> Result<Role, String> {
+    if let Some(fault) = take_env(serving::FAULT_ENV) {
+        serving::arm_fault(&fault);
+    }
     if let Some(server) = take_env(SERVER_ENV) {
         let resume = take_env(RESUME_ENV);
         return server_role(&server, resume.as_deref()).map(Role::Server);
@@ -169,9 +115,13 @@ pub fn role() -> Result<Role, String> {
 
 fn take_env(name: &str) -> Option<String> {
     let value = std::env::var(name).ok()?;
-    // SAFETY: called from `role`, while the process still has one thread, so no other
-    // thread reads the environment concurrently.
-    unsafe { std::env::remove_var(name) };
+    sys::remove_env_single_threaded(name);
+    Some(value)
+}
+
+fn take_env_os(name: &str) -> Option<OsString> {
+    let value = std::env::var_os(name)?;
+    sys::remove_env_single_threaded(name);
     Some(value)
 }
 
@@ -203,38 +153,59 @@ fn server_role(server: &str, resume: Option<&str>) -> Result<ServerLink, String>
     let mut w = server.split(' ');
     let keeper = fd_of(w.next())?;
     let nodes = fd_of(w.next())?;
+    // The binary we were started from, open in the keeper: not ours to keep.
+    drop(fd_of(w.next())?);
     let main_pid = num(w.next())? as u32;
     let (restarts, upgrades, serial) = (num(w.next())?, num(w.next())?, num(w.next())?);
+    let candidate = num(w.next())? == 1;
     let resume = match resume {
         Some(text) => {
             let mut w = text.splitn(3, ' ');
             let fuse = fd_of(w.next())?;
             let listener = fd_of(w.next())?;
-            let params = w
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or("malformed FUSE_INIT parameters from the keeper")?;
+            let (mount, params) = split_mount(w.next().unwrap_or(""));
+            let params = params
+                .parse()
+                .map_err(|_| "malformed FUSE_INIT parameters from the keeper")?;
             Some(Resume {
                 fuse,
                 listener,
                 params,
+                mount,
             })
         }
         None => None,
     };
-    let _ = LIFE.set(Life {
+    serving::set_life(Life {
         pid: std::process::id(),
         main_pid,
         started: SystemTime::now(),
         restarts,
         upgrades,
+        last_upgrade: None,
     });
     Ok(ServerLink {
         keeper,
         nodes,
         resume,
         serial,
+        candidate,
     })
+}
+
+/// `mount=ID:DEV PARAMS` (the mount's id and device, then the `FUSE_INIT` parameters), or
+/// the parameters alone, as an earlier version stored them in systemd's store.
+fn split_mount(text: &str) -> (Option<(u64, u64)>, &str) {
+    let Some((mount, params)) = text
+        .strip_prefix("mount=")
+        .and_then(|rest| rest.split_once(' '))
+    else {
+        return (None, text);
+    };
+    let parsed = mount
+        .split_once(':')
+        .and_then(|(id, dev)| Some((id.parse().ok()?, dev.parse().ok()?)));
+    (parsed, params)
 }
 
 /// What the keeper holds once the first server handed the connection over.
@@ -242,100 +213,83 @@ struct Held {
     fuse: OwnedFd,
     listener: OwnedFd,
     params: InitParams,
+    /// The mount's id and device (see `Resume::mount`).
+    mount: Option<(u64, u64)>,
 }
 
-/// The server process now running.
+impl Held {
+    /// `mount=ID:DEV PARAMS`, as `split_mount` reads it.
+    fn describe(&self) -> String {
+        match self.mount {
+            Some((id, dev)) => format!("mount={id}:{dev} {}", self.params),
+            None => self.params.to_string(),
+        }
+    }
+}
+
+/// A server process the keeper started.
 struct Server {
     pid: i32,
+    /// The keeper's end of this server's link.
+    link: OwnedFd,
     /// It said it serves (`READY`): a death after that is restarted at once.
     ready: bool,
 }
 
-/// What a server sends once it serves.
-const READY: &[u8] = b"ready";
-
 /// The keeper process (see the module doc).
 pub struct Keeper {
-    binary: PathBuf,
+    /// The path the daemon was started with; an upgrade runs what is installed there then.
+    install: PathBuf,
+    /// The binary this keeper runs, kept open: servers are started from it.
+    exe: OwnedFd,
     args: Vec<OsString>,
-    /// Our end of the handover socket, and the end every server inherits.
-    sock: OwnedFd,
-    server_sock: OwnedFd,
     nodes: OwnedFd,
     held: Option<Held>,
     server: Option<Server>,
     restarts: u64,
     upgrades: u64,
     serial: u64,
+    /// SIGHUPs since the keeper started, and the last one's outcome.
+    attempts: u64,
+    last_upgrade: Option<Attempt>,
+    upgrade: Option<upgrade::Upgrade>,
+    /// The server asked to retire for an upgrade, until it exits.
+    retired: Option<i32>,
     stopping: bool,
-    retiring: bool,
-    /// A stop came while a server retired for an upgrade: its successor must be started
-    /// to unmount, then stopped as soon as it serves.
+    /// A stop came while a server could not take it (still starting, or an upgrade moving
+    /// the connection): the server holding the connection is stopped once it serves.
     stop_when_ready: bool,
     quick_deaths: u32,
 }
 
 impl Keeper {
     fn new() -> Result<Keeper, String> {
-        let binary =
+        let running =
             std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
-        let (sock, server_sock) =
-            sys::seqpacket_pair().map_err(|e| format!("cannot create the keeper socket: {e}"))?;
+        let exe = upgrade::open_binary(std::path::Path::new("/proc/self/exe"))
+            .map_err(|e| format!("cannot open our own binary {}: {e}", running.display()))?;
+        // The path as given (a symlink such as /opt/switchfs/current/switchfs stays one), made
+        // absolute now: the upgrade resolves it at each SIGHUP.
+        let install = sys::exec_filename()
+            .and_then(|p| std::path::absolute(p).ok())
+            .unwrap_or(running);
         let nodes = sys::memfd("switchfs-nodes")
             .map_err(|e| format!("cannot create the node id log: {e}"))?;
         Ok(Keeper {
-            binary,
+            install,
+            exe,
             args: std::env::args_os().skip(1).collect(),
-            sock,
-            server_sock,
             nodes,
             held: None,
             server: None,
             restarts: 0,
             upgrades: 0,
             serial: 0,
+            attempts: 0,
+            last_upgrade: None,
+            upgrade: None,
+            retired: None,
             stopping: false,
-            retiring: false,
-            stop_when_ready: false,
-            quick_deaths: 0,
-        })
-    }
-
-    /// The keeper an earlier binary was, continued after its `exec` (an upgrade): same
-    /// descriptors, same server, which it now retires.
-    fn adopt(text: &str) -> Result<Keeper, String> {
-        let mut w = text.splitn(10, ' ');
-        // The binary we were exec'd from: the one installed at the daemon's path now.
-        let binary =
-            std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
-        let sock = fd_of(w.next())?;
-        let server_sock = fd_of(w.next())?;
-        let nodes = fd_of(w.next())?;
-        let fuse = fd_of(w.next())?;
-        let listener = fd_of(w.next())?;
-        let pid = num(w.next())? as i32;
-        let (restarts, upgrades, serial) = (num(w.next())?, num(w.next())?, num(w.next())?);
-        let params = w
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or("malformed FUSE_INIT parameters from the previous keeper")?;
-        Ok(Keeper {
-            binary,
-            args: std::env::args_os().skip(1).collect(),
-            sock,
-            server_sock,
-            nodes,
-            held: Some(Held {
-                fuse,
-                listener,
-                params,
-            }),
-            server: Some(Server { pid, ready: true }),
-            restarts,
-            upgrades: upgrades + 1,
-            serial,
-            stopping: false,
-            retiring: false,
             stop_when_ready: false,
             quick_deaths: 0,
         })
@@ -349,8 +303,8 @@ impl Keeper {
         let signals = block_keeper_signals();
         let mut keeper = match keeper {
             Some(k) => {
-                let mut k = *k;
-                k.retire_server();
+                let k = *k;
+                k.send_life();
                 k
             }
             None => {
@@ -360,45 +314,63 @@ impl Keeper {
                     k.held = Some(held);
                     k.nodes = nodes;
                 }
-                k.spawn_server()?;
+                let server = k.spawn_server(None, false)?;
+                k.server = Some(server);
                 k
             }
         };
         loop {
-            let signal = wait_signal(&signals, Duration::from_millis(100));
-            // First what the server sent before the signal came: a SIGHUP right after
+            // An upgrade is a few steps, each a message away: look more often meanwhile.
+            let tick = if keeper.upgrade.is_some() { 10 } else { 100 };
+            let signal = sys::wait_signal(&signals, Duration::from_millis(tick));
+            // First what the servers sent before the signal came: a SIGHUP right after
             // READY=1 must find the connection handed over.
-            keeper.take_handover();
+            keeper.read_links();
             match signal {
                 Some(libc::SIGTERM | libc::SIGINT) => keeper.stop(),
-                Some(libc::SIGHUP) => keeper.upgrade(),
+                Some(libc::SIGHUP) => keeper.begin_upgrade(),
                 _ => {}
             }
+            keeper.advance_upgrade();
             while let Some((pid, status)) = sys::reap_child() {
-                if keeper.server.as_ref().is_some_and(|s| s.pid == pid)
-                    && let Some(code) = keeper.server_ended(status)
-                {
+                if let Some(code) = keeper.child_ended(pid, status) {
                     return Ok(code);
                 }
             }
         }
     }
 
-    fn spawn_server(&mut self) -> Result<(), String> {
+    /// Starts a server of the binary `exe` (`None`: the one this keeper runs; a candidate:
+    /// beside the running server, for an upgrade) and tells it the daemon's counters.
+    fn spawn_server(
+        &mut self,
+        exe: Option<BorrowedFd<'_>>,
+        candidate: bool,
+    ) -> Result<Server, String> {
         self.serial += 1;
-        let mut cmd = Command::new(&self.binary);
+        let exe = exe.unwrap_or(self.exe.as_fd());
+        let (link, server_end) =
+            sys::seqpacket_pair().map_err(|e| format!("cannot create the keeper socket: {e}"))?;
+        let mut cmd = Command::new(exe_path(exe));
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.arg0(&self.install);
+        }
         cmd.args(&self.args);
-        let mut inherit = vec![self.server_sock.as_fd(), self.nodes.as_fd()];
+        // The binary's descriptor is inherited too: a script (#!) is run through it.
+        let mut inherit = vec![server_end.as_fd(), self.nodes.as_fd(), exe];
         cmd.env(
             SERVER_ENV,
             format!(
-                "{} {} {} {} {} {}",
-                self.server_sock.as_raw_fd(),
+                "{} {} {} {} {} {} {} {}",
+                server_end.as_raw_fd(),
                 self.nodes.as_raw_fd(),
+                exe.as_raw_fd(),
                 std::process::id(),
                 self.restarts,
                 self.upgrades,
-                self.serial
+                self.serial,
+                u8::from(candidate)
             ),
         );
         if let Some(held) = &self.held {
@@ -408,58 +380,79 @@ impl Keeper {
                     "{} {} {}",
                     held.fuse.as_raw_fd(),
                     held.listener.as_raw_fd(),
-                    held.params
+                    held.describe()
                 ),
             );
             inherit.extend([held.fuse.as_fd(), held.listener.as_fd()]);
         }
         sys::die_with_parent_on_spawn(&mut cmd);
         let spawned = with_inheritable(&inherit, || cmd.spawn());
-        let child = spawned.map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
-        self.server = Some(Server {
+        let child = spawned.map_err(|e| format!("cannot start {}: {e}", self.install.display()))?;
+        let server = Server {
             pid: child.id() as i32,
+            link,
             ready: false,
-        });
-        Ok(())
+        };
+        self.tell_life(&server);
+        Ok(server)
     }
 
-    /// Takes the connection a freshly mounted server hands over.
-    fn take_handover(&mut self) {
-        loop {
-            match sys::recv_with_fds(self.sock.as_fd()) {
-                Ok(Some((data, fds))) => self.accept_handover(&data, fds),
-                Ok(None) => return,
-                Err(e) => {
-                    log::warn!("keeper socket: {e}");
-                    return;
-                }
+    fn tell_life(&self, server: &Server) {
+        let msg = serving::life_message(self.restarts, self.upgrades, self.last_upgrade.as_ref());
+        if let Err(e) = sys::send_with_fds(server.link.as_fd(), None, msg.as_bytes(), &[]) {
+            log::debug!("cannot tell server {} the counters: {e}", server.pid);
+        }
+    }
+
+    /// Tells the serving process the counters and the last attempt, for `status`.
+    fn send_life(&self) {
+        if let Some(server) = &self.server {
+            self.tell_life(server);
+        }
+    }
+
+    /// Reads what the servers sent: the connection a freshly mounted one hands over, READY,
+    /// and an upgrade candidate's PREPARED.
+    fn read_links(&mut self) {
+        if let Some(server) = &self.server {
+            for (data, fds) in messages(server.link.as_fd()) {
+                self.on_server_message(&data, fds);
+            }
+        }
+        if let Some(cand) = self.upgrade.as_ref().and_then(|u| u.candidate.as_ref()) {
+            let got = messages(cand.link.as_fd());
+            if got.iter().any(|(data, _)| data == serving::PREPARED) {
+                self.candidate_prepared();
             }
         }
     }
 
-    fn accept_handover(&mut self, data: &[u8], fds: Vec<OwnedFd>) {
-        if data == READY {
-            if let Some(server) = &mut self.server {
-                server.ready = true;
-                if self.stop_when_ready
-                    && let Err(e) = sys::signal(server.pid, libc::SIGTERM)
-                {
+    fn on_server_message(&mut self, data: &[u8], fds: Vec<OwnedFd>) {
+        if data == serving::READY {
+            self.quick_deaths = 0;
+            let Some(server) = &mut self.server else {
+                return;
+            };
+            server.ready = true;
+            if self.stop_when_ready {
+                if let Err(e) = sys::signal(server.pid, libc::SIGTERM) {
                     log::warn!("cannot stop server {}: {e}", server.pid);
                 }
+            } else {
+                self.new_server_ready();
             }
-            self.quick_deaths = 0;
             return;
         }
-        let params = std::str::from_utf8(data)
-            .ok()
-            .and_then(|t| t.parse::<InitParams>().ok());
+        let text = std::str::from_utf8(data).unwrap_or("");
+        let (mount, params) = split_mount(text);
         let mut fds = fds.into_iter();
-        match (params, fds.next(), fds.next()) {
+        match (params.parse::<InitParams>().ok(), fds.next(), fds.next()) {
             (Some(params), Some(fuse), Some(listener)) => {
                 let held = Held {
                     fuse,
                     listener,
                     params,
+                    mount,
                 };
                 systemd::store(&held, self.nodes.as_fd());
                 self.held = Some(held);
@@ -468,48 +461,80 @@ impl Keeper {
         }
     }
 
+    fn child_ended(&mut self, pid: i32, status: i32) -> Option<u8> {
+        if self
+            .upgrade
+            .as_ref()
+            .and_then(|u| u.candidate.as_ref())
+            .is_some_and(|c| c.pid == pid)
+        {
+            self.candidate_ended(status);
+            return None;
+        }
+        let server = self.server.take_if(|s| s.pid == pid)?;
+        self.server_ended(server, status)
+    }
+
     /// The server ended with wait status `status`: restart it, or end with the code to
     /// exit with.
-    fn server_ended(&mut self, status: i32) -> Option<u8> {
-        let server = self.server.take()?;
-        let code = exit_code(status);
-        if self.retiring && self.stopping {
-            // It left the mount to a successor: one must come to take it down.
-            log::info!("stopped during an upgrade: starting a server to unmount");
-            self.retiring = false;
-            self.stop_when_ready = true;
-        } else if self.stopping || self.held.is_none() {
-            // Stopping, or it never got to mount: its own message said why.
-            return Some(code);
-        } else if self.retiring {
-            self.retiring = false;
-            log::info!(
-                "upgrade: server {} retired; starting {}",
-                server.pid,
-                self.binary.display()
-            );
-        } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-            // It unmounted (someone ran umount) or the connection was aborted: done.
-            return Some(0);
-        } else {
-            self.restarts += 1;
-            log::error!(
-                "server {} died ({}); resuming the mount in a new server",
+    fn server_ended(&mut self, server: Server, status: i32) -> Option<u8> {
+        if self.retired == Some(server.pid) {
+            self.retired = None;
+            return self.retired_server_left();
+        }
+        let took_over = self
+            .upgrade
+            .as_ref()
+            .is_some_and(upgrade::Upgrade::took_over);
+        if took_over && self.stopping {
+            // Stopped while it took over: it unmounted, as asked.
+            self.upgrade_failed("the daemon was stopped during the upgrade".into(), None);
+            return Some(exit_code(status));
+        }
+        if took_over {
+            // The new binary's server took the connection and died: back to ours.
+            let cause = format!(
+                "its server {} died ({}) after taking over",
                 server.pid,
                 describe(status)
             );
-            // A server that dies before it serves would die again at once: back off.
-            if !server.ready {
-                self.quick_deaths += 1;
-                if self.quick_deaths > MAX_QUICK_DEATHS {
-                    log::error!("the server keeps dying before it serves; giving up");
-                    return Some(1);
-                }
-                std::thread::sleep(Duration::from_millis(100) * self.quick_deaths);
-            }
+            self.upgrade_failed(cause, Some(status));
+            return self.respawn();
         }
-        match self.spawn_server() {
-            Ok(()) => None,
+        let code = exit_code(status);
+        if self.stopping || self.held.is_none() {
+            // Stopping, or it never got to mount: its own message said why.
+            return Some(code);
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            // It unmounted (someone ran umount) or the connection was aborted: done.
+            return Some(0);
+        }
+        self.restarts += 1;
+        log::error!(
+            "server {} died ({}); resuming the mount in a new server",
+            server.pid,
+            describe(status)
+        );
+        // A server that dies before it serves would die again at once: back off.
+        if !server.ready {
+            self.quick_deaths += 1;
+            if self.quick_deaths > MAX_QUICK_DEATHS {
+                log::error!("the server keeps dying before it serves; giving up");
+                return Some(1);
+            }
+            std::thread::sleep(Duration::from_millis(100) * self.quick_deaths);
+        }
+        self.respawn()
+    }
+
+    /// Starts a server of the binary this keeper runs, which resumes the connection.
+    fn respawn(&mut self) -> Option<u8> {
+        match self.spawn_server(None, false) {
+            Ok(server) => {
+                self.server = Some(server);
+                None
+            }
             Err(e) => {
                 log::error!("{e}");
                 Some(1)
@@ -519,10 +544,14 @@ impl Keeper {
 
     fn stop(&mut self) {
         self.stopping = true;
+        self.stop_upgrade();
         match &self.server {
             // One still starting is stopped once it serves (its signals are handled from
-            // then on, and it then unmounts what it mounted or resumed).
-            Some(server) if !server.ready => self.stop_when_ready = true,
+            // then on, and it then unmounts what it mounted or resumed); so is the one an
+            // upgrade hands the connection to.
+            Some(server) if !server.ready || self.retired.is_some() => {
+                self.stop_when_ready = true;
+            }
             Some(server) => {
                 if let Err(e) = sys::signal(server.pid, libc::SIGTERM) {
                     log::warn!("cannot stop server {}: {e}", server.pid);
@@ -531,59 +560,30 @@ impl Keeper {
             None => std::process::exit(0),
         }
     }
+}
 
-    fn retire_server(&mut self) {
-        if let Some(server) = &self.server {
-            self.retiring = true;
-            if let Err(e) = sys::signal(server.pid, RETIRE) {
-                log::warn!("cannot retire server {}: {e}", server.pid);
+/// Every message queued on a server's link, without waiting; none once it hung up.
+fn messages(link: BorrowedFd<'_>) -> Vec<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut got = Vec::new();
+    loop {
+        match sys::recv_with_fds(link) {
+            // End of stream: the server is gone (its death is reaped separately).
+            Ok(Some((data, _))) if data.is_empty() => return got,
+            Ok(Some(message)) => got.push(message),
+            Ok(None) => return got,
+            // A server that exited with our messages unread resets its link: gone too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => {
+                log::warn!("keeper socket: {e}");
+                return got;
             }
         }
     }
+}
 
-    /// Continues as the binary now installed at our path, keeping pid and descriptors.
-    fn upgrade(&mut self) {
-        let (Some(held), Some(server)) = (&self.held, &self.server) else {
-            log::warn!("SIGHUP while no server is up: ignored");
-            return;
-        };
-        if self.retiring || self.stopping {
-            log::warn!("SIGHUP during an upgrade or a stop: ignored");
-            return;
-        }
-        let state = format!(
-            "{} {} {} {} {} {} {} {} {} {}",
-            self.sock.as_raw_fd(),
-            self.server_sock.as_raw_fd(),
-            self.nodes.as_raw_fd(),
-            held.fuse.as_raw_fd(),
-            held.listener.as_raw_fd(),
-            server.pid,
-            self.restarts,
-            self.upgrades,
-            self.serial,
-            held.params
-        );
-        log::info!("SIGHUP: upgrading to {}", self.binary.display());
-        let fds = [
-            self.sock.as_fd(),
-            self.server_sock.as_fd(),
-            self.nodes.as_fd(),
-            held.fuse.as_fd(),
-            held.listener.as_fd(),
-        ];
-        let err = with_inheritable(&fds, || {
-            use std::os::unix::process::CommandExt;
-            Command::new(&self.binary)
-                .args(&self.args)
-                .env(KEEPER_ENV, state)
-                .exec()
-        });
-        log::error!(
-            "upgrade: cannot run {}: {err}; the running version goes on serving",
-            self.binary.display()
-        );
-    }
+/// The path that runs the binary open at `exe`: what `fexecve` does, usable by `Command`.
+fn exe_path(exe: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", exe.as_raw_fd()))
 }
 
 /// Runs `f` with close-on-exec cleared on `fds`, then sets it again. The keeper has one
@@ -621,16 +621,6 @@ fn block_keeper_signals() -> libc::sigset_t {
     // The keeper has one thread, and the servers it starts get a clean mask (std resets it
     // before exec).
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
-}
-
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
-    let tick = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: set and tick are initialised; a null info pointer is allowed.
-    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
-    (sig > 0).then_some(sig)
 }
 
 /// systemd's file descriptor store (`FDSTORE=1`, `FileDescriptorStoreMax=` in the unit):
@@ -687,7 +677,7 @@ mod systemd {
     fn params_memfd(held: &Held) -> std::io::Result<OwnedFd> {
         let fd = sys::memfd("switchfs-init")?;
         let mut file = std::fs::File::from(fd);
-        file.write_all(held.params.to_string().as_bytes())?;
+        file.write_all(held.describe().as_bytes())?;
         Ok(file.into())
     }
 
@@ -724,7 +714,8 @@ mod systemd {
         std::io::Seek::rewind(&mut file)
             .and_then(|_| std::io::Read::read_to_string(&mut file, &mut text))
             .map_err(|e| format!("cannot read the stored FUSE parameters: {e}"))?;
-        let params = text
+        let (mount, params) = super::split_mount(&text);
+        let params = params
             .parse()
             .map_err(|_| "malformed FUSE parameters in systemd's store".to_string())?;
         Ok(Some((
@@ -732,6 +723,7 @@ mod systemd {
                 fuse,
                 listener,
                 params,
+                mount,
             },
             nodes,
         )))
@@ -755,5 +747,23 @@ mod systemd {
             }
         }
         Some(fds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_mount;
+
+    #[test]
+    fn the_mount_travels_with_the_fuse_parameters_and_old_texts_still_read() {
+        assert_eq!(
+            split_mount("mount=27:49 7 45 ff 131072 f 1048576"),
+            (Some((27, 49)), "7 45 ff 131072 f 1048576")
+        );
+        // What an earlier version put in systemd's store: the parameters alone.
+        assert_eq!(
+            split_mount("7 45 ff 131072 f 1048576"),
+            (None, "7 45 ff 131072 f 1048576")
+        );
     }
 }

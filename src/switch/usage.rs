@@ -57,7 +57,7 @@ pub struct Status {
     pub usage: Vec<ReleaseUsage>,
     /// The serving process's place in the daemon's life (see `keeper`); `None` outside a
     /// keeper (unit tests).
-    pub life: Option<&'static Life>,
+    pub life: Option<Life>,
     /// The PHP pools and their last invalidations (`--php-fpm`, `--php-http`); empty
     /// without pools.
     pub php_pools: Vec<PoolStatus>,

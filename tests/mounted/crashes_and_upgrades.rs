@@ -269,6 +269,29 @@ fn servers_killed_under_load_fail_no_request() {
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
 }
 
+/// The inode of the binary process `pid` runs.
+fn exe_ino(pid: i32) -> u64 {
+    fs::metadata(format!("/proc/{pid}/exe")).map_or(0, |m| m.ino())
+}
+
+/// Waits until upgrade attempt `number` has an outcome; returns the status then.
+fn wait_for_outcome(fx: &Fixture, number: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let json = status_json(fx);
+        if json.contains(&format!("\"last_upgrade\":{{\"attempt\":{number},"))
+            && !json.contains("\"outcome\":\"proving\"")
+        {
+            return json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome of upgrade {number}: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Puts a fresh copy of the built binary at `path`: a new inode, as an install does.
 fn install_copy(path: &Path) -> u64 {
     let tmp = path.with_extension("new");
@@ -300,7 +323,9 @@ fn sighup_hands_the_mount_to_the_binary_now_installed() {
         let ino = install_copy(&bin);
         std::thread::sleep(Duration::from_millis(100));
         signal(main, libc::SIGHUP);
-        let json = wait_for_successor(&fx, server);
+        wait_for_successor(&fx, server);
+        let json = wait_for_outcome(&fx, round);
+        assert!(json.contains("\"outcome\":\"ok\""), "{json}");
         assert_eq!(field(&json, "upgrades"), round, "{json}");
         assert_eq!(field(&json, "restarts"), 0, "{json}");
         assert_eq!(
@@ -308,9 +333,16 @@ fn sighup_hands_the_mount_to_the_binary_now_installed() {
             main,
             "the main pid stays: {json}"
         );
-        let exe = |pid: i32| fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino();
-        assert_eq!(exe(main), ino, "the keeper runs the binary installed");
-        assert_eq!(exe(field(&json, "pid") as i32), ino, "so does the server");
+        // The keeper becomes the new binary once the upgrade counts.
+        assert!(
+            wait_until(5, || exe_ino(main) == ino),
+            "the keeper runs the binary installed"
+        );
+        assert_eq!(
+            exe_ino(field(&json, "pid") as i32),
+            ino,
+            "so does the server"
+        );
         assert!(is_mounted(&fx.mnt()));
         assert_eq!(read_uncached(&held), "held in release 1\n");
     }
@@ -563,4 +595,207 @@ fn a_stop_during_an_upgrade_still_unmounts() {
     let status = d.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status}: {}", d.log_text());
     assert!(!is_mounted(&fx.mnt()), "left mounted: {}", d.log_text());
+}
+
+/// An installed layout with version directories: `opt/<version>/switchfs` and the symlink
+/// `opt/current` to one of them, the daemon started as `opt/current/switchfs`.
+struct Versions {
+    opt: PathBuf,
+}
+
+impl Versions {
+    fn new(fx: &Fixture) -> Versions {
+        let opt = fx.root.join("opt");
+        fs::create_dir_all(&opt).unwrap();
+        Versions { opt }
+    }
+
+    fn started_as(&self) -> PathBuf {
+        self.opt.join("current/switchfs")
+    }
+
+    /// A copy of the built binary as `version`; returns its inode.
+    fn real(&self, version: &str) -> u64 {
+        let dir = self.opt.join(version);
+        fs::create_dir_all(&dir).unwrap();
+        install_copy(&dir.join("switchfs"))
+    }
+
+    /// `version`'s switchfs is a script with `body`.
+    fn script(&self, version: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.opt.join(version);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("switchfs");
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Points `current` at `version`, atomically, as a package flipping versions does.
+    fn flip(&self, version: &str) {
+        let tmp = self.opt.join("current.new");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        fs::rename(&tmp, self.opt.join("current")).unwrap();
+    }
+}
+
+/// `switchctl upgrade`, the unit's ExecReload: its exit status and its one line.
+fn reload(fx: &Fixture) -> (bool, String) {
+    let out = fx.ctl(&["--timeout", "40", "upgrade"]);
+    let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text.trim().to_string())
+}
+
+/// Broken new binaries never take the docroot down: one that exits at once, one that
+/// resumes the connection and exits, one that hangs, one that crashes on its first request.
+/// Under a reader loop not one read fails, the running version goes on serving, the
+/// keeper logs the cause, `status` shows the failed attempt and the reload client exits
+/// non-zero. Then a good version behind the flipped symlink takes over, and a crash after
+/// every version's files are deleted still restarts the server.
+#[test]
+fn a_broken_new_binary_never_takes_over() {
+    let fx = Fixture::new("life-bad-up");
+    releases(&fx);
+    let v = Versions::new(&fx);
+    let v1 = v.real("v1");
+    v.flip("v1");
+    let d = Daemon::start_exe(
+        &fx,
+        &v.started_as(),
+        &fx.mnt(),
+        &["--initial", "1", "--cache-timeout", "0"],
+    )
+    .expect("start switchfs");
+    let main = d.main_pid();
+    let real = v.opt.join("v1/switchfs");
+    let real = real.display();
+    let load = load_on(&fx);
+    let cases = [
+        (
+            "exits",
+            "echo 'broken build' >&2; exit 1".to_string(),
+            "exit code 1",
+        ),
+        (
+            "resumes-and-exits",
+            format!("SWITCHFS_TEST_FAULT=exit-after-resume exec {real} \"$@\""),
+            "exit code 1",
+        ),
+        (
+            "hangs",
+            "exec sleep 600".to_string(),
+            "not ready within 10 s",
+        ),
+        (
+            "crashes",
+            format!("SWITCHFS_TEST_FAULT=crash-on-first-request exec {real} \"$@\""),
+            "signal 6",
+        ),
+    ];
+    for (n, (name, body, cause)) in cases.iter().enumerate() {
+        let before = serving_pid(&fx);
+        v.script(name, body);
+        v.flip(name);
+        let started = Instant::now();
+        let (ok, line) = reload(&fx);
+        assert!(!ok, "{name}: the reload client succeeded: {line}");
+        assert!(
+            line.contains("failed") && line.contains(cause),
+            "{name}: {line}"
+        );
+        println!(
+            "{name}: reload failed after {:?}: {line}",
+            started.elapsed()
+        );
+        let json = status_json(&fx);
+        assert!(
+            json.contains(&format!("\"attempt\":{},", n + 1))
+                && json.contains("\"outcome\":\"failed\"")
+                && json.contains(&format!("/opt/{name}/switchfs")),
+            "{name}: {json}"
+        );
+        assert_eq!(field(&json, "upgrades"), 0, "{name}: {json}");
+        assert_eq!(field(&json, "main_pid") as i32, main, "{name}: {json}");
+        let now = field(&json, "pid") as i32;
+        assert_eq!(exe_ino(now), v1, "{name}: the running version serves");
+        assert_eq!(
+            exe_ino(main),
+            v1,
+            "{name}: the keeper stays the running version"
+        );
+        if n < 1 || *name == "hangs" {
+            assert_eq!(now, before, "{name}: the old server never retired");
+        }
+        let text = stdout(&fx.ctl(&["status"]));
+        assert!(text.contains("last upgrade: FAILED"), "{name}: {text}");
+        assert!(fx.read("top.txt") == "top of release 1\n");
+    }
+    let (reads, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed reads: {failures:?}",
+        failures.len()
+    );
+    assert!(reads > 100, "only {reads} reads under load");
+    let log = d.log_text();
+    for (name, _, _) in &cases {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("failed:") && l.contains(&format!("/opt/{name}/")))
+            .count();
+        assert_eq!(lines, 1, "one line for {name}:\n{log}");
+    }
+    assert!(log.contains("broken build"), "{log}");
+
+    // A good version through the flipped symlink takes over.
+    let v2 = v.real("v2");
+    v.flip("v2");
+    let load = load_on(&fx);
+    let started = Instant::now();
+    let (ok, line) = reload(&fx);
+    assert!(ok, "{line}");
+    println!(
+        "good upgrade: the reload client returned after {:?}",
+        started.elapsed()
+    );
+    assert!(line.contains("/opt/v2/switchfs"), "{line}");
+    let json = status_json(&fx);
+    assert_eq!(field(&json, "upgrades"), 1, "{json}");
+    assert!(json.contains("\"outcome\":\"ok\""), "{json}");
+    assert!(wait_until(5, || exe_ino(main) == v2), "the keeper runs v2");
+    assert_eq!(exe_ino(field(&json, "pid") as i32), v2, "v2 serves");
+
+    // Every version's files go away; a crash restart still finds the binary it runs.
+    fs::remove_dir_all(&v.opt).unwrap();
+    let server = serving_pid(&fx);
+    signal(server, libc::SIGKILL);
+    let json = wait_for_successor(&fx, server);
+    assert_eq!(field(&json, "restarts"), 1, "{json}");
+    let exe = fs::read_link(format!("/proc/{}/exe", field(&json, "pid"))).unwrap();
+    assert!(
+        exe.to_string_lossy().ends_with("(deleted)"),
+        "{}",
+        exe.display()
+    );
+    let (reads, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(reads > 10, "only {reads} reads");
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+}
+
+/// `switchctl upgrade --pid` (systemd's $MAINPID) refuses a pid that is not the daemon's
+/// main pid, with one line, and nothing is attempted.
+#[test]
+fn the_reload_client_refuses_a_wrong_main_pid() {
+    let fx = Fixture::new("life-wrongpid");
+    releases(&fx);
+    let d = fx.start(&["--initial", "1"]);
+    let out = fx.ctl(&["upgrade", "--pid", &d.pid().to_string()]);
+    assert!(!out.status.success());
+    let err = one_line_error(&out);
+    assert!(err.contains("is not the main pid"), "{err}");
+    let json = status_json(&fx);
+    assert!(json.contains("\"last_upgrade\":null"), "{json}");
+    assert_eq!(serving_pid(&fx), d.pid(), "nothing was upgraded");
 }
