@@ -31,8 +31,10 @@ anything switches when one host refuses), `switchfs:schedule` picks one instant,
 `deploy:symlink` runs `switchctl activate {{release_name}} --at INSTANT` on all hosts in parallel.
 `dep rollback` does the same with `switchctl rollback`. A host whose switch succeeded but whose
 hook or drain failed (switchctl exit 3) is reported as a warning naming the host; the deploy goes
-on (unlock, cleanup, success). With a switchctl that has no `prepare` or `--at`, each host
-switches on its own with plain `activate` (one line says so).
+on (unlock, cleanup, success). A host that refuses the instant itself (it had passed when the
+command arrived: raise switchfs_lead) is switched at once with a warning, rather than leaving
+the fleet split. With a switchctl that has no `prepare` or `--at`, each host switches on its own
+with plain `activate` (one line says so).
 
 Tasks of recipe/deploy/*.php replaced here, and why:
 - deploy:symlink (symlink.php)  `mv -T release current` per host; here `switchctl activate --at`
@@ -192,11 +194,18 @@ function switchfs_instant(string $capability): ?string
     return $at;
 }
 
-/** Runs a switch; exit 3 is a warning naming the host, anything else but 0 throws. */
-function switchfs_switch(string $args, string $name): string
+/** Runs a switch (at AT, when not null); exit 3 is a warning naming the host, anything else
+ *  but 0 throws. A host that refuses the instant (it had passed when the command arrived,
+ *  say) is switched at once: prepared, switching late beats leaving the fleet split. */
+function switchfs_switch(string $args, ?string $at, string $name): string
 {
-    [$rc, $out] = switchfs_ctl($args . switchfs_drain_flag());
     $host = currentHost()->getAlias();
+    $plain = $args . switchfs_drain_flag();
+    [$rc, $out] = switchfs_ctl($at === null ? $plain : "$plain --at $at");
+    if ($rc === 1 && $at !== null) {
+        warning("switchfs: $host missed the instant (" . switchfs_last_line($out) . '); switching it now');
+        [$rc, $out] = switchfs_ctl($plain);
+    }
     if ($rc === 3) {
         warning("switchfs: $host switched to $name, but: " . switchfs_last_line($out));
     } elseif ($rc !== 0) {
@@ -207,8 +216,7 @@ function switchfs_switch(string $args, string $name): string
 
 desc('Switches the live release with switchctl at one instant on all hosts (replaces the symlink flip)');
 task('deploy:symlink', function () {
-    $at = switchfs_instant('at');
-    switchfs_switch('activate {{release_name}}' . ($at === null ? '' : " --at $at"), parse('{{release_name}}'));
+    switchfs_switch('activate {{release_name}}', switchfs_instant('at'), parse('{{release_name}}'));
     // Deployer's own task moves this link away; left behind it would make release_path
     // point at this release after a rollback.
     run('rm -f {{deploy_path}}/release');
@@ -218,8 +226,7 @@ desc('Rolls back one release further each time, never to a release rolled back f
 task('switchfs:rollback', function () {
     $to = get('rollback_candidate');
     $args = $to === '' ? 'rollback' : 'rollback --to ' . escapeshellarg($to);
-    $at = switchfs_instant('rollback_at');
-    $out = switchfs_switch($args . ($at === null ? '' : " --at $at"), $to === '' ? 'the previous release' : $to);
+    $out = switchfs_switch($args, switchfs_instant('rollback_at'), $to === '' ? 'the previous release' : $to);
     if (preg_match('/^switched from (\S+) to (\S+)/m', $out, $m)) {
         run("echo '" . timestamp() . ",{{user}}' > {{deploy_path}}/releases/$m[1]/BAD_RELEASE");
         writeln("<info>rollback</info> from $m[1] to release <info>$m[2]</info> was <success>successful</success>");

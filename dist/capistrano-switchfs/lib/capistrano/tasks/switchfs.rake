@@ -81,6 +81,7 @@ namespace :switchfs do
     refused = []
     on release_roles(fetch(:switchfs_roles)) do |host|
       caps = SWITCHFS_LOCK.synchronize { SWITCHFS_CAPS[host.to_s] ||= switchfs_capabilities }
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       rc, out = if caps.include?("prepare")
                   switchfs_ctl("prepare", name)
                 else
@@ -88,7 +89,12 @@ namespace :switchfs do
                   r, o = switchfs_ctl("status")
                   r.zero? && !test("[ -d #{releases_path.join(name)} ]") ? [1, "no release #{name}"] : [r, o]
                 end
-      SWITCHFS_LOCK.synchronize { refused << "#{host}: #{out.lines.last.to_s.strip}" } unless rc.zero?
+      took = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+      SWITCHFS_LOCK.synchronize do
+        # The slowest host's round: the switch command needs about as long to reach it.
+        set(:switchfs_round, [fetch(:switchfs_round, 0.0), took].max)
+        refused << "#{host}: #{out.lines.last.to_s.strip}" unless rc.zero?
+      end
     end
     unless refused.empty?
       refused.each { |r| switchfs_log(:error, "release #{name} cannot be activated on #{r}") }
@@ -104,17 +110,29 @@ namespace :switchfs do
     hosts = release_roles(fetch(:switchfs_roles))
     want = rolling_back ? "rollback_at" : "at"
     at_everywhere = hosts.all? { |h| SWITCHFS_CAPS.fetch(h.to_s, []).include?(want) }
-    args = rolling_back ? ["rollback", "--to", name] : ["activate", name]
+    plain = (rolling_back ? ["rollback", "--to", name] : ["activate", name]) + switchfs_drain_flag
+    args = plain
     if at_everywhere
-      args += ["--at", switchfs_instant(fetch(:switchfs_lead))]
+      # Never closer than twice the slowest host's prepare round: under load an ssh command
+      # takes seconds to arrive, and an instant already past is refused.
+      lead = [fetch(:switchfs_lead).to_f, 2 * fetch(:switchfs_round, 0.0)].max
+      at = switchfs_instant(lead)
+      switchfs_log(:info, "every host switches to #{name} at #{at} (#{format('%.1f', lead)} s ahead)")
+      args = plain + ["--at", at]
     else
       switchfs_log(:info, "switchctl has no #{rolling_back ? 'rollback' : 'activate'} --at on " \
                           "every host; each host switches on its own (up to the ssh spread apart)")
     end
-    args += switchfs_drain_flag
     failed = []
     on hosts do |host|
       rc, out = switchfs_ctl(*args)
+      if rc == 1 && args != plain
+        # Prepared, but refused at the instant (it had passed when the command arrived, say):
+        # switching late beats leaving the fleet split between two releases.
+        warn "switchfs: #{host} missed the instant (#{out.lines.last.to_s.strip.sub(/^switchctl: /, '')}); " \
+             "switching it now"
+        rc, out = switchfs_ctl(*plain)
+      end
       case rc
       when 0 then info "switchfs: #{host}: #{out.lines.first.to_s.strip}"
       when 3
