@@ -54,9 +54,9 @@ pub const DEFAULT_SCRIPT: &str = "/usr/share/switchfs/opcache-invalidate.php";
 const PATHS_PER_REQUEST: usize = 2_000;
 /// The protocol line both steps answer with first.
 const MAGIC: &[u8] = b"switchfs-opcache 1\n";
-/// How long a switch waits for compilations of old scripts still running (see
-/// `wait_for_compiles`).
-const COMPILE_WAIT: Duration = Duration::from_secs(2);
+/// After this long waiting for compilations of old scripts still running, the wait says so
+/// in the log once (see `wait_for_compiles`); it goes on up to --php-timeout.
+const COMPILE_WAIT_NOTICE: Duration = Duration::from_secs(2);
 /// File name extensions of what PHP compiles; other open files (static downloads) are not
 /// waited for.
 const SCRIPT_EXTENSIONS: &[&str] = &[
@@ -422,8 +422,11 @@ impl Php {
             }
             Endpoint::Http(_) => (None, apache_processes()),
         };
-        let waited = wait_for_compiles(core, new, &processes, COMPILE_WAIT.min(self.timeout));
+        let waited = wait_for_compiles(core, new, &processes, self.timeout)?;
         let deadline = deadline + waited;
+        // A connection left idle through a long wait may have been dropped by the pool's
+        // worker that accepted it: connect again then.
+        let first = first.filter(|_| waited < COMPILE_WAIT_NOTICE);
         let pass = Pass {
             old,
             new,
@@ -436,7 +439,7 @@ impl Php {
         // the old bytecode after our invalidation. Look once more: if a pool process has an
         // old script open now, wait for it and invalidate again.
         if !processes.is_empty() && !old_scripts_open(core, new, &processes).is_empty() {
-            let late = wait_for_compiles(core, new, &processes, COMPILE_WAIT.min(self.timeout));
+            let late = wait_for_compiles(core, new, &processes, self.timeout)?;
             log::info!(
                 "{}: a compilation of an earlier release started during the switch; \
                  invalidating again after waiting {late:?} for it",
@@ -627,7 +630,11 @@ pub struct PoolStatus {
 }
 
 /// Waits until none of `processes` (the pool's) holds a script of another release than
-/// `new` open, at most `limit`; how long it waited.
+/// `new` open, at most `limit` (--php-timeout); how long it waited.
+///
+/// # Errors
+/// One still holds one after `limit`: the pool then fails like an unreachable one (exit 3),
+/// since answering "invalidated" would leave that compilation's old bytecode cached.
 ///
 /// Why: a request that began compiling a script of the old release before the switch stores
 /// its bytecode when the compilation ends, possibly after the pool listed what it caches;
@@ -641,23 +648,36 @@ fn wait_for_compiles(
     new: &Arc<Release>,
     processes: &[i32],
     limit: Duration,
-) -> Duration {
+) -> Result<Duration, String> {
     let started = Instant::now();
     if processes.is_empty() {
-        return Duration::ZERO;
+        return Ok(Duration::ZERO);
     }
+    let mut noticed = false;
     loop {
         let held = old_scripts_open(core, new, processes);
         if held.is_empty() {
-            return started.elapsed();
+            return Ok(started.elapsed());
         }
-        if started.elapsed() >= limit {
-            log::warn!(
-                "scripts of an earlier release are still open in the pool after {limit:?} \
-                 ({}); asking the PHP pools anyway",
+        let waited = started.elapsed();
+        if waited >= limit {
+            // Asking the pool now would be answered before that compilation stores its
+            // bytecode, which would then serve the old release under the path for as long
+            // as OPcache keeps it (forever with validate_timestamps=0): fail, visibly.
+            return Err(format!(
+                "{} of an earlier release was still open in the pool after {limit:?} (a \
+                 compilation in flight would cache it stale); retry the invalidation once it \
+                 has finished",
+                held[0].display()
+            ));
+        }
+        if !noticed && waited >= COMPILE_WAIT_NOTICE {
+            noticed = true;
+            log::info!(
+                "scripts of an earlier release are still open in the pool after {waited:?} \
+                 ({}); waiting up to {limit:?}",
                 held[0].display()
             );
-            return started.elapsed();
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -134,6 +134,44 @@ fn switching_back_to_the_held_scripts_release_does_not_wait() {
     });
 }
 
+/// README "PHP, nginx and Apache settings": a pool worker that still holds an old script
+/// open when --php-timeout runs out (a compilation in flight would store old bytecode after
+/// the pool was asked) fails the pool, exit 3 naming the script: never a silent "invalidated".
+#[test]
+fn a_compilation_outlasting_php_timeout_fails_the_pool_visibly() {
+    require_php();
+    let fx = Fixture::new("opc-outlast");
+    two_apps(&fx);
+    fx.write(
+        "1",
+        "public/hold.php",
+        "<?php $f = fopen(__DIR__ . '/../lib/changed.php', 'r'); sleep(6); echo 'held';\n",
+    );
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = start_with_pool(&fx, &fpm.sock, &["--php-timeout", "1"]);
+    warm(&fpm, &fx, "1");
+    let changed = fx.m("lib/changed.php");
+    std::thread::scope(|s| {
+        let held = s.spawn(|| fpm.get(&fx.m("public/hold.php")));
+        assert!(
+            wait_until(5, || child_holds(fpm.child.id(), &changed)),
+            "no worker opened {}",
+            changed.display()
+        );
+        let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("switched from 1 to 2") && err.contains("still open in the pool after 1s"),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(5), "activate took {took:?}");
+        assert_eq!(fx.active(), "2");
+        assert_eq!(held.join().unwrap(), "held");
+    });
+}
+
 /// The same hang with real PHP-FPM: one worker (`pm.max_children = 1`) busy in a long
 /// request, `listen.backlog = 1` filled by waiting clients. `activate` answers within
 /// --php-timeout, exit 3 naming the pool, and the switch stays.
