@@ -144,7 +144,9 @@ impl Fpm {
             &Address::Unix(self.sock.clone()),
             params,
             b"",
-            Duration::from_secs(10),
+            // A harness bound, not a measure: a 4 MB compile on a loaded 2-core machine
+            // has taken over 10 s.
+            Duration::from_secs(30),
         )
         .unwrap_or_else(|e| panic!("FastCGI request to {}: {e}", self.sock.display()));
         let (status, body) = resp.status_and_body();
