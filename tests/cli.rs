@@ -547,7 +547,7 @@ fn prune_deletes_only_old_unused_releases_and_only_when_asked() {
     assert_eq!(
         stdout(&out),
         "keep 1 (active or previous)\nwould delete 2\nwould delete 3\n\
-         dry run: pass --yes to delete\n"
+         keep 4 (one of the newest 1; active or previous)\ndry run: pass --yes to delete\n"
     );
     assert!(fx.releases().join("2").exists());
     let out = fx.ctl(&["prune", "--keep", "1", "--yes"]);
