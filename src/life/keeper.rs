@@ -47,6 +47,12 @@ use crate::sys;
 const SERVER_ENV: &str = "SWITCHFS_SERVER";
 const RESUME_ENV: &str = "SWITCHFS_RESUME";
 const KEEPER_ENV: &str = "SWITCHFS_KEEPER";
+/// When the latest crash restarts happened (Unix seconds, oldest first), for monitoring's
+/// restart-loop rule (`control::health`). Always set by the keeper for its servers, so a
+/// value from outside never reaches one.
+const RESTARTED_ENV: &str = "SWITCHFS_RESTARTED_AT";
+/// How many restart times the keeper remembers.
+const RESTART_TIMES_KEPT: usize = 16;
 
 /// Variables that hand descriptors to a switchfs process. Whoever starts switchfs for
 /// someone else (the mount helper) removes them, so no caller can make the daemon adopt
@@ -81,6 +87,9 @@ pub struct Life {
     /// Servers restarted after a crash, and upgrades, since the mount was made.
     pub restarts: u64,
     pub upgrades: u64,
+    /// When the latest crash restarts happened (at most `RESTART_TIMES_KEPT`, oldest
+    /// first; since the keeper last started or was upgraded).
+    pub restarted_at: Vec<SystemTime>,
 }
 
 static LIFE: OnceLock<Life> = OnceLock::new();
@@ -228,6 +237,7 @@ fn server_role(server: &str, resume: Option<&str>) -> Result<ServerLink, String>
         started: SystemTime::now(),
         restarts,
         upgrades,
+        restarted_at: restart_times(std::env::var(RESTARTED_ENV).ok().as_deref()),
     });
     Ok(ServerLink {
         keeper,
@@ -273,6 +283,17 @@ pub struct Keeper {
     /// to unmount, then stopped as soon as it serves.
     stop_when_ready: bool,
     quick_deaths: u32,
+    /// When the latest crash restarts happened, for monitoring (`Life::restarted_at`).
+    restarted_at: Vec<u64>,
+}
+
+/// `RESTARTED_ENV`'s value: Unix seconds separated by spaces; anything else is skipped.
+fn restart_times(text: Option<&str>) -> Vec<SystemTime> {
+    text.unwrap_or("")
+        .split(' ')
+        .filter_map(|w| w.parse::<u64>().ok())
+        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .collect()
 }
 
 impl Keeper {
@@ -298,6 +319,7 @@ impl Keeper {
             retiring: false,
             stop_when_ready: false,
             quick_deaths: 0,
+            restarted_at: Vec::new(),
         })
     }
 
@@ -338,6 +360,7 @@ impl Keeper {
             retiring: false,
             stop_when_ready: false,
             quick_deaths: 0,
+            restarted_at: Vec::new(),
         })
     }
 
@@ -384,11 +407,21 @@ impl Keeper {
         }
     }
 
+    /// Remembers now as a crash restart, keeping the latest `RESTART_TIMES_KEPT`.
+    fn note_restart(&mut self) {
+        let now = crate::json::unix_secs(SystemTime::now()).max(0) as u64;
+        self.restarted_at.push(now);
+        let excess = self.restarted_at.len().saturating_sub(RESTART_TIMES_KEPT);
+        self.restarted_at.drain(..excess);
+    }
+
     fn spawn_server(&mut self) -> Result<(), String> {
         self.serial += 1;
         let mut cmd = Command::new(&self.binary);
         cmd.args(&self.args);
         let mut inherit = vec![self.server_sock.as_fd(), self.nodes.as_fd()];
+        let times: Vec<String> = self.restarted_at.iter().map(u64::to_string).collect();
+        cmd.env(RESTARTED_ENV, times.join(" "));
         cmd.env(
             SERVER_ENV,
             format!(
@@ -493,6 +526,7 @@ impl Keeper {
             return Some(0);
         } else {
             self.restarts += 1;
+            self.note_restart();
             log::error!(
                 "server {} died ({}); resuming the mount in a new server",
                 server.pid,
