@@ -655,3 +655,24 @@ fn already_active_exits_zero_as_the_help_says() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "release 1 is already active\n");
 }
+
+/// Issue 19: each binary's `--version` names that binary (it said "switchfs" for all).
+#[test]
+fn each_binary_names_itself_in_its_version() {
+    for (bin, name) in [
+        (SWITCHFS, "switchfs"),
+        (SWITCHCTL, "switchctl"),
+        (
+            env!("CARGO_BIN_EXE_mount_fuse_switchfs"),
+            "mount.fuse.switchfs",
+        ),
+    ] {
+        let out = Command::new(bin).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{bin}: {out:?}");
+        assert_eq!(
+            stdout(&out),
+            format!("{name} {}\n", env!("CARGO_PKG_VERSION")),
+            "{bin}"
+        );
+    }
+}

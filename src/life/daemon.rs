@@ -713,7 +713,14 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
         Stop::SessionEnded => {
             systemd::notify("STOPPING=1");
             drop(cleanup_socket);
-            log::warn!(
+            // For a mount made by the mount helper, `umount` is how it is stopped: no warning.
+            let level = if systemd::started_by_mount_helper() {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
                 "{} was unmounted or its connection aborted from outside; exiting",
                 ours.mount_point.display()
             );

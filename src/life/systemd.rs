@@ -11,6 +11,12 @@ use std::path::Path;
 /// server's READY=1, STOPPING=1, STATUS=) warned that the socket was gone.
 pub const READY_SOCKET_ENV: &str = "SWITCHFS_READY_SOCKET";
 
+/// Whether the mount helper (mount(8), fstab) started this daemon: then `umount` is the
+/// documented way to stop it, not an accident to warn about.
+pub(crate) fn started_by_mount_helper() -> bool {
+    std::env::var_os(READY_SOCKET_ENV).is_some()
+}
+
 /// Tells systemd (or a test) how we are doing, when started with `NOTIFY_SOCKET`; and the
 /// mount helper that we are ready (`READY_SOCKET_ENV`).
 pub(crate) fn notify(state: &str) {
