@@ -49,8 +49,8 @@ struct Cli {
     #[arg(long, value_name = "GROUP", value_parser = group)]
     control_group: Option<u32>,
 
-    /// Let members of this group read `switchctl status` and `list` (and nothing else), e.g.
-    /// for monitoring or the web server's user.
+    /// Let members of this group read `switchctl status`, `list`, `check` and `metrics` (and
+    /// nothing else), e.g. for monitoring or the web server's user.
     #[arg(long, value_name = "GROUP", value_parser = group)]
     status_group: Option<u32>,
 

@@ -6,7 +6,7 @@
 //!
 //! Rights come from the peer's credentials, per request kind: root, the daemon's own user and
 //! members of `--control-group` may do everything; members of `--status-group` may only read
-//! (`status`, `list`, `ping`); anyone else gets a one-line refusal.
+//! (`status`, `list`, `ping`, `check`, `metrics`); anyone else gets a one-line refusal.
 //!
 //! Each client gets its own thread and the whole request line must arrive within
 //! `REQUEST_DEADLINE`, however slowly it trickles in. Clients at once are capped, per user and
