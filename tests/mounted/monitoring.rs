@@ -309,3 +309,64 @@ fn an_initial_release_that_does_not_exist_is_a_warning_once_state_exists() {
         "{log}"
     );
 }
+
+/// `switchctl ARGS` as nobody with exactly the supplementary `groups` (setpriv).
+fn ctl_as_nobody(fx: &Fixture, groups: &[u32], args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg(SWITCHCTL)
+        .arg("--control")
+        .arg(fx.socket())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
+}
+
+/// README `switchctl`: `check` and `metrics` only read, so the monitoring user in
+/// `--status-group` may run them; `php-sync` makes the daemon talk to the pools, so it needs
+/// switching rights; anyone else gets UNKNOWN from check, with the reason (here the socket's
+/// mode already refuses them).
+#[test]
+fn the_status_group_may_check_and_scrape_but_not_php_sync() {
+    assert!(is_root(), "this test acts as nobody: run it as root");
+    let fx = Fixture::new("mon-rights");
+    fx.two_releases();
+    fx.open_up_for_others();
+    let _d = fx.start(&["--initial", "1", "--status-group", "64001"]);
+    let out = ctl_as_nobody(&fx, &[64001], &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout(&out).starts_with("SWITCHFS OK - serving 1"),
+        "{out:?}"
+    );
+    let out = ctl_as_nobody(&fx, &[64001], &["metrics"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("switchfs_up{"),
+        "{out:?}"
+    );
+    let out = ctl_as_nobody(&fx, &[64001], &["php-sync"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        one_line_error(&out).contains("permission denied: php-sync needs root"),
+        "{out:?}"
+    );
+    let out = ctl_as_nobody(&fx, &[], &["check"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        stdout(&out).starts_with("SWITCHFS UNKNOWN - permission denied"),
+        "{out:?}"
+    );
+    // Root without any pool configured: refused with the reason, nothing done.
+    let out = fx.ctl(&["php-sync"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        one_line_error(&out).contains("no PHP pool is configured"),
+        "{out:?}"
+    );
+}
