@@ -191,6 +191,8 @@ fn spawn_daemon(
     for name in switchfs::keeper::HANDOFF_ENV {
         cmd.env_remove(name);
     }
+    // A caller's check-only switch would make the real start exit at once.
+    cmd.env_remove(mount_helper::CHECK_ONLY_ENV);
     if std::env::var_os("PATH").is_none_or(|p| p.is_empty()) {
         cmd.env(
             "PATH",

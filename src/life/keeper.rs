@@ -47,7 +47,7 @@ use crate::sys;
 const SERVER_ENV: &str = "SWITCHFS_SERVER";
 const RESUME_ENV: &str = "SWITCHFS_RESUME";
 const KEEPER_ENV: &str = "SWITCHFS_KEEPER";
-/// When the latest crash restarts happened (Unix seconds, oldest first), for monitoring's
+/// When the latest crash restarts happened (Unix milliseconds, oldest first), for monitoring's
 /// restart-loop rule (`control::health`). Always set by the keeper for its servers, so a
 /// value from outside never reaches one.
 const RESTARTED_ENV: &str = "SWITCHFS_RESTARTED_AT";
@@ -287,12 +287,12 @@ pub struct Keeper {
     restarted_at: Vec<u64>,
 }
 
-/// `RESTARTED_ENV`'s value: Unix seconds separated by spaces; anything else is skipped.
+/// `RESTARTED_ENV`'s value: Unix milliseconds separated by spaces; anything else is skipped.
 fn restart_times(text: Option<&str>) -> Vec<SystemTime> {
     text.unwrap_or("")
         .split(' ')
         .filter_map(|w| w.parse::<u64>().ok())
-        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
         .collect()
 }
 
@@ -409,7 +409,7 @@ impl Keeper {
 
     /// Remembers now as a crash restart, keeping the latest `RESTART_TIMES_KEPT`.
     fn note_restart(&mut self) {
-        let now = crate::json::unix_secs(SystemTime::now()).max(0) as u64;
+        let now = crate::json::unix_millis(SystemTime::now()).max(0) as u64;
         self.restarted_at.push(now);
         let excess = self.restarted_at.len().saturating_sub(RESTART_TIMES_KEPT);
         self.restarted_at.drain(..excess);
