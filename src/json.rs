@@ -57,6 +57,22 @@ pub fn iso8601(t: SystemTime) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch (negative before it): sub-second times for monitoring.
+pub fn unix_millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds).
+pub fn iso8601_millis(t: SystemTime) -> String {
+    let ms = unix_millis(t);
+    let whole = UNIX_EPOCH + std::time::Duration::from_secs(ms.div_euclid(1000).max(0) as u64);
+    let base = iso8601(whole);
+    format!("{}.{:03}Z", &base[..base.len() - 1], ms.rem_euclid(1000))
+}
+
 /// A JSON array of already-written values.
 pub fn array<I: IntoIterator<Item = String>>(items: I) -> String {
     let items: Vec<String> = items.into_iter().collect();
@@ -132,6 +148,13 @@ mod tests {
             iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn sub_second_times() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_446_000_042);
+        assert_eq!(unix_millis(t), 1_795_446_000_042);
+        assert_eq!(iso8601_millis(t), "2026-11-23T15:00:00.042Z");
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub(crate) mod switch;
 pub mod sys;
 
 // The public paths binaries, tests and the bench use, whatever folder a module lives in.
-pub use life::{config_file, daemon, keeper, log_format, mount_helper, mounts, strict_modes};
+pub use life::{
+    config_file, daemon, keeper, log_format, mount_helper, mounts, strict_modes, systemd,
+};
 pub use php::{fastcgi, opcache};
 pub use switch::{names, state};
 

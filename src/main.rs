@@ -49,8 +49,8 @@ struct Cli {
     #[arg(long, value_name = "GROUP", value_parser = group)]
     control_group: Option<u32>,
 
-    /// Let members of this group read `switchctl status` and `list` (and nothing else), e.g.
-    /// for monitoring or the web server's user.
+    /// Let members of this group read `switchctl status`, `list`, `check` and `metrics` (and
+    /// nothing else), e.g. for monitoring or the web server's user.
     #[arg(long, value_name = "GROUP", value_parser = group)]
     status_group: Option<u32>,
 
@@ -132,6 +132,16 @@ struct Cli {
     /// the secret is sent: Apache binds its ports as root.
     #[arg(long, value_name = "UID", default_value_t = 0)]
     php_http_owner: u32,
+
+    /// The mount's source as mountinfo, mount(8) and df show it [default:
+    /// switchfs:RELEASES]. The mount helper passes fstab's first field, so a second `mount
+    /// -a` finds the line mounted. Letters, digits and `/._:@+=-` only.
+    #[arg(long, value_name = "NAME", value_parser = mount_source)]
+    source: Option<String>,
+}
+
+fn mount_source(s: &str) -> Result<String, String> {
+    switchfs::mounts::check_source(s).map(|()| s.to_string())
 }
 
 fn existing_dir(s: &str) -> Result<PathBuf, String> {
@@ -172,6 +182,10 @@ fn main() -> ExitCode {
         }
     };
     let cli: Cli = switchfs::parse_from_or_exit("switchfs", args);
+    if std::env::var_os(switchfs::mount_helper::CHECK_ONLY_ENV).is_some() {
+        // The mount helper's `-f`: the options parsed and every value passed its check.
+        return ExitCode::SUCCESS;
+    }
     let args = DaemonArgs {
         releases: cli.releases,
         mount_point: cli.mount_point,
@@ -196,6 +210,7 @@ fn main() -> ExitCode {
             fpm_owner: cli.php_fpm_owner,
             http_owner: cli.php_http_owner,
         },
+        source: cli.source,
     };
     match daemon::run(args) {
         Ok(code) => ExitCode::from(code),

@@ -550,7 +550,7 @@ fn prune_deletes_only_old_unused_releases_and_only_when_asked() {
     assert_eq!(
         stdout(&out),
         "keep 1 (active or previous)\nwould delete 2\nwould delete 3\n\
-         dry run: pass --yes to delete\n"
+         keep 4 (one of the newest 1; active or previous)\ndry run: pass --yes to delete\n"
     );
     assert!(fx.releases().join("2").exists());
     let out = fx.ctl(&["prune", "--keep", "1", "--yes"]);
@@ -657,4 +657,25 @@ fn already_active_exits_zero_as_the_help_says() {
     let out = fx.ctl(&["activate", "1"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "release 1 is already active\n");
+}
+
+/// Issue 19: each binary's `--version` names that binary (it said "switchfs" for all).
+#[test]
+fn each_binary_names_itself_in_its_version() {
+    for (bin, name) in [
+        (SWITCHFS, "switchfs"),
+        (SWITCHCTL, "switchctl"),
+        (
+            env!("CARGO_BIN_EXE_mount_fuse_switchfs"),
+            "mount.fuse.switchfs",
+        ),
+    ] {
+        let out = Command::new(bin).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{bin}: {out:?}");
+        assert_eq!(
+            stdout(&out),
+            format!("{name} {}\n", env!("CARGO_PKG_VERSION")),
+            "{bin}"
+        );
+    }
 }

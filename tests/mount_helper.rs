@@ -176,11 +176,8 @@ fn an_fstab_line_mounts_serves_switches_and_umount_stops_the_daemon() {
     );
     // mount returned, so the release is served already: no wait, no retry.
     assert_eq!(findmnt(&fx.mnt(), "FSTYPE"), "fuse.switchfs");
-    let releases = std::fs::canonicalize(fx.releases()).unwrap();
-    assert_eq!(
-        findmnt(&fx.mnt(), "SOURCE"),
-        format!("switchfs:{}", releases.display())
-    );
+    // fstab's own source, so a second `mount -a` finds the line mounted.
+    assert_eq!(findmnt(&fx.mnt(), "SOURCE"), "switchfs");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
 
     // Detached from mount(8): its own session, not our child.
@@ -541,4 +538,146 @@ fn a_mount_point_mount_8_resolved_through_a_symlink_is_refused() {
         std::fs::read_to_string(secret.join("authorized_keys")).unwrap(),
         "root's keys"
     );
+}
+
+// Issue 19, "habits ops scripts rely on".
+
+/// A second `mount -a` is a no-op (exit 0, same daemon), for a label source and for the
+/// releases directory as source: the mount shows fstab's own source, which is what mount(8)
+/// compares (libmount's mnt_table_is_fs_mounted: source, target, root).
+#[test]
+fn a_second_mount_a_finds_the_lines_mounted_and_exits_0() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-again");
+    fx.two_releases();
+    let mnt2 = fx.root.join("mnt2");
+    std::fs::create_dir(&mnt2).unwrap();
+    let _cleanup = (Detached(fx.mnt()), Detached(mnt2.clone()));
+    let own2 = format!(
+        "state={},control={},log={}",
+        fx.root.join("state2").display(),
+        fx.root.join("ctl2.sock").display(),
+        fx.root.join("daemon2.log").display()
+    );
+    let fstab = fx.root.join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "switchfs {} fuse.switchfs releases={},initial=1,{} 0 0\n\
+             {} {} fuse.switchfs initial=2,{own2} 0 0\n",
+            fx.mnt().display(),
+            fx.releases().display(),
+            own_paths(&fx),
+            fx.releases().display(),
+            mnt2.display(),
+        ),
+    )
+    .unwrap();
+    let mount_a = || {
+        Command::new("mount")
+            .arg("-a")
+            .arg("-T")
+            .arg(&fstab)
+            .output()
+            .unwrap()
+    };
+    let first = mount_a();
+    assert!(first.status.success(), "first mount -a: {first:?}");
+    assert_eq!(findmnt(&fx.mnt(), "SOURCE"), "switchfs");
+    assert_eq!(
+        findmnt(&mnt2, "SOURCE"),
+        fx.releases().display().to_string()
+    );
+    let pids = (daemon_pid(&fx.mnt()).unwrap(), daemon_pid(&mnt2).unwrap());
+    let second = mount_a();
+    assert!(
+        second.status.success() && second.stderr.is_empty(),
+        "second mount -a: {second:?}"
+    );
+    assert_eq!(
+        (daemon_pid(&fx.mnt()).unwrap(), daemon_pid(&mnt2).unwrap()),
+        pids
+    );
+    // Still found as switchfs mounts without the `switchfs:` prefix in the source.
+    let status = Command::new(SWITCHCTL)
+        .arg("--mount")
+        .arg(&mnt2)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(stdout(&status).contains("active:       2"), "{status:?}");
+    umount(&fx.mnt());
+    umount(&mnt2);
+    assert_ends(pids.0);
+    assert_ends(pids.1);
+}
+
+/// `-f` (fake, as `mount -f` passes it) has switchfs check every option and value: a bogus
+/// one exits non-zero with one line, good ones exit 0; nothing is mounted either way.
+#[test]
+fn the_fake_mount_checks_the_options() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-fake");
+    fx.two_releases();
+    let rel = fx.releases().display().to_string();
+    let own = own_paths(&fx);
+    let fake = |opts: &str| {
+        Command::new("mount")
+            .args(["-f", "-t", "fuse.switchfs", "-o", opts, "switchfs"])
+            .arg(fx.mnt())
+            .output()
+            .unwrap()
+    };
+    let good = fake(&format!("releases={rel},initial=1,{own}"));
+    assert!(good.status.success(), "{good:?}");
+    for (opts, expected) in [
+        (
+            format!("releases={rel},bogus=1,{own}"),
+            "unknown option \"bogus\"",
+        ),
+        (format!("releases={rel},threads=0,{own}"), "--threads"),
+        (
+            format!("releases={rel}/nope,{own}"),
+            "No such file or directory",
+        ),
+    ] {
+        let out = fake(&opts);
+        assert!(!out.status.success(), "-f -o {opts} passed: {out:?}");
+        let err = one_line_error(&out);
+        assert!(err.contains(expected), "-o {opts}: {err}");
+    }
+    // The helper's own -f, as mount(8) runs it.
+    let out = Command::new(HELPER)
+        .args(["-f", "switchfs"])
+        .arg(fx.mnt())
+        .args(["-o", &format!("releases={rel},bogus,{own}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!is_mounted(&fx.mnt()));
+    assert!(!fx.state().exists(), "a fake mount persisted a release");
+}
+
+/// The helper's readiness socket does not stay in the daemon: after the helper exits, a
+/// switch (STATUS=) and the stop (STOPPING=1) no longer warn that the socket is gone.
+#[test]
+fn a_helper_mount_logs_no_false_warnings() {
+    let _helper = install_helper();
+    let fx = Fixture::new("mh-quiet");
+    fx.two_releases();
+    let _cleanup = Detached(fx.mnt());
+    let out = mount_t(
+        &format!("initial=1,{}", own_paths(&fx)),
+        &fx.releases().to_string_lossy(),
+        &fx.mnt(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let pid = daemon_pid(&fx.mnt()).unwrap();
+    fx.activate("2");
+    umount(&fx.mnt());
+    assert_ends(pid);
+    let log = std::fs::read_to_string(fx.root.join("daemon.log")).unwrap();
+    assert!(log.contains("switched from 1 to 2"), "{log}");
+    let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(warns.is_empty(), "false warnings: {warns:?}\n{log}");
 }

@@ -38,7 +38,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// returns once the mount serves; `umount MOUNTPOINT` stops the daemon. For restart after
 /// a crash and logs in the journal, prefer the systemd unit switchfs@.service.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "mount.fuse.switchfs", version, about, long_about)]
 struct Cli {
     /// `switchfs`, or the releases directory as an absolute path.
     #[arg(value_name = "SOURCE")]
@@ -180,7 +180,10 @@ fn spawn_daemon(
 ) -> Result<Child, String> {
     let mut cmd = Command::new(bin);
     cmd.args(&plan.args)
-        .env("NOTIFY_SOCKET", notify.path())
+        // Not NOTIFY_SOCKET: that would stay in the daemon after we exit (and one mount(8)
+        // inherited from a unit of its own would be told about our daemon).
+        .env(switchfs::systemd::READY_SOCKET_ENV, notify.path())
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -188,6 +191,8 @@ fn spawn_daemon(
     for name in switchfs::keeper::HANDOFF_ENV {
         cmd.env_remove(name);
     }
+    // A caller's check-only switch would make the real start exit at once.
+    cmd.env_remove(mount_helper::CHECK_ONLY_ENV);
     if std::env::var_os("PATH").is_none_or(|p| p.is_empty()) {
         cmd.env(
             "PATH",
@@ -306,6 +311,26 @@ fn link_spelling(mount_point: &Path) -> Option<PathBuf> {
     mount_helper::spelled_through_link(&spellings, mount_point, resolve)
 }
 
+/// `-f`: has `switchfs` parse and check the command line the mount would run (every option
+/// name and value, as the real start would), without starting it.
+fn check_only(bin: &Path, plan: &Plan) -> Result<(), String> {
+    let out = Command::new(bin)
+        .args(&plan.args)
+        .env(mount_helper::CHECK_ONLY_ENV, "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    Err(mount_helper::failure_line(&text)
+        .unwrap_or_else(|| format!("switchfs refused the options ({})", out.status)))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let mount_point = checked_mount_point(&cli.mount_point)?;
     let plan = mount_helper::translate(&cli.source, &mount_point, &cli.options)?;
@@ -328,7 +353,7 @@ fn run(cli: Cli) -> Result<(), String> {
         );
     }
     if cli.fake {
-        return Ok(());
+        return check_only(&bin, &plan);
     }
     let (log_file, start) = open_log(&log)?;
     let reader = log_file

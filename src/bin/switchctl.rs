@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchfs::control::client;
+use switchfs::control::health::Level;
 use switchfs::control::protocol::{Failure, Request};
 use switchfs::names::validate_release_name;
 
 /// Control a running switchfs. Without --mount or --control, talks to the one switchfs
 /// mounted on this host.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "switchctl", version, about)]
 struct Cli {
     /// The switchfs mount point to control.
     #[arg(
@@ -94,10 +95,62 @@ enum Command {
         #[arg(long, value_name = "PID")]
         pid: Option<i32>,
     },
+    /// One line for a monitoring system (Nagios, Icinga: a monitoring plugin), e.g.
+    /// `SWITCHFS OK - serving 44 since ...`. Exit 0 OK, 1 WARNING (no release active, the
+    /// last switch's hook failed), 2 CRITICAL (a PHP pool's OPcache invalidation failed,
+    /// the active release's directory was deleted, a server restart loop), 3 UNKNOWN (the
+    /// daemon cannot be reached).
+    Check,
+    /// Prometheus text exposition of the status (for node_exporter's textfile collector).
+    /// When the daemon cannot be reached, prints `switchfs_up 0` and exits 1.
+    Metrics,
+    /// Run the OPcache invalidation of every PHP pool again for the active release (after
+    /// a pool failed: `check` says CRITICAL). Exit 0 when every pool is in step, 3 when one
+    /// still fails (as `activate`), 1 when refused.
+    PhpSync,
 }
 
 fn release_name(s: &str) -> Result<String, String> {
     validate_release_name(s).map(|()| s.to_string())
+}
+
+/// `check`'s exit code and line: the daemon's verdict, or UNKNOWN when it cannot answer.
+fn check(cli: Cli) -> ExitCode {
+    match run(cli) {
+        Ok(body) => {
+            let line = body.lines().next().unwrap_or("");
+            let level = Level::of_line(line).unwrap_or(Level::Unknown);
+            if level == Level::Unknown {
+                println!("SWITCHFS UNKNOWN - unexpected answer from the daemon: {line}");
+            } else {
+                println!("{line}");
+            }
+            ExitCode::from(level as u8)
+        }
+        Err(f) => {
+            println!("SWITCHFS UNKNOWN - {}", f.message());
+            ExitCode::from(Level::Unknown as u8)
+        }
+    }
+}
+
+/// `metrics`: the exposition, or `switchfs_up 0` (a scrape must still say the daemon is
+/// down) and exit 1.
+fn metrics(cli: Cli) -> ExitCode {
+    match run(cli) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("switchctl: {}", f.message());
+            print!(
+                "# HELP switchfs_up 1: the daemon answered.\n# TYPE switchfs_up gauge\n\
+                 switchfs_up 0\n"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<String, Failure> {
@@ -139,6 +192,9 @@ fn run(cli: Cli) -> Result<String, Failure> {
         },
         Command::Status { json } => Request::Status { json },
         Command::List { json } => Request::List { json },
+        Command::Check => Request::Check,
+        Command::Metrics => Request::Metrics,
+        Command::PhpSync => Request::PhpSync,
         Command::Upgrade { .. } => unreachable!("handled above"),
     };
     client::request(&socket, &request, Duration::from_secs(timeout))
@@ -147,6 +203,11 @@ fn run(cli: Cli) -> Result<String, Failure> {
 fn main() -> ExitCode {
     switchfs::docs::generate_if_asked::<Cli>("switchctl");
     let cli: Cli = switchfs::parse_args_or_exit("switchctl");
+    match cli.command {
+        Command::Check => return check(cli),
+        Command::Metrics => return metrics(cli),
+        _ => {}
+    }
     match run(cli) {
         Ok(body) => {
             print!("{body}");

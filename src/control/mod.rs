@@ -2,6 +2,8 @@
 //! client `switchctl` uses.
 
 pub mod client;
+pub mod health;
+pub mod metrics;
 pub mod protocol;
 pub mod reload;
 pub mod render;

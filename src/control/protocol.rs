@@ -1,7 +1,8 @@
 //! The control protocol: one request line, one response, then the server closes.
 //!
 //! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`,
-//! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`.
+//! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`,
+//! `check` (one monitoring-plugin line), `metrics` (Prometheus text), `php-sync`.
 //! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
 //! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
 //! previous release did not drain in time).
@@ -44,6 +45,13 @@ pub enum Request {
         name: String,
         drain: Option<u32>,
     },
+    // Monitoring and retry (issue 19).
+    /// One line for a monitoring system (`control::health`).
+    Check,
+    /// Prometheus' text exposition (`control::metrics`).
+    Metrics,
+    /// Run the OPcache invalidation for the active release again.
+    PhpSync,
 }
 
 /// Longest `drain=` wait accepted, in seconds.
@@ -66,6 +74,9 @@ impl Request {
             Request::RollbackTo { name, drain } => {
                 format!("rollback to={}{}", encode_name(name), drain_arg(*drain))
             }
+            Request::Check => "check".into(),
+            Request::Metrics => "metrics".into(),
+            Request::PhpSync => "php-sync".into(),
         }
     }
 }
@@ -125,6 +136,9 @@ impl Request {
             Request::List { .. } => "list",
             Request::Prune { .. } => "prune",
             Request::Ping => "ping",
+            Request::Check => "check",
+            Request::Metrics => "metrics",
+            Request::PhpSync => "php-sync",
         }
     }
 
@@ -137,6 +151,7 @@ impl Request {
                 | Request::Rollback { .. }
                 | Request::RollbackTo { .. }
                 | Request::Prune { .. }
+                | Request::PhpSync
         )
     }
 }
@@ -214,9 +229,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             json: json_flag(arg)?,
         }),
         "ping" if arg.is_none() => Ok(Request::Ping),
+        "check" if arg.is_none() => Ok(Request::Check),
+        "metrics" if arg.is_none() => Ok(Request::Metrics),
+        "php-sync" if arg.is_none() => Ok(Request::PhpSync),
         "" => Err("empty request".into()),
         _ => Err(format!(
-            "unknown request {:?} (expected activate, rollback, status, list, prune or ping)",
+            "unknown request {:?} (expected activate, rollback, status, list, prune, ping, \
+             check, metrics or php-sync)",
             truncate(line, 60)
         )),
     }
@@ -334,6 +353,9 @@ mod tests {
             Request::Status { json: true },
             Request::List { json: true },
             Request::Ping,
+            Request::Check,
+            Request::Metrics,
+            Request::PhpSync,
             Request::Activate {
                 name: "4 drain=0".into(),
                 drain: None,
@@ -377,6 +399,9 @@ mod tests {
             b"prune -1",
             b"prune 3 no",
             b"status yaml",
+            b"check now",
+            b"metrics json",
+            b"php-sync 3",
             b"\xff\xfe",
             b"DROP TABLE",
             b"activate 4%2",

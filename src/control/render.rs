@@ -3,10 +3,11 @@
 
 use std::fmt::Write;
 
-use crate::json::{self, Object, iso8601, unix_secs};
+use crate::json::{self, Object, iso8601, iso8601_millis, unix_millis, unix_secs};
 use crate::life::keeper::{Attempt, Life};
 use crate::php::opcache::{LastRun, PoolStatus};
 use crate::switch::history::History;
+use crate::switch::record::LastSwitch;
 use crate::switch::usage::{ReleaseUsage, Status};
 
 /// `switchctl status`, as text or (`json`) one JSON object and a newline.
@@ -153,7 +154,57 @@ fn status_json(st: &Status) -> String {
             &json::array(st.php_pools.iter().map(pool_json)),
         );
     }
-    o.finish() + "\n"
+    monitoring_json(o, st).finish() + "\n"
+}
+
+/// The version of `status --json`'s shape: 2 added the fields of `monitoring_json`
+/// (version 1 had no `schema` field). Fields are only ever added.
+pub const STATUS_SCHEMA: u32 = 2;
+
+/// Monitoring's fields (issue 19), after every older one so those stay byte for byte: the
+/// binary's version, the schema, millisecond times, the switch counter and the last switch.
+fn monitoring_json(o: Object, st: &Status) -> Object {
+    let mut o = o
+        .str("version", env!("CARGO_PKG_VERSION"))
+        .num("schema", STATUS_SCHEMA)
+        .num("since_unix_ms", unix_millis(st.since));
+    if let Some(l) = &st.life {
+        let restarted = l.restarted_at.iter().map(|t| unix_millis(*t).to_string());
+        o = o
+            .num("started_unix_ms", unix_millis(l.started))
+            .raw("restarted_at_unix_ms", &json::array(restarted));
+    }
+    let last = st
+        .last_switch
+        .as_ref()
+        .map_or_else(|| "null".to_string(), last_switch_json);
+    o.num("switches", st.switches).raw("last_switch", &last)
+}
+
+fn millis(d: std::time::Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// The last switch: when, from what to what, how long in total and per step (`took_ms`
+/// covers validate, persist, publish and the kernel's caches, then OPcache, the hooks and
+/// the drain wait), and what failed.
+fn last_switch_json(l: &LastSwitch) -> String {
+    let steps = Object::new()
+        .raw("switch_ms", &millis(l.steps.switch))
+        .raw("php_ms", &millis(l.steps.php))
+        .raw("hooks_ms", &millis(l.steps.hooks))
+        .raw("drain_ms", &millis(l.steps.drain))
+        .finish();
+    Object::new()
+        .str("at", &iso8601_millis(l.at))
+        .num("at_unix_ms", unix_millis(l.at))
+        .opt_str("from", l.from.as_deref())
+        .str("to", &l.to)
+        .raw("took_ms", &millis(l.took))
+        .raw("steps", &steps)
+        .num("php_failed", l.php_failed)
+        .opt_str("hook_error", l.hook_error.as_deref())
+        .finish()
 }
 
 fn usage_json(u: &ReleaseUsage) -> String {
@@ -192,6 +243,7 @@ fn last_run_json(r: &LastRun) -> String {
         .num("gone", r.gone)
         .raw("took_ms", &format!("{:.3}", r.took.as_secs_f64() * 1000.0))
         .opt_str("error", r.error.as_deref())
+        .num("at_unix_ms", unix_millis(r.at))
         .finish()
 }
 
@@ -405,7 +457,8 @@ mod tests {
             json::array(pools.iter().map(pool_json)),
             "[{\"pool\":\"php-fpm /run/php/a.sock\",\"last_invalidation\":{\"at\":\
              \"2026-11-23T15:00:00Z\",\"release\":\"2\",\"cached\":3,\"changed\":2,\
-             \"invalidated\":2,\"gone\":1,\"took_ms\":1.500,\"error\":null}},\
+             \"invalidated\":2,\"gone\":1,\"took_ms\":1.500,\"error\":null,\
+             \"at_unix_ms\":1795446000000}},\
              {\"pool\":\"php-http http://127.0.0.1/x.php\",\"last_invalidation\":null}]"
         );
     }

@@ -6,7 +6,7 @@
 //!
 //! Rights come from the peer's credentials, per request kind: root, the daemon's own user and
 //! members of `--control-group` may do everything; members of `--status-group` may only read
-//! (`status`, `list`, `ping`); anyone else gets a one-line refusal.
+//! (`status`, `list`, `ping`, `check`, `metrics`); anyone else gets a one-line refusal.
 //!
 //! Each client gets its own thread and the whole request line must arrive within
 //! `REQUEST_DEADLINE`, however slowly it trickles in. Clients at once are capped, per user and
@@ -22,12 +22,12 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 use crate::control::protocol::{self, MAX_REQUEST, Request};
-use crate::control::render;
+use crate::control::{health, metrics, render};
 use crate::php::opcache::Php;
 use crate::switch::hooks::Hooks;
 use crate::switch::switcher::Switcher;
@@ -411,12 +411,7 @@ impl Server {
                 return self.switch(Target::BackTo(&name), drain, &who, client);
             }
             Request::Prune { keep, apply } => switcher.prune(keep, apply),
-            Request::Status { json } => {
-                let mut st = switcher.status();
-                st.life = crate::life::keeper::life();
-                st.php_pools = self.php.as_ref().map(Php::pools_status).unwrap_or_default();
-                Ok(render::status(&st, json))
-            }
+            Request::Status { json } => Ok(render::status(&self.status(), json)),
             Request::List { json } => switcher.list().map(|names| {
                 let active = switcher.active();
                 let (a, p) = (active.name(), active.previous.as_deref());
@@ -428,6 +423,10 @@ impl Server {
                 }
             }),
             Request::Ping => Ok("pong".into()),
+            // Monitoring and retry (issue 19).
+            Request::Check => Ok(health::check(&self.status(), SystemTime::now()).1),
+            Request::Metrics => Ok(metrics::render(&self.status(), SystemTime::now())),
+            Request::PhpSync => return self.php_sync(&who),
         };
         match result {
             Ok(body) => protocol::ok_response(&body),
@@ -438,6 +437,35 @@ impl Server {
                 );
                 protocol::error_response(&msg)
             }
+        }
+    }
+
+    /// Everything `status`, `check` and `metrics` show: the switcher's, the keeper's life,
+    /// the PHP pools.
+    fn status(&self) -> crate::switch::usage::Status {
+        let mut st = self.switcher.status();
+        st.life = crate::life::keeper::life();
+        st.php_pools = self.php.as_ref().map(Php::pools_status).unwrap_or_default();
+        st
+    }
+
+    /// `php-sync`: the OPcache step again for the active release; `partial` (exit 3, as
+    /// `activate` reports a failed pool) when a pool still fails.
+    fn php_sync(&self, who: &str) -> String {
+        let Some(php) = self.php.as_ref().filter(|p| !p.is_empty()) else {
+            return protocol::error_response(
+                "no PHP pool is configured (--php-fpm, --php-http): nothing to invalidate",
+            );
+        };
+        let Some(active) = self.switcher.active().name().map(str::to_string) else {
+            return protocol::error_response("no release is active: nothing to invalidate");
+        };
+        log::info!("php-sync for release {active} (requested by {who})");
+        match switch::php_sync(&self.switcher, php) {
+            Ok(()) => protocol::ok_response(&format!(
+                "OPcache of every PHP pool is in step with release {active}"
+            )),
+            Err(e) => protocol::partial_response(&e),
         }
     }
 
@@ -452,7 +480,7 @@ impl Server {
     ) -> String {
         let hung_up = |pause| !matches!(sys::wait_hangup(client.as_fd(), pause), Ok(false));
         let php = self.php.as_ref();
-        match switch::perform(
+        let outcome = switch::perform(
             &self.switcher,
             php,
             &self.hooks,
@@ -460,7 +488,12 @@ impl Server {
             who,
             drain,
             &hung_up,
-        ) {
+        );
+        if !matches!(outcome, Outcome::Refused(_)) {
+            let active = self.switcher.active();
+            crate::life::systemd::notify(&crate::life::systemd::serving_status(active.name()));
+        }
+        match outcome {
             Outcome::Done(msg) => protocol::ok_response(&msg),
             Outcome::Partial(msg) => protocol::partial_response(&msg),
             Outcome::Refused(msg) => protocol::error_response(&msg),

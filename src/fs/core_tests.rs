@@ -531,7 +531,7 @@ fn prune_spares_active_previous_and_in_use_releases() {
     assert_eq!(
         dry,
         "would delete 1\nkeep 2 (active or previous)\nwould delete 3\nwould delete 4\n\
-         dry run: pass --yes to delete\n"
+         keep 5 (one of the newest 1; active or previous)\ndry run: pass --yes to delete\n"
     );
     assert_eq!(f.core.list().unwrap().len(), 5, "a dry run deletes nothing");
     let done = f.core.prune(1, true).unwrap();
@@ -544,6 +544,13 @@ fn prune_spares_active_previous_and_in_use_releases() {
     assert_eq!(
         f.core.prune(5, true).unwrap(),
         "nothing to prune: 2 releases, keeping 5\n"
+    );
+    assert_eq!(
+        f.core.prune(5, false).unwrap(),
+        "keep 2 (one of the newest 5; active or previous)\n\
+         keep 5 (one of the newest 5; active or previous)\n\
+         nothing to prune: 2 releases, keeping 5\n",
+        "a dry run accounts for every release"
     );
 }
 

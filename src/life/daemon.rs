@@ -41,6 +41,8 @@ pub struct DaemonArgs {
     pub stop_timeout: Duration,
     /// PHP pools to tell which scripts each switch changed (see `opcache`).
     pub php: crate::php::opcache::PhpConfig,
+    /// The mount's source in mountinfo (`--source`); `None`: `switchfs:RELEASES`.
+    pub source: Option<String>,
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
@@ -532,11 +534,13 @@ fn mount(
         switcher,
     } = configured;
     let mount_point = paths.mount_point.clone();
-    let fsname = format!(
-        "{}{}",
-        mounts::FSNAME_PREFIX,
-        paths.releases.to_string_lossy()
-    );
+    let fsname = args.source.clone().unwrap_or_else(|| {
+        format!(
+            "{}{}",
+            mounts::FSNAME_PREFIX,
+            paths.releases.to_string_lossy()
+        )
+    });
     let fuse_config = fuse_config(args, &fsname);
     let adapter = crate::fs::adapter::FuseAdapter::new(core.clone(), args.acl);
     let resumed = link.resume.is_some();
@@ -606,7 +610,10 @@ fn mount(
     link.follow();
     // Also when resumed: a keeper systemd restarted with its stored connection is not
     // started until a READY=1 comes (a repeated one after a server crash is ignored).
-    systemd::notify("READY=1");
+    systemd::notify(&format!(
+        "READY=1\n{}",
+        systemd::serving_status(switcher.active().name())
+    ));
     Ok(Serving {
         signals,
         background,
@@ -729,7 +736,14 @@ fn shut_down(serving: Serving, stop: Stop, stop_timeout: Duration) {
         Stop::SessionEnded => {
             systemd::notify("STOPPING=1");
             drop(cleanup_socket);
-            log::warn!(
+            // For a mount made by the mount helper, `umount` is how it is stopped: no warning.
+            let level = if systemd::started_by_mount_helper() {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
                 "{} was unmounted or its connection aborted from outside; exiting",
                 ours.mount_point.display()
             );

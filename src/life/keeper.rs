@@ -63,6 +63,12 @@ const KEEPER_ENV: &str = "SWITCHFS_KEEPER";
 const INSTALL_ENV: &str = "SWITCHFS_INSTALL_PATH";
 /// The last upgrade attempt, carried across the keeper's own `exec`.
 const ATTEMPT_ENV: &str = "SWITCHFS_LAST_UPGRADE";
+/// When the latest crash restarts happened (Unix milliseconds, oldest first), for monitoring's
+/// restart-loop rule (`control::health`). Always set by the keeper for its servers, so a
+/// value from outside never reaches one.
+const RESTARTED_ENV: &str = "SWITCHFS_RESTARTED_AT";
+/// How many restart times the keeper remembers.
+const RESTART_TIMES_KEPT: usize = 16;
 
 /// Variables that hand descriptors to a switchfs process. Whoever starts switchfs for
 /// someone else (the mount helper) removes them, so no caller can make the daemon adopt
@@ -183,6 +189,7 @@ fn server_role(server: &str, resume: Option<&str>) -> Result<ServerLink, String>
         restarts,
         upgrades,
         last_upgrade: None,
+        restarted_at: restart_times(std::env::var(RESTARTED_ENV).ok().as_deref()),
     });
     Ok(ServerLink {
         keeper,
@@ -260,6 +267,17 @@ pub struct Keeper {
     /// the connection): the server holding the connection is stopped once it serves.
     stop_when_ready: bool,
     quick_deaths: u32,
+    /// When the latest crash restarts happened, for monitoring (`Life::restarted_at`).
+    restarted_at: Vec<u64>,
+}
+
+/// `RESTARTED_ENV`'s value: Unix milliseconds separated by spaces; anything else is skipped.
+fn restart_times(text: Option<&str>) -> Vec<SystemTime> {
+    text.unwrap_or("")
+        .split(' ')
+        .filter_map(|w| w.parse::<u64>().ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+        .collect()
 }
 
 impl Keeper {
@@ -292,6 +310,7 @@ impl Keeper {
             stopping: false,
             stop_when_ready: false,
             quick_deaths: 0,
+            restarted_at: Vec::new(),
         })
     }
 
@@ -340,6 +359,14 @@ impl Keeper {
         }
     }
 
+    /// Remembers now as a crash restart, keeping the latest `RESTART_TIMES_KEPT`.
+    fn note_restart(&mut self) {
+        let now = crate::json::unix_millis(SystemTime::now()).max(0) as u64;
+        self.restarted_at.push(now);
+        let excess = self.restarted_at.len().saturating_sub(RESTART_TIMES_KEPT);
+        self.restarted_at.drain(..excess);
+    }
+
     /// Starts a server of the binary `exe` (`None`: the one this keeper runs; a candidate:
     /// beside the running server, for an upgrade) and tells it the daemon's counters.
     fn spawn_server(
@@ -359,6 +386,8 @@ impl Keeper {
         cmd.args(&self.args);
         // The binary's descriptor is inherited too: a script (#!) is run through it.
         let mut inherit = vec![server_end.as_fd(), self.nodes.as_fd(), exe];
+        let times: Vec<String> = self.restarted_at.iter().map(u64::to_string).collect();
+        cmd.env(RESTARTED_ENV, times.join(" "));
         cmd.env(
             SERVER_ENV,
             format!(
@@ -511,6 +540,7 @@ impl Keeper {
             return Some(0);
         }
         self.restarts += 1;
+        self.note_restart();
         log::error!(
             "server {} died ({}); resuming the mount in a new server",
             server.pid,

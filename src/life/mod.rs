@@ -10,4 +10,4 @@ pub mod mount_helper;
 pub mod mounts;
 pub(crate) mod paths;
 pub mod strict_modes;
-pub(crate) mod systemd;
+pub mod systemd;

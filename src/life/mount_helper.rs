@@ -62,6 +62,11 @@ fn refused(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Set in `switchfs`'s environment by the helper's `-f` (fake): parse and check the
+/// command line (every option, every value) and exit, 0 or 2 with clap's one line, without
+/// starting anything.
+pub const CHECK_ONLY_ENV: &str = "SWITCHFS_CHECK_ONLY";
+
 /// The `switchfs` arguments (without the program name) and where its log goes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -126,6 +131,13 @@ pub fn translate(source: &str, mount_point: &Path, options: &[String]) -> Result
                     directory as the source (first fstab field)"
                 .into(),
         );
+    }
+    // The mount shows fstab's own source, which is how mount(8) tells a line is mounted
+    // (libmount's mnt_table_is_fs_mounted compares source, target and root): a second
+    // `mount -a` then skips it instead of failing with 32 "already mounted". A source
+    // FUSE could not carry keeps the daemon's default.
+    if crate::life::mounts::check_source(source).is_ok() {
+        args.push(format!("--source={source}").into());
     }
     // After `--` a mount point is never read as an option, whatever its name.
     args.push("--".into());
@@ -291,6 +303,7 @@ mod tests {
                 "--cache-timeout=60",
                 "--track-opens",
                 "--on-activate=echo hi",
+                "--source=switchfs",
                 "--",
                 "/var/www/current"
             ]
@@ -301,7 +314,12 @@ mod tests {
     fn an_absolute_source_is_the_releases_directory() {
         assert_eq!(
             args("/srv/rel", "ro").unwrap(),
-            ["--releases=/srv/rel", "--", "/var/www/current"]
+            [
+                "--releases=/srv/rel",
+                "--source=/srv/rel",
+                "--",
+                "/var/www/current"
+            ]
         );
         assert!(args("/srv/rel", "releases=/srv/other").is_err());
         assert!(

@@ -19,6 +19,22 @@ use crate::sys;
 /// `fuse`, without the subtype.
 pub const FSNAME_PREFIX: &str = "switchfs:";
 
+/// The type of a switchfs mount in mountinfo (`fuse.` and the subtype the daemon sets).
+pub const FSTYPE: &str = "fuse.switchfs";
+
+/// Refuses a `--source` that would not survive as the `fsname=` of FUSE's mount options
+/// (a comma would start another option) or in mountinfo, fstab and df's columns.
+///
+/// # Errors
+/// Empty, longer than 255 bytes, or a byte outside letters, digits and `/._:@+=-`.
+pub fn check_source(s: &str) -> Result<(), String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"/._:@+=-".contains(&b);
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(ok) {
+        return Err("a mount source is 1 to 255 letters, digits or /._:@+=-".into());
+    }
+    Ok(())
+}
+
 /// The extended attribute of a switchfs mount's root that names its control socket. The
 /// daemon answers it only on the root and never lists it.
 pub const CONTROL_XATTR: &str = "user.switchfs.control";
@@ -57,9 +73,10 @@ impl MountEntry {
         self.fstype == "fuse" || self.fstype.starts_with("fuse.")
     }
 
-    /// A switchfs mount: FUSE, with our fsname prefix.
+    /// A switchfs mount: FUSE, with our fsname prefix or (a `--source` given, as the mount
+    /// helper does) our subtype.
     pub fn is_switchfs(&self) -> bool {
-        self.is_fuse() && self.source.starts_with(FSNAME_PREFIX)
+        self.is_fuse() && (self.source.starts_with(FSNAME_PREFIX) || self.fstype == FSTYPE)
     }
 }
 

@@ -318,13 +318,29 @@ impl Php {
     /// `Turn`): the pool is then marked unknown and the later one invalidates everything
     /// it caches under the mount, so nothing stale survives the cut.
     pub(crate) fn sync(&self, core: &dyn Docroot, new: Option<Arc<Release>>) -> Result<(), String> {
+        self.sync_current(core, &|| new.clone())
+    }
+
+    /// As `sync`, for the release `current` names once this call has its turn: a retry
+    /// (`switchctl php-sync`) reads the active release only then, so a switch published
+    /// after that read takes a later turn and wins, and one published before is what it
+    /// syncs. (Read before the turn, a retry could bring the pools "up to date" with a
+    /// release a concurrent switch had just replaced.)
+    ///
+    /// # Errors
+    /// As `sync`.
+    pub(crate) fn sync_current(
+        &self,
+        core: &dyn Docroot,
+        current: &dyn Fn() -> Option<Arc<Release>>,
+    ) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         let turn = Turn {
             latest: &self.latest,
             mine: self.latest.fetch_add(1, Ordering::SeqCst) + 1,
         };
         let _serial = self.serial.lock();
-        let Some(new) = new else {
+        let Some(new) = current() else {
             return Ok(());
         };
         let failures: Vec<String> = std::thread::scope(|scope| {
@@ -606,6 +622,18 @@ impl Php {
             ));
         }
         Ok(answer[MAGIC.len()..].to_vec())
+    }
+
+    /// Whether the last invalidation of any pool failed (what `activate` of the active
+    /// release retries).
+    pub(crate) fn any_failed(&self) -> bool {
+        self.pools.iter().any(|pool| {
+            pool.state
+                .lock()
+                .last
+                .as_ref()
+                .is_some_and(|r| r.error.is_some())
+        })
     }
 
     /// Each pool and its last invalidation, for `switchctl status`.

@@ -25,15 +25,17 @@ pub(crate) mod hooks;
 pub mod names;
 pub(crate) mod procscan;
 pub(crate) mod prune;
+pub(crate) mod record;
 pub(crate) mod release;
 pub mod state;
 pub(crate) mod switcher;
 pub(crate) mod usage;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::php::opcache::Php;
 use crate::switch::hooks::Hooks;
+use crate::switch::record::{LastSwitch, Steps};
 use crate::switch::switcher::{Switched, Switcher};
 
 /// What to switch to, as the control socket asked.
@@ -71,6 +73,7 @@ pub(crate) fn perform(
     drain: Option<u32>,
     hung_up: &dyn Fn(Duration) -> bool,
 ) -> Outcome {
+    let (at, started) = (SystemTime::now(), Instant::now());
     // Steps 1-4: validate, persist, publish, invalidate.
     let switched = match target {
         Target::Release(name) => switcher.activate(name, who),
@@ -84,16 +87,25 @@ pub(crate) fn perform(
             return Outcome::Refused(msg);
         }
     };
+    if !sw.changed {
+        return retry_php_if_failed(switcher, php, sw.message);
+    }
+    let mut steps = Steps {
+        switch: started.elapsed(),
+        ..Steps::default()
+    };
     let mut message = sw.message.clone();
     let mut problems = Vec::new();
-    if sw.changed {
-        // Step 5: OPcache first, so hooks (cache warmers) already run the new code.
-        problems.extend(tell_php(switcher, php));
-        problems.extend(run_hooks(hooks, &sw));
-    }
+    // Step 5: OPcache first, so hooks (cache warmers) already run the new code.
+    let php_error = timed(&mut steps.php, || tell_php(switcher, php));
+    let hook_error = timed(&mut steps.hooks, || run_hooks(hooks, &sw));
+    problems.extend(php_error.iter().chain(&hook_error).cloned());
     // Step 6: the drain wait, only when something was switched away from.
-    if let (Some(secs), Some(previous), true) = (drain, sw.from.as_deref(), sw.changed) {
-        match wait_drained(switcher, previous, secs, hung_up) {
+    if let (Some(secs), Some(previous)) = (drain, sw.from.as_deref()) {
+        let drained = timed(&mut steps.drain, || {
+            wait_drained(switcher, previous, secs, hung_up)
+        });
+        match drained {
             Drain::Drained => {
                 message.push_str(&format!("; release {previous} is no longer in use"))
             }
@@ -110,12 +122,56 @@ pub(crate) fn perform(
             }
         }
     }
+    switcher.record().switched(LastSwitch {
+        at,
+        from: sw.from.clone(),
+        to: sw.to.clone(),
+        took: started.elapsed(),
+        steps,
+        php_failed: php_error.is_some(),
+        hook_error,
+    });
     // Step 7: the answer.
     if problems.is_empty() {
         Outcome::Done(message)
     } else {
         Outcome::Partial(format!("{message}, but {}", problems.join("; ")))
     }
+}
+
+/// Runs `f`, adding how long it took to `took`.
+fn timed<T>(took: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    *took += started.elapsed();
+    out
+}
+
+/// `activate` of the release already active: nothing to switch, but when the last
+/// OPcache invalidation of a pool failed, it is run again (the retry an operator expects
+/// from re-running the deploy's last step); otherwise "already active" as before.
+fn retry_php_if_failed(switcher: &Switcher, php: Option<&Php>, message: String) -> Outcome {
+    let Some(php) = php.filter(|p| p.any_failed()) else {
+        return Outcome::Done(message);
+    };
+    match php_sync(switcher, php) {
+        Ok(()) => Outcome::Done(format!(
+            "{message}; the OPcache invalidation that had failed was retried and succeeded"
+        )),
+        Err(e) => Outcome::Partial(format!(
+            "{message}; the OPcache invalidation that had failed was retried, but {e}"
+        )),
+    }
+}
+
+/// `switchctl php-sync`: runs the OPcache step (5a) again for the active release, as a
+/// switch to it would. Pools already in step find nothing changed; a pool whose last
+/// invalidation failed has everything it caches under the mount invalidated.
+///
+/// # Errors
+/// One line naming each pool that failed and why (as `activate` reports it).
+pub(crate) fn php_sync(switcher: &Switcher, php: &Php) -> Result<(), String> {
+    php.sync_current(switcher.docroot(), &|| switcher.active().release.clone())
 }
 
 /// Step 5a: tells the PHP pools which scripts the switch changed (`--php-fpm`, `--php-http`).

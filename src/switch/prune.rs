@@ -28,7 +28,8 @@ pub(crate) type KeepReason<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Deletes (with `apply`) or lists the releases beyond the newest `keep` of `names` (oldest
 /// first), sparing those `kept` gives a reason for and those processes use through their real
-/// path. Returns one line per release considered.
+/// path. Returns one line per release considered; a dry run (without `apply`) also lists the
+/// newest `keep`, so every release has its line.
 ///
 /// # Errors
 /// A deletion failed: the message says which release, why, and how many were deleted before.
@@ -70,7 +71,16 @@ pub(crate) fn prune(
             lines.push(format!("deleted {name}"));
         }
     }
-    if lines.is_empty() {
+    let considered = lines.len();
+    if !apply {
+        // A dry run says what happens to every release, the newest ones too, so the
+        // operator sees each one accounted for.
+        for name in &names[old.len()..] {
+            let also = kept(name).map(|r| format!("; {r}")).unwrap_or_default();
+            lines.push(format!("keep {name} (one of the newest {keep}{also})"));
+        }
+    }
+    if considered == 0 {
         lines.push(format!(
             "nothing to prune: {} releases, keeping {keep}",
             names.len()

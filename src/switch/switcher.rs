@@ -15,6 +15,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::switch::docroot::{Active, Docroot, Use};
 use crate::switch::history::History;
+use crate::switch::record::Record;
 use crate::switch::release::{Release, ReleaseSet, same_dir};
 use crate::switch::state::{PersistedState, StateFile};
 use crate::switch::usage::{self, Status};
@@ -93,6 +94,8 @@ pub(crate) struct Switcher {
     last_used: Mutex<HashMap<String, SystemTime>>,
     /// Set once shutdown has begun: no switch or prune after it (see `stop_switching`).
     stopping: AtomicBool,
+    /// Monitoring: the switch counter and the last switch (`switch::record`).
+    record: Record,
 }
 
 impl Switcher {
@@ -130,6 +133,7 @@ impl Switcher {
             history: Mutex::new(History::default()),
             last_used: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            record: Record::default(),
         };
         switcher.restore(initial)?;
         Ok(switcher)
@@ -153,6 +157,7 @@ impl Switcher {
                     *self.history.lock() = restored_history(&st);
                     self.show(&st.active, fd, st.previous.clone())?;
                     log::info!("resumed persisted release {:?}", st.active);
+                    self.note_initial_ignored(initial, &st.active);
                     return Ok(());
                 }
                 Err(msg) => log::error!("persisted release cannot be served: {msg}"),
@@ -184,6 +189,25 @@ impl Switcher {
         Ok(())
     }
 
+    /// Says why `--initial` did nothing when a persisted release was resumed instead: a
+    /// warning when it names no servable release (a typo in a unit file must not wait for
+    /// the day the state file is lost to show), a note when it names another one.
+    fn note_initial_ignored(&self, initial: Option<&str>, resumed: &str) {
+        let Some(name) = initial.filter(|n| *n != resumed) else {
+            return;
+        };
+        match self.releases.open_release(name) {
+            Err(msg) => log::warn!(
+                "--initial {name:?} names no release that can be served ({msg}); ignored: \
+                 resuming the persisted release {resumed:?}"
+            ),
+            Ok(_) => log::info!(
+                "--initial {name:?} ignored: resuming the persisted release {resumed:?} \
+                 (--initial only applies without a state file)"
+            ),
+        }
+    }
+
     /// The active release as of now.
     pub(crate) fn active(&self) -> Arc<Active> {
         self.active.lock().clone()
@@ -197,6 +221,11 @@ impl Switcher {
     /// The data plane this switcher drives.
     pub(crate) fn docroot(&self) -> &dyn Docroot {
         &*self.docroot
+    }
+
+    /// The switch counter and the last switch, for monitoring.
+    pub(crate) fn record(&self) -> &Record {
+        &self.record
     }
 
     /// The pinned releases directory.
@@ -461,6 +490,8 @@ impl Switcher {
             usage: usage::per_release(&present, &now_used, &last_used),
             life: None,
             php_pools: Vec::new(),
+            switches: self.record.switches(),
+            last_switch: self.record.last(),
         }
     }
 }

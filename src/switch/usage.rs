@@ -14,6 +14,7 @@ use crate::life::keeper::Life;
 use crate::php::opcache::PoolStatus;
 use crate::switch::docroot::Use;
 use crate::switch::history::History;
+use crate::switch::record::LastSwitch;
 use crate::switch::release::{Release, ReleaseSet};
 use crate::sys;
 
@@ -61,6 +62,10 @@ pub struct Status {
     /// The PHP pools and their last invalidations (`--php-fpm`, `--php-http`); empty
     /// without pools.
     pub php_pools: Vec<PoolStatus>,
+    /// Switches that changed the active release since this server started.
+    pub switches: u64,
+    /// The last of them (`switch::record`).
+    pub last_switch: Option<LastSwitch>,
 }
 
 /// What is wrong with the active release `rel`, if its directory was deleted, or renamed or

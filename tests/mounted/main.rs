@@ -13,6 +13,7 @@ mod crashes_and_upgrades;
 mod faults;
 mod hostile_host;
 mod mirror;
+mod monitoring;
 mod mount_point_and_shutdown;
 mod mtimes_never_lie;
 mod paths_others_control;

@@ -173,3 +173,68 @@ fn bad_php_options_are_refused_before_mounting() {
         assert!(!fx.state().exists(), "{extra:?} persisted a release");
     }
 }
+
+/// Issue 19: a pool that missed a switch while alive keeps the old bytecode (here its socket
+/// was renamed away during the switch, as the pool's user could). `switchctl check` is
+/// CRITICAL until it is retried: `activate` of the active release retries (instead of
+/// "already active" with nothing done), and so does `switchctl php-sync`; then the next
+/// request runs the new code and check is OK again.
+#[test]
+fn a_missed_pool_is_critical_until_activate_or_php_sync_retries() {
+    require_php();
+    let fx = Fixture::new("opc-retry");
+    two_apps(&fx);
+    open_up(&fx);
+    let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
+    let _d = start_daemon(&fx, &[&fpm]);
+    warm(&fpm, &fx, "1");
+    let check = |want: i32, starts: &str| {
+        let out = fx.ctl(&["check"]);
+        let line = stdout(&out);
+        assert_eq!(out.status.code(), Some(want), "{line}");
+        assert!(line.starts_with(starts), "{line}");
+    };
+    check(0, "SWITCHFS OK - serving 1");
+    let aside = fpm.sock.with_extension("aside");
+    let missed = |target: &str| {
+        std::fs::rename(&fpm.sock, &aside).unwrap();
+        let out = fx.ctl(&["activate", target]);
+        std::fs::rename(&aside, &fpm.sock).unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    };
+
+    missed("2");
+    let lines = front(&fpm, &fx, 10);
+    assert!(
+        !all_release(&lines, "2"),
+        "the pool should still run release 1: {lines:?}"
+    );
+    check(2, "SWITCHFS CRITICAL - php-fpm ");
+    let out = fx.ctl(&["activate", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("release 2 is already active; the OPcache invalidation that had failed was retried and succeeded"),
+        "{out:?}"
+    );
+    assert!(all_release(&front(&fpm, &fx, 10), "2"));
+    check(0, "SWITCHFS OK - serving 2");
+    let out = fx.ctl(&["activate", "2"]);
+    assert_eq!(
+        stdout(&out),
+        "release 2 is already active\n",
+        "nothing failed: nothing retried"
+    );
+
+    missed("1");
+    check(2, "SWITCHFS CRITICAL - php-fpm ");
+    let out = fx.ctl(&["php-sync"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(all_release(&front(&fpm, &fx, 10), "1"));
+    check(0, "SWITCHFS OK - serving 1");
+    // With the pool unreachable, php-sync reports it like activate: exit 3, one line.
+    std::fs::rename(&fpm.sock, &aside).unwrap();
+    let out = fx.ctl(&["php-sync"]);
+    std::fs::rename(&aside, &fpm.sock).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(one_line_error(&out).contains("cannot connect"), "{out:?}");
+}

@@ -37,6 +37,10 @@ pub struct Life {
     pub upgrades: u64,
     /// The last upgrade attempt (SIGHUP), whatever its outcome.
     pub last_upgrade: Option<Attempt>,
+    /// When the latest crash restarts happened (at most `RESTART_TIMES_KEPT`, oldest
+    /// first; since the keeper last started or was upgraded), for monitoring's restart-loop
+    /// rule.
+    pub restarted_at: Vec<SystemTime>,
 }
 
 /// One upgrade attempt, as the keeper saw it.

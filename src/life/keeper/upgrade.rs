@@ -422,6 +422,9 @@ impl Keeper {
             stopping: false,
             stop_when_ready: false,
             quick_deaths: 0,
+            // Crash restart times are not carried across the keeper's own exec: monitoring's
+            // restart-loop rule starts afresh after an upgrade that succeeded.
+            restarted_at: Vec::new(),
         })
     }
 }
