@@ -328,7 +328,7 @@ impl Keeper {
             }
             None => {
                 let mut k = Keeper::new()?;
-                if let Some((held, nodes)) = systemd::stored()? {
+                if let Some((held, nodes)) = fd_store::stored()? {
                     log::info!("resuming the mount from systemd's file descriptor store");
                     k.held = Some(held);
                     k.nodes = nodes;
@@ -483,7 +483,7 @@ impl Keeper {
                     params,
                     mount,
                 };
-                systemd::store(&held, self.nodes.as_fd());
+                fd_store::store(&held, self.nodes.as_fd());
                 self.held = Some(held);
             }
             _ => log::warn!("keeper: ignored a malformed handover message"),
@@ -653,14 +653,16 @@ fn block_keeper_signals() -> libc::sigset_t {
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
 }
 
-/// systemd's file descriptor store (`FDSTORE=1`, `FileDescriptorStoreMax=` in the unit):
-/// systemd keeps the connection while the keeper itself is restarted after a crash, and
-/// hands it back in `LISTEN_FDS`. Outside systemd (no `NOTIFY_SOCKET`) nothing is stored.
-mod systemd {
+/// What the keeper keeps in systemd's file descriptor store (`FDSTORE=1`,
+/// `FileDescriptorStoreMax=` in the unit): the connection, the control listener, the node log
+/// and (in a memfd) the `FUSE_INIT` parameters, so systemd keeps the mount while the keeper
+/// itself is restarted after a crash. The store itself is `life::systemd`'s.
+mod fd_store {
     use std::io::Write;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
     use super::Held;
+    use crate::life::systemd;
     use crate::sys;
 
     /// Names of the stored descriptors (`FDNAME=`).
@@ -669,13 +671,12 @@ mod systemd {
     const NODES: &str = "nodes";
     const INIT: &str = "init";
 
-    /// Stores the connection, the control listener, the node log and (in a memfd) the
-    /// `FUSE_INIT` parameters. Best effort: without it, only the keeper's own death loses
-    /// the mount.
+    /// Stores what a restarted keeper needs. Best effort: without it, only the keeper's own
+    /// death loses the mount.
     pub(super) fn store(held: &Held, nodes: BorrowedFd<'_>) {
-        let Some(addr) = notify_addr() else {
+        if !systemd::has_notify_socket() {
             return;
-        };
+        }
         let init = match params_memfd(held) {
             Ok(fd) => fd,
             Err(e) => {
@@ -683,24 +684,14 @@ mod systemd {
                 return;
             }
         };
-        let sock = match std::os::unix::net::UnixDatagram::unbound() {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("sd_notify: {e}");
-                return;
-            }
-        };
-        for (name, fd) in [
+        let fds = [
             (FUSE, held.fuse.as_fd()),
             (CONTROL, held.listener.as_fd()),
             (NODES, nodes),
             (INIT, init.as_fd()),
-        ] {
-            let msg = format!("FDSTORE=1\nFDNAME={name}");
-            if let Err(e) = sys::send_with_fds(sock.as_fd(), Some(&addr), msg.as_bytes(), &[fd]) {
-                log::warn!("cannot store the FUSE connection with systemd ({name}): {e}");
-                return;
-            }
+        ];
+        if let Err(e) = systemd::store_fds(&fds) {
+            log::warn!("cannot store the FUSE connection with systemd {e}");
         }
     }
 
@@ -711,23 +702,13 @@ mod systemd {
         Ok(file.into())
     }
 
-    fn notify_addr() -> Option<std::os::unix::net::SocketAddr> {
-        use std::os::linux::net::SocketAddrExt;
-        let path = std::env::var_os("NOTIFY_SOCKET")?;
-        let bytes = path.as_encoded_bytes();
-        match bytes.strip_prefix(b"@") {
-            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name).ok(),
-            None => std::os::unix::net::SocketAddr::from_pathname(path).ok(),
-        }
-    }
-
-    /// The connection systemd kept for us (`LISTEN_FDS` with the names above), and the
-    /// node log; `None` when started afresh.
+    /// The connection systemd kept for us (the names above), and the node log; `None` when
+    /// started afresh.
     ///
     /// # Errors
     /// systemd passed a connection without the rest of it.
     pub(super) fn stored() -> Result<Option<(Held, OwnedFd)>, String> {
-        let Some(fds) = listen_fds() else {
+        let Some(fds) = systemd::listen_fds(super::take_env) else {
             return Ok(None);
         };
         let take = |name: &str| fds.iter().position(|(n, _)| n == name);
@@ -757,26 +738,6 @@ mod systemd {
             },
             nodes,
         )))
-    }
-
-    /// `sd_listen_fds` with names: the descriptors from 3 on, when they are meant for us.
-    fn listen_fds() -> Option<Vec<(String, OwnedFd)>> {
-        let pid: u32 = super::take_env("LISTEN_PID")?.parse().ok()?;
-        let count: i32 = super::take_env("LISTEN_FDS")?.parse().ok()?;
-        let names = super::take_env("LISTEN_FDNAMES").unwrap_or_default();
-        if pid != std::process::id() {
-            return None;
-        }
-        let mut names = names.split(':');
-        let mut fds = Vec::new();
-        for raw in 3..3 + count {
-            let name = names.next().unwrap_or("").to_string();
-            match sys::adopt_inherited_fd(raw) {
-                Ok(fd) => fds.push((name, fd)),
-                Err(e) => log::warn!("descriptor {raw} from systemd: {e}"),
-            }
-        }
-        Some(fds)
     }
 }
 

@@ -1,8 +1,12 @@
-//! Talking to systemd: `sd_notify` (READY=1, STOPPING=1) when started with `NOTIFY_SOCKET`.
-//! systemd's descriptor store, which keeps the FUSE connection across a keeper restart, is
-//! the keeper's own (`keeper::systemd`) while the upgrade work changes it; it belongs here.
+//! Talking to systemd: `sd_notify` (READY=1, STATUS=, STOPPING=1) when started with
+//! `NOTIFY_SOCKET`, and its file descriptor store (`FDSTORE=1` out, `LISTEN_FDS` back in),
+//! which keeps the FUSE connection across a keeper restart (what is stored is the keeper's
+//! business: `keeper::fd_store`).
 
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
+
+use crate::sys;
 
 /// Where the mount helper waits for `READY=1` (instead of `NOTIFY_SOCKET`, which it
 /// removes): only readiness goes there, once per server, and a helper that has gone (it
@@ -55,4 +59,60 @@ pub(crate) fn serving_status(active: Option<&str>) -> String {
         Some(name) => format!("STATUS=serving {name}"),
         None => "STATUS=no release active (empty root)".to_string(),
     }
+}
+
+/// Whether systemd listens (`NOTIFY_SOCKET` set): outside it, nothing is stored.
+pub(crate) fn has_notify_socket() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// Hands each of `fds` to systemd's descriptor store under its name (`FDSTORE=1`,
+/// `FDNAME=`), one datagram each.
+///
+/// # Errors
+/// `(NAME): reason` for the first that could not be sent; the ones before it are stored.
+pub(crate) fn store_fds(fds: &[(&str, BorrowedFd<'_>)]) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    let Some(addr) = notify_addr() else {
+        return Ok(());
+    };
+    let sock = std::os::unix::net::UnixDatagram::unbound().map_err(|e| format!(": {e}"))?;
+    for (name, fd) in fds {
+        let msg = format!("FDSTORE=1\nFDNAME={name}");
+        sys::send_with_fds(sock.as_fd(), Some(&addr), msg.as_bytes(), &[*fd])
+            .map_err(|e| format!("({name}): {e}"))?;
+    }
+    Ok(())
+}
+
+fn notify_addr() -> Option<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    let path = std::env::var_os("NOTIFY_SOCKET")?;
+    let bytes = path.as_encoded_bytes();
+    match bytes.strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name).ok(),
+        None => std::os::unix::net::SocketAddr::from_pathname(path).ok(),
+    }
+}
+
+/// `sd_listen_fds` with names: the descriptors from 3 on, when they are meant for us.
+/// `take_env` reads a variable and removes it from the environment, so a server started
+/// later never takes them for its own.
+pub(crate) fn listen_fds(take_env: fn(&str) -> Option<String>) -> Option<Vec<(String, OwnedFd)>> {
+    let pid: u32 = take_env("LISTEN_PID")?.parse().ok()?;
+    let count: i32 = take_env("LISTEN_FDS")?.parse().ok()?;
+    let names = take_env("LISTEN_FDNAMES").unwrap_or_default();
+    if pid != std::process::id() {
+        return None;
+    }
+    let mut names = names.split(':');
+    let mut fds = Vec::new();
+    for raw in 3..3 + count {
+        let name = names.next().unwrap_or("").to_string();
+        match sys::adopt_inherited_fd(raw) {
+            Ok(fd) => fds.push((name, fd)),
+            Err(e) => log::warn!("descriptor {raw} from systemd: {e}"),
+        }
+    }
+    Some(fds)
 }
