@@ -7,14 +7,17 @@ after `recipe/common.php` (or your framework recipe):
 require 'vendor/switchfs/deployer-switchfs/contrib/switchfs.php';
 ```
 
-Each host mounts switchfs at a fixed directory, `{{deploy_path}}/.switchfs`, started with
-`--releases {{deploy_path}}/releases` and `--control-group` of the deploy user
-(docs/operations.md "Bootstrap"); `current` is a symlink to it, made once by `switchfs:check`
-and never changed again. The hosts' clocks must agree (NTP).
+Each host mounts switchfs at a fixed directory only root can change, `/srv/switchfs/{{application}}`,
+started with `--releases {{deploy_path}}/releases` and `--control-group` of the deploy user
+(docs/operations.md "Bootstrap"); the deploy user owns `{{deploy_path}}`, and `current` there
+is an absolute symlink to the mount, made once by `switchfs:check` and never changed again.
+(switchfs refuses a mount point below a directory the deploy user owns: that user could swap
+it for a symlink to anywhere just before root mounts.) The hosts' clocks must agree (NTP).
 
 ## Configuration
 
-- **switchfs_mount**: the mount `current` links to; default `{{deploy_path}}/.switchfs`.
+- **switchfs_mount**: the mount `current` links to; default `/srv/switchfs/{{application}}`
+  (the deploy path's last component when `application` is not set).
 - **bin/switchctl**: switchctl on the hosts; default `switchctl`.
 - **switchfs_lead**: seconds ahead the fleet's switch instant is, long enough for Deployer to
   reach every host with it; default `3`.
@@ -53,7 +56,13 @@ namespace Deployer;
 
 use Symfony\Component\Console\Helper\Table;
 
-set('switchfs_mount', '{{deploy_path}}/.switchfs');
+set('switchfs_mount', function () {
+    $name = has('application') ? (string) get('application') : '';
+    if ($name === '' || str_contains($name, '/')) {
+        $name = basename(get('deploy_path'));
+    }
+    return "/srv/switchfs/$name";
+});
 set('bin/switchctl', 'switchctl');
 set('switchfs_lead', 3);
 set('switchfs_wait_drain', 0);
@@ -104,6 +113,54 @@ function switchfs_drain_flag(): string
     return $drain > 0 ? " --wait-drain=$drain" : '';
 }
 
+/** The shell walk (the same in capistrano-switchfs) that finds the first directory above the
+ *  mount point switchfs refuses, as its StrictModes check does: "KIND VALUE DIR", KIND one of
+ *  link, owner (VALUE the owner's name), mode (VALUE the octal mode); nothing if none. */
+function switchfs_parent_walk(string $mount): string
+{
+    $m = escapeshellarg($mount);
+    return "d=$m; set --; while [ \"\$d\" != / ]; do d=\$(dirname -- \"\$d\"); set -- \"\$d\" \"\$@\"; done; "
+        . "for d do if [ -L \"\$d\" ]; then echo \"link - \$d\"; break; fi; [ -d \"\$d\" ] || break; "
+        . "if [ \"\$(stat -c %u -- \"\$d\")\" != 0 ]; then echo \"owner \$(stat -c %U -- \"\$d\") \$d\"; break; fi; "
+        . "if [ -n \"\$(find \"\$d\" -maxdepth 0 -perm /022 ! -perm -1000)\" ]; then "
+        . "echo \"mode \$(stat -c %a -- \"\$d\") \$d\"; break; fi; done; true";
+}
+
+/** Why switchfs refuses the mount point because of a directory above it, and what fixes it;
+ *  null when every directory above it is root's and writable only by root. */
+function switchfs_parent_refusal(string $mount, string $user, string $group): ?string
+{
+    $host = currentHost()->getAlias();
+    $found = trim(run('sh -c ' . escapeshellarg(switchfs_parent_walk($mount))));
+    if ($found === '') {
+        return null;
+    }
+    [$kind, $value, $dir] = explode(' ', $found, 3);
+    $why = match ($kind) {
+        'link' => "$dir is a symlink (switchfs wants a path without symlinks)",
+        'owner' => "directory $dir is owned by $value (not root), so $value could replace $mount "
+            . 'with a symlink to anywhere just before root mounts',
+        default => "directory $dir is writable by group or others (mode $value), so they could "
+            . "replace $mount with a symlink to anywhere just before root mounts",
+    };
+    $deploy = rtrim(parse('{{deploy_path}}'), '/') . '/';
+    $below = str_starts_with("$dir/", $deploy) || str_starts_with("$mount/", $deploy);
+    $default = '/srv/switchfs/' . basename(parse('{{deploy_path}}'));
+    if (has('application') && get('application') !== '' && !str_contains((string) get('application'), '/')) {
+        $default = '/srv/switchfs/' . get('application');
+    }
+    if ($kind === 'link') {
+        $fix = 'set switchfs_mount to the path the link leads to';
+    } elseif (($below || $value === $user) && $mount !== $default) {
+        $fix = "mount it outside the deploy path: as root: mkdir -p $default && switchfs --releases "
+            . "{{deploy_path}}/releases --control-group $group $default (MOUNTPOINT=$default in "
+            . "/etc/switchfs/SITE.conf), and leave switchfs_mount unset (its default is $default)";
+    } else {
+        $fix = "as root: chown root: $dir && chmod go-w $dir";
+    }
+    return "switchfs refuses the mount point $mount on $host: $why; $fix (docs/operations.md \"Bootstrap\")";
+}
+
 /** The one line that says why switchfs does not answer, and the command that fixes it. */
 function switchfs_diagnose(string $out): string
 {
@@ -113,6 +170,10 @@ function switchfs_diagnose(string $out): string
     $group = run('id -gn');
     $start = "switchfs --releases {{deploy_path}}/releases --control-group $group $mount";
     $service = '(or systemctl enable --now switchfs@SITE; docs/operations.md "Bootstrap")';
+    $refusal = switchfs_parent_refusal($mount, $user, $group);
+    if ($refusal !== null) {
+        return $refusal;
+    }
     if (!test('[ -d {{switchfs_mount}} ]')) {
         return "mount point $mount is missing on $host; as root: mkdir -p $mount && $start $service";
     }
@@ -127,26 +188,43 @@ function switchfs_diagnose(string $out): string
     return "switchctl status fails on $host: " . switchfs_last_line($out);
 }
 
+/** Whether `current`'s target LINK leads to the mount: its absolute path, or the relative one
+ *  of a mount point inside a root-owned deploy path (the older layout). */
+function switchfs_links_to_mount(string $link, string $mount): bool
+{
+    if ($link === '') {
+        return false;
+    }
+    $path = str_starts_with($link, '/') ? $link : parse('{{deploy_path}}') . '/' . $link;
+    $clean = fn (string $p) => preg_replace(['#/\./#', '#/+#', '#/\.?$#'], ['/', '/', ''], $p);
+    return $clean($path) === $clean($mount);
+}
+
 desc('Checks that switchfs serves the site and that current links to its mount');
 task('switchfs:check', function () {
     [$rc, $out] = switchfs_ctl('status');
     if ($rc !== 0) {
         throw error(switchfs_diagnose($out));
     }
+    $user = run('id -un');
+    $mount = parse('{{switchfs_mount}}');
     if (!test('[ -w {{deploy_path}} ]')) {
-        $user = run('id -un');
         throw error("{{deploy_path}} on " . currentHost()->getAlias() . " is not writable by $user "
-            . "(current -> .switchfs cannot be made); as root: chown $user: {{deploy_path}} "
+            . "(current -> $mount cannot be made); as root: chown $user: {{deploy_path}} "
             . "{{deploy_path}}/releases {{deploy_path}}/shared");
     }
     if (test('[ ! -e {{current_path}} ] && [ ! -L {{current_path}} ]')) {
-        // First deploy: made once, never flipped again.
-        run('ln -s "$(basename {{switchfs_mount}})" {{current_path}}');
+        // First deploy: made once, absolute (the mount is outside the deploy path), never
+        // flipped again.
+        run('ln -s {{switchfs_mount}} {{current_path}}');
     }
     $link = run('readlink {{current_path}} || true');
-    if ($link !== basename(parse('{{switchfs_mount}}')) && $link !== parse('{{switchfs_mount}}')) {
-        throw error("{{current_path}} is not a symlink to {{switchfs_mount}}: migrate it first "
-            . "(docs/operations.md, \"Migrate from a current symlink\")");
+    if (!switchfs_links_to_mount($link, $mount)) {
+        $current = parse('{{current_path}}');
+        throw error("$current on " . currentHost()->getAlias() . ' links to '
+            . ($link === '' ? 'nothing (not a symlink)' : $link) . ", not to the mount $mount; as $user: "
+            . "ln -s $mount $current.switchfs && mv -T $current.switchfs $current (a site still serving "
+            . 'current -> releases/N: docs/operations.md, "Migrate from a current symlink")');
     }
 });
 after('deploy:setup', 'switchfs:check');

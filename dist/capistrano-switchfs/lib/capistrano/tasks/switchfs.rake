@@ -19,8 +19,10 @@ include Capistrano::Switchfs::Helpers
 
 namespace :load do
   task :defaults do
-    # The switchfs mount `current` links to, and switchctl (a path, or a name on PATH).
-    set_if_empty :switchfs_mount, -> { deploy_path.join(".switchfs") }
+    # The switchfs mount `current` links to: /srv/switchfs/<application>, outside the deploy
+    # path the deploy user owns (switchfs refuses a mount point below a directory another
+    # user owns). And switchctl (a path, or a name on PATH).
+    set_if_empty :switchfs_mount, -> { switchfs_default_mount }
     set_if_empty :switchfs_switchctl, "switchctl"
     # The control socket instead of the mount (nil: the one of switchfs_mount).
     set_if_empty :switchfs_control, nil
@@ -49,23 +51,29 @@ namespace :switchfs do
         SWITCHFS_LOCK.synchronize { problems << switchfs_diagnose(host, out) }
         next
       end
+      user = capture(:id, "-un").strip
+      mount = Pathname.new(fetch(:switchfs_mount).to_s)
       unless test("[ -w #{deploy_path} ]")
-        user = capture(:id, "-un").strip
         SWITCHFS_LOCK.synchronize do
           problems << "#{deploy_path} on #{host} is not writable by #{user} (current -> " \
-                      "#{Pathname.new(fetch(:switchfs_mount).to_s).basename} cannot be made); " \
-                      "as root: chown #{user}: #{deploy_path} #{releases_path} #{shared_path}"
+                      "#{mount} cannot be made); as root: chown #{user}: #{deploy_path} " \
+                      "#{releases_path} #{shared_path}"
         end
         next
       end
-      mount = Pathname.new(fetch(:switchfs_mount).to_s)
       if test("[ ! -e #{current_path} ] && [ ! -L #{current_path} ]")
-        # First deploy: made once, never flipped again.
-        execute :ln, "-s", mount.basename, current_path
-      elsif ![mount.basename.to_s, mount.to_s].include?(capture("readlink #{current_path} || true").strip)
-        SWITCHFS_LOCK.synchronize do
-          problems << "#{current_path} on #{host} is not a symlink to #{mount}: migrate it " \
-                      "first (docs/operations.md, \"Migrate from a current symlink\")"
+        # First deploy: made once, absolute (the mount is outside the deploy path), never
+        # flipped again.
+        execute :ln, "-s", mount, current_path
+      else
+        link = capture("readlink #{current_path} || true").strip
+        unless switchfs_links_to_mount?(link, mount)
+          SWITCHFS_LOCK.synchronize do
+            problems << "#{current_path} on #{host} links to #{link.empty? ? 'nothing (not a symlink)' : link}, " \
+                        "not to the mount #{mount}; as #{user}: ln -s #{mount} #{current_path}.switchfs && " \
+                        "mv -T #{current_path}.switchfs #{current_path} (a site still serving " \
+                        "current -> releases/N: docs/operations.md, \"Migrate from a current symlink\")"
+          end
         end
       end
     end
