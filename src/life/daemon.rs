@@ -119,15 +119,18 @@ fn symlink_refusal(mount_point: &Path) -> String {
     let target = std::fs::read_link(mount_point)
         .map(|t| t.display().to_string())
         .unwrap_or_else(|_| "?".into());
-    let parent = mount_point.parent().unwrap_or(Path::new("/")).display();
-    let name = mount_point
-        .file_name()
+    // A directory root owns, outside the deploy path the deploy user owns (the mount point
+    // rule refuses one below it), named after the site.
+    let site = mount_point
+        .parent()
+        .and_then(Path::file_name)
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        .unwrap_or_else(|| "SITE".into());
     format!(
         "mount point {} is a symlink (to {target}); mounting would follow it and cover its \
-         target. Mount switchfs on a fixed directory instead, e.g. {parent}/.switchfs, and \
-         point the link at it once: ln -sfn .switchfs {parent}/{name}",
+         target. Mount switchfs on a fixed directory root owns instead, e.g. \
+         /srv/switchfs/{site}, and point the link at it once: ln -sfn /srv/switchfs/{site} {}",
+        mount_point.display(),
         mount_point.display()
     )
 }

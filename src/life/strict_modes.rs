@@ -61,7 +61,9 @@ fn check_walk(path: &Path, what: &str, last_no_link: bool) -> Result<OwnedFd, St
             return Err(format!(
                 "{what} {shown}: directory {} {why}, so that user can replace {} (with a \
                  symlink to anywhere); make it root's and not writable by others \
-                 (chown root: {0}; chmod go-w {0}) or use another path",
+                 (chown root: {0}; chmod go-w {0}), or mount outside it in a directory \
+                 only root can change (e.g. /srv/switchfs/SITE, with a symlink to it where \
+                 the deploy tool wants one)",
                 walked.display(),
                 here.display()
             ));

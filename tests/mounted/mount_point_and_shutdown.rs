@@ -155,7 +155,10 @@ fn a_symlink_as_mount_point_is_refused_with_what_to_do_instead() {
     std::os::unix::fs::symlink(fx.releases().join("2"), &current).unwrap();
     let err = refusal(&fx, &fx.releases(), &current, &[]);
     assert!(err.contains("is a symlink"), "{err}");
-    assert!(err.contains(".switchfs"), "says what to do instead: {err}");
+    assert!(
+        err.contains("/srv/switchfs/") && err.contains("ln -sfn /srv/switchfs/"),
+        "says what to do instead: {err}"
+    );
     assert_nothing_mounted(&fx);
     assert!(!fx.state().exists(), "a refused start wrote state");
 }
