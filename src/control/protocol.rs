@@ -1,7 +1,8 @@
 //! The control protocol: one request line, one response, then the server closes.
 //!
 //! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`,
-//! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`.
+//! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`;
+//! and the two phases: `prepare NAME`, `activate NAME at=SECS.NANOS [nowait]`, `cancel`.
 //! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
 //! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
 //! previous release did not drain in time).
@@ -44,6 +45,21 @@ pub enum Request {
         name: String,
         drain: Option<u32>,
     },
+    // ---- Two phases (issue 20): `prepare NAME`, `activate NAME at=SECS.NANOS [nowait]`,
+    // `cancel`. Older clients never send these; their lines parse as before.
+    /// Every check `activate NAME` would do, changing nothing.
+    Prepare {
+        name: String,
+    },
+    /// Switch to `name` when the host clock reaches `at`; the answer comes after the switch,
+    /// or (`wait` false) once it is scheduled.
+    ActivateAt {
+        name: String,
+        at: std::time::SystemTime,
+        wait: bool,
+    },
+    /// Drop the pending switch.
+    Cancel,
 }
 
 /// Longest `drain=` wait accepted, in seconds.
@@ -66,6 +82,14 @@ impl Request {
             Request::RollbackTo { name, drain } => {
                 format!("rollback to={}{}", encode_name(name), drain_arg(*drain))
             }
+            Request::Prepare { name } => format!("prepare {}", encode_name(name)),
+            Request::ActivateAt { name, at, wait } => format!(
+                "activate {} at={}{}",
+                encode_name(name),
+                crate::when::to_wire(*at),
+                if *wait { "" } else { " nowait" }
+            ),
+            Request::Cancel => "cancel".into(),
         }
     }
 }
@@ -125,6 +149,9 @@ impl Request {
             Request::List { .. } => "list",
             Request::Prune { .. } => "prune",
             Request::Ping => "ping",
+            Request::Prepare { .. } => "prepare",
+            Request::ActivateAt { .. } => "activate",
+            Request::Cancel => "cancel",
         }
     }
 
@@ -137,6 +164,9 @@ impl Request {
                 | Request::Rollback { .. }
                 | Request::RollbackTo { .. }
                 | Request::Prune { .. }
+                | Request::Prepare { .. }
+                | Request::ActivateAt { .. }
+                | Request::Cancel
         )
     }
 }
@@ -182,11 +212,20 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             };
             let name = decode_name(name)?;
             validate_release_name(&name)?;
+            if let Some(at) = rest.and_then(|r| r.strip_prefix("at=")) {
+                return parse_activate_at(name, at);
+            }
             Ok(Request::Activate {
                 name,
                 drain: parse_drain(rest)?,
             })
         }
+        "prepare" => {
+            let name = decode_name(arg.ok_or("prepare needs a release name")?)?;
+            validate_release_name(&name)?;
+            Ok(Request::Prepare { name })
+        }
+        "cancel" if arg.is_none() => Ok(Request::Cancel),
         "rollback" => match arg.and_then(|a| a.strip_prefix("to=")) {
             Some(to) => parse_rollback_to(to),
             None => Ok(Request::Rollback {
@@ -216,7 +255,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "ping" if arg.is_none() => Ok(Request::Ping),
         "" => Err("empty request".into()),
         _ => Err(format!(
-            "unknown request {:?} (expected activate, rollback, status, list, prune or ping)",
+            "unknown request {:?} (expected activate, prepare, cancel, rollback, status, list, \
+             prune or ping)",
             truncate(line, 60)
         )),
     }
@@ -233,6 +273,20 @@ fn parse_rollback_to(arg: &str) -> Result<Request, String> {
     Ok(Request::RollbackTo {
         name,
         drain: parse_drain(rest)?,
+    })
+}
+
+/// The arguments of `activate NAME at=SECS.NANOS [nowait]` after `at=`.
+fn parse_activate_at(name: String, arg: &str) -> Result<Request, String> {
+    let (at, wait) = match arg.split_once(' ') {
+        Some((at, "nowait")) => (at, false),
+        Some((_, other)) => return Err(format!("unexpected argument {other:?} to activate")),
+        None => (arg, true),
+    };
+    Ok(Request::ActivateAt {
+        name,
+        at: crate::when::from_wire(at)?,
+        wait,
     })
 }
 
@@ -350,6 +404,20 @@ mod tests {
                 name: "7".into(),
                 drain: Some(5),
             },
+            Request::Prepare {
+                name: "7 drain=0".into(),
+            },
+            Request::ActivateAt {
+                name: "8".into(),
+                at: std::time::UNIX_EPOCH + std::time::Duration::new(1_796_166_000, 250_000_001),
+                wait: true,
+            },
+            Request::ActivateAt {
+                name: "8 at=1".into(),
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(5),
+                wait: false,
+            },
+            Request::Cancel,
         ] {
             assert_eq!(parse_request(req.to_line().as_bytes()), Ok(req));
         }
@@ -385,6 +453,13 @@ mod tests {
             b"activate a%0Ab",
             b"activate a%2Fb",
             b"activate %2E%2E",
+            b"prepare",
+            b"prepare ..",
+            b"cancel now",
+            b"activate 1 at=",
+            b"activate 1 at=soon",
+            b"activate 1 at=1.5 later",
+            b"activate 1 at=1.5 drain=3",
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }
