@@ -23,9 +23,11 @@ pub(crate) mod docroot;
 pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod names;
+pub(crate) mod pending;
 pub(crate) mod procscan;
 pub(crate) mod prune;
 pub(crate) mod release;
+pub(crate) mod scheduled;
 pub mod state;
 pub(crate) mod switcher;
 pub(crate) mod usage;
@@ -85,12 +87,7 @@ pub(crate) fn perform(
         }
     };
     let mut message = sw.message.clone();
-    let mut problems = Vec::new();
-    if sw.changed {
-        // Step 5: OPcache first, so hooks (cache warmers) already run the new code.
-        problems.extend(tell_php(switcher, php));
-        problems.extend(run_hooks(hooks, &sw));
-    }
+    let mut problems = after_publish(switcher, php, hooks, &sw);
     // Step 6: the drain wait, only when something was switched away from.
     if let (Some(secs), Some(previous), true) = (drain, sw.from.as_deref(), sw.changed) {
         match wait_drained(switcher, previous, secs, hung_up) {
@@ -116,6 +113,47 @@ pub(crate) fn perform(
     } else {
         Outcome::Partial(format!("{message}, but {}", problems.join("; ")))
     }
+}
+
+/// Step 5, after any switch (now or at an instant, `scheduled`): OPcache first, so hooks
+/// (cache warmers) already run the new code. Returns what failed.
+pub(crate) fn after_publish(
+    switcher: &Switcher,
+    php: Option<&Php>,
+    hooks: &Hooks,
+    sw: &Switched,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if sw.changed {
+        problems.extend(tell_php(switcher, php));
+        problems.extend(run_hooks(hooks, sw));
+    }
+    problems
+}
+
+/// `prepare NAME`: every check `activate NAME` would do, changing nothing: the release (see
+/// `Switcher::prepare`), then each PHP pool reached, its owner checked and what it caches
+/// compared with the release (`Php::prepare`).
+///
+/// # Errors
+/// The first reason an `activate` would fail now (or be partial: a pool unreachable).
+pub(crate) fn prepare(
+    switcher: &Switcher,
+    php: Option<&Php>,
+    name: &str,
+) -> Result<String, String> {
+    let release = switcher.prepare(name)?;
+    let active = switcher.active();
+    let mut message = if active.name() == Some(name) {
+        format!("release {name} is already active; activate would check it again")
+    } else {
+        format!("release {name} can be activated")
+    };
+    if let Some(php) = php.filter(|p| !p.is_empty()) {
+        let pools = php.prepare(switcher.docroot(), &release)?;
+        message.push_str(&format!("; {pools}"));
+    }
+    Ok(message)
 }
 
 /// Step 5a: tells the PHP pools which scripts the switch changed (`--php-fpm`, `--php-http`).

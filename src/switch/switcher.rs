@@ -73,15 +73,15 @@ impl Switched {
 }
 
 /// Proof that the switch lock is held, for the steps that need it.
-struct SwitchGuard<'a> {
+pub(super) struct SwitchGuard<'a> {
     _held: MutexGuard<'a, ()>,
 }
 
 pub(crate) struct Switcher {
     docroot: Arc<dyn Docroot>,
-    releases: ReleaseSet,
+    pub(super) releases: ReleaseSet,
     config: SwitchConfig,
-    state: StateFile,
+    pub(super) state: StateFile,
     /// Serialises switches, prune and shutdown; never taken by FUSE workers, so it may be
     /// held across kernel notifications.
     lock: Mutex<()>,
@@ -93,6 +93,8 @@ pub(crate) struct Switcher {
     last_used: Mutex<HashMap<String, SystemTime>>,
     /// Set once shutdown has begun: no switch or prune after it (see `stop_switching`).
     stopping: AtomicBool,
+    /// The switch scheduled for an instant, if any (`switch::scheduled`).
+    pub(super) schedule: crate::switch::pending::Schedule,
 }
 
 impl Switcher {
@@ -130,8 +132,10 @@ impl Switcher {
             history: Mutex::new(History::default()),
             last_used: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            schedule: Default::default(),
         };
         switcher.restore(initial)?;
+        switcher.restore_pending();
         Ok(switcher)
     }
 
@@ -217,10 +221,18 @@ impl Switcher {
         })
     }
 
-    fn lock(&self) -> SwitchGuard<'_> {
+    pub(super) fn lock(&self) -> SwitchGuard<'_> {
         SwitchGuard {
             _held: self.lock.lock(),
         }
+    }
+
+    /// The switch lock, if it can be had within `wait` (a switch at an instant gives up
+    /// rather than run late behind a long prune).
+    pub(super) fn try_lock_for(&self, wait: Duration) -> Option<SwitchGuard<'_>> {
+        self.lock
+            .try_lock_for(wait)
+            .map(|held| SwitchGuard { _held: held })
     }
 
     /// Makes release `name` active: validate, persist, publish, invalidate. Returns the line
@@ -230,6 +242,7 @@ impl Switcher {
     /// A one-line message; the active release is then unchanged.
     pub(crate) fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         let guard = self.lock();
+        self.refuse_if_pending()?;
         self.activate_held(&guard, name, who, None)
     }
 
@@ -241,18 +254,28 @@ impl Switcher {
     /// Nothing to roll back to, or the switch fails; the history is then unchanged.
     pub(crate) fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
         let guard = self.lock();
+        self.refuse_if_pending()?;
         let current = self.active();
         let current = current
             .name()
             .ok_or("no release is active, so there is nothing to roll back from")?;
         let exists = |name: &str| self.releases.open_release(name).is_ok();
-        let (target, after) = self.history.lock().rollback(current, to, exists)?;
-        self.activate_held(&guard, &target, who, Some(after))
+        let history = self.history();
+        let (target, after) = history.rollback(current, to, exists)?;
+        let mut sw = self.activate_held(&guard, &target, who, Some(after))?;
+        let skipped = skipped_deleted(&history, current, &target, &exists);
+        if !skipped.is_empty() {
+            sw.message.push_str(&format!(
+                " (skipped {}: the directory is gone)",
+                skipped.join(", ")
+            ));
+        }
+        Ok(sw)
     }
 
     /// The switch to `name` under the held lock; `planned` is the history a rollback wants
     /// recorded instead of `name` appended to the current one.
-    fn activate_held(
+    pub(super) fn activate_held(
         &self,
         _guard: &SwitchGuard<'_>,
         name: &str,
@@ -370,7 +393,7 @@ impl Switcher {
         self.state.unlock();
     }
 
-    fn refuse_if_stopping(&self) -> Result<(), String> {
+    pub(super) fn refuse_if_stopping(&self) -> Result<(), String> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err("this switchfs is shutting down; nothing was changed".into());
         }
@@ -393,9 +416,12 @@ impl Switcher {
         let active = self.active();
         let usage = self.usage();
         let spared = [active.name(), active.previous.as_deref()];
+        let pending = self.schedule.current().map(|(_, p)| p.release);
         let kept = |name: &str| {
             if spared.contains(&Some(name)) {
                 Some("active or previous".to_string())
+            } else if pending.as_deref() == Some(name) {
+                Some("a switch to it is pending".to_string())
             } else if usage.get(name).is_some_and(Use::in_use) {
                 Some("still in use".to_string())
             } else {
@@ -449,20 +475,60 @@ impl Switcher {
         let now_used = self.usage();
         let present: HashSet<String> = self.list().unwrap_or_default().into_iter().collect();
         let last_used = self.last_used.lock().clone();
+        let history = self.history();
+        let exists = |name: &str| self.releases.open_release(name).is_ok();
+        let rollback_to = active.name().and_then(|a| {
+            history
+                .rollback(a, None, exists)
+                .ok()
+                .map(|(target, _)| target)
+        });
+        let mut seen = HashSet::new();
+        let history_deleted: Vec<String> = history
+            .entries()
+            .iter()
+            .filter(|n| !present.contains(*n) && seen.insert(n.as_str()))
+            .cloned()
+            .collect();
+        let (pending, pending_dropped) = self.pending();
         Status {
             mode: self.docroot.mode(),
             active: active.name().map(str::to_string),
             since: active.since,
             previous: active.previous.clone(),
-            history: self.history(),
+            history,
             releases_dir: self.releases.path().to_path_buf(),
             mount_point: self.config.mount_point.clone(),
             active_problem,
             usage: usage::per_release(&present, &now_used, &last_used),
             life: None,
             php_pools: Vec::new(),
+            rollback_to,
+            history_deleted,
+            pending,
+            pending_dropped,
         }
     }
+}
+
+/// The releases a rollback from `current` to `target` passed over because their directories
+/// are gone (newest first), so the operator knows why it went further back.
+fn skipped_deleted(
+    history: &History,
+    current: &str,
+    target: &str,
+    exists: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut skipped: Vec<String> = Vec::new();
+    for name in history.entries().iter().rev() {
+        if name == target {
+            break;
+        }
+        if name != current && !exists(name) && !skipped.contains(name) {
+            skipped.push(name.clone());
+        }
+    }
+    skipped
 }
 
 /// The history a restarted daemon resumes: as persisted, ending with the active release.

@@ -61,6 +61,14 @@ pub struct Status {
     /// The PHP pools and their last invalidations (`--php-fpm`, `--php-http`); empty
     /// without pools.
     pub php_pools: Vec<PoolStatus>,
+    // ---- issue 20 ----
+    /// Where `rollback` would go now: deleted releases skipped, as `rollback` skips them.
+    pub rollback_to: Option<String>,
+    /// History entries whose directory is gone (pruned, or deleted by a deploy tool).
+    pub history_deleted: Vec<String>,
+    /// The switch scheduled for an instant (`activate --at`), and the last one dropped.
+    pub pending: Option<crate::switch::pending::Pending>,
+    pub pending_dropped: Option<crate::switch::pending::Dropped>,
 }
 
 /// What is wrong with the active release `rel`, if its directory was deleted, or renamed or

@@ -1,0 +1,290 @@
+//! The two phases of a fleet switch (issue 20): `prepare` (every check an `activate` would do,
+//! changing nothing) and a switch at an instant (`activate NAME --at TIME`).
+//!
+//! A switch at an instant is checked like `prepare` when it is asked for, persisted beside
+//! the state file (`switch::pending`), and run by its own timer thread (`run`):
+//! 1. an absolute `CLOCK_REALTIME` timer wakes it `LEAD` before the instant, to validate the
+//!    release again (the slow part: directory walks, a prune that may hold the lock);
+//! 2. it takes the switch lock, then waits on a second absolute timer for the instant;
+//! 3. at the instant: validate (cheap, descriptors already warm), persist, publish, as
+//!    `activate` does (`Switcher::activate_held`); then the pending file is deleted, the
+//!    lock released, and OPcache and the hooks run as after any switch.
+//!
+//! A `cancel` wakes the timer thread through a pipe; whichever of the two takes the armed
+//! switch out of the registry first decides (`Schedule::take`), so it runs at most once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::php::opcache::Php;
+use crate::switch::hooks::Hooks;
+use crate::switch::pending::{Dropped, Ended, Pending};
+use crate::switch::release::Release;
+use crate::switch::switcher::Switcher;
+use crate::when;
+
+/// How long before the instant the timer thread wakes for the slow checks and the lock.
+const LEAD: Duration = Duration::from_millis(200);
+/// How late past its instant a switch may still take the switch lock (behind a prune, say)
+/// before it is dropped rather than run late.
+const LATE_LIMIT: Duration = Duration::from_secs(1);
+
+impl Switcher {
+    /// Every check `activate name` would do now, changing nothing: not shutting down, no
+    /// switch pending, the release opened without following links and validated. Returns
+    /// the release for the PHP pools' checks.
+    ///
+    /// # Errors
+    /// Why an `activate` would be refused now: one line.
+    pub(crate) fn prepare(&self, name: &str) -> Result<Arc<Release>, String> {
+        self.refuse_if_stopping()?;
+        self.refuse_if_pending()?;
+        let fd = self.releases.open_release(name)?;
+        Ok(Arc::new(Release::with_new_generation(name, fd)))
+    }
+
+    /// Refuses an immediate switch while one is pending (cancel first).
+    pub(super) fn refuse_if_pending(&self) -> Result<(), String> {
+        self.schedule.refusal().map_or(Ok(()), Err)
+    }
+
+    /// Schedules the switch to `name` at `at`: checked like `prepare`, `at` neither past nor
+    /// more than an hour ahead, persisted, armed. Returns its id for `run`.
+    ///
+    /// # Errors
+    /// One line; nothing is scheduled then.
+    pub(crate) fn schedule_at(
+        &self,
+        name: &str,
+        at: SystemTime,
+        who: &str,
+    ) -> Result<(u64, Pending), String> {
+        // Serialised with switches and prune: none is half done while this one is checked.
+        let _guard = self.lock();
+        self.prepare(name)?;
+        when::check_window(at, SystemTime::now())?;
+        let pending = Pending {
+            release: name.to_string(),
+            at,
+            requested_by: who.to_string(),
+            requested_at: SystemTime::now(),
+        };
+        let _file = self.schedule.file_lock();
+        self.state
+            .save_pending(Some(&pending.encode()))
+            .map_err(|e| format!("cannot persist the pending switch beside the state file: {e}"))?;
+        let id = self.schedule.arm(pending.clone());
+        log::info!("scheduled the switch to {}", pending.describe());
+        Ok((id, pending))
+    }
+
+    /// Drops the pending switch (without the switch lock, which its timer holds in the last
+    /// moments before the instant).
+    ///
+    /// # Errors
+    /// None is pending (it may have just run).
+    pub(crate) fn cancel_pending(&self, who: &str) -> Result<String, String> {
+        let _file = self.schedule.file_lock();
+        let (_, pending) = self
+            .schedule
+            .cancel()
+            .ok_or("no switch is pending (see switchctl status)")?;
+        if let Err(e) = self.state.save_pending(None) {
+            // It stays disarmed here; a successor would find its time passed and drop it.
+            log::error!("cannot delete the cancelled pending switch's file: {e}");
+        }
+        log::info!("cancelled the switch to {} (by {who})", pending.describe());
+        Ok(format!("cancelled the switch to {}", pending.describe()))
+    }
+
+    /// The pending switch and the last dropped one, for `status`.
+    pub(crate) fn pending(&self) -> (Option<Pending>, Option<Dropped>) {
+        (
+            self.schedule.current().map(|(_, p)| p),
+            self.schedule.dropped(),
+        )
+    }
+
+    /// The id of the switch armed now (a restored one, for the server to start its timer).
+    pub(crate) fn armed_id(&self) -> Option<u64> {
+        self.schedule.current().map(|(id, _)| id)
+    }
+
+    /// Called once at start, after `restore`: re-arms a pending switch a predecessor left,
+    /// or, if its time passed while no server ran, drops it and says so (log and status);
+    /// the state file tells whether it ran before the predecessor died.
+    pub(super) fn restore_pending(&self) {
+        let text = match self.state.load_pending() {
+            Ok(Some(text)) => text,
+            Ok(None) => return,
+            Err(e) => {
+                log::error!("the pending switch's file is unusable ({e}); removing it");
+                let _ = self.state.save_pending(None);
+                return;
+            }
+        };
+        let pending = match Pending::decode(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("the pending switch's file is unusable ({e}); removing it");
+                let _ = self.state.save_pending(None);
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        if pending.at > now {
+            log::info!("re-armed the pending switch to {}", pending.describe());
+            self.schedule.arm(pending);
+            return;
+        }
+        if let Err(e) = self.state.save_pending(None) {
+            log::error!("cannot delete the pending switch's file: {e}");
+        }
+        if self.active().name() == Some(pending.release.as_str()) {
+            log::info!(
+                "the pending switch to {} ran before this server started",
+                pending.describe()
+            );
+            return;
+        }
+        let why = format!(
+            "its time passed {:.3} s before this server started; not run late",
+            when::seconds_after(now, pending.at)
+        );
+        log::warn!(
+            "dropped the pending switch to {}: {why}",
+            pending.describe()
+        );
+        self.schedule.drop_pending(
+            None,
+            Dropped {
+                pending,
+                why,
+                when: now,
+            },
+        );
+    }
+
+    /// Waits for switch `id` to end (the client of `activate --at` without `--no-wait`);
+    /// `None` when this server hands over first.
+    pub(crate) fn wait_scheduled(&self, id: u64) -> Option<Ended> {
+        self.schedule.wait_ended(id)
+    }
+
+    /// This server hands over to a successor: clients waiting on a switch are answered.
+    pub(crate) fn retire_schedule(&self) {
+        self.schedule.retire();
+    }
+
+    /// Drops switch `id` for `why` (logged, shown by `status`), deleting its file.
+    fn drop_scheduled(&self, id: u64, pending: Pending, why: String) {
+        let _file = self.schedule.file_lock();
+        if self.schedule.take(id).is_none() {
+            return; // cancelled meanwhile: its file is gone, or is a newer switch's
+        }
+        log::warn!(
+            "dropped the pending switch to {}: {why}",
+            pending.describe()
+        );
+        if let Err(e) = self.state.save_pending(None) {
+            log::error!("cannot delete the pending switch's file: {e}");
+        }
+        self.schedule.drop_pending(
+            Some(id),
+            Dropped {
+                pending,
+                why,
+                when: SystemTime::now(),
+            },
+        );
+    }
+}
+
+/// The timer thread of switch `id` (see the module doc). Returns when it ran, was
+/// cancelled or dropped, or the server stops switching (the file then stays for the
+/// successor).
+pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64) {
+    crate::sys::set_thread_timer_slack_min();
+    let Some((_, pending)) = switcher.schedule.current().filter(|(i, _)| *i == id) else {
+        return;
+    };
+    // Without a wake-up pipe a cancel is still seen at the instant (`take` fails).
+    let wake = match switcher
+        .schedule
+        .wake_fd(id)
+        .map(Ok)
+        .unwrap_or_else(|| crate::sys::pipe().map(|(r, _w)| r))
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            switcher.drop_scheduled(id, pending, format!("cannot wait for the instant: {e}"));
+            return;
+        }
+    };
+    let wait =
+        |until: SystemTime| crate::sys::wait_until_realtime(until, std::os::fd::AsFd::as_fd(&wake));
+    // 1. Woken early for the slow checks.
+    let early = pending.at.checked_sub(LEAD).unwrap_or(pending.at);
+    match wait(early) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => return switcher.drop_scheduled(id, pending, format!("timer failed: {e}")),
+    }
+    if let Err(msg) = switcher.releases.open_release(&pending.release) {
+        return switcher.drop_scheduled(id, pending, msg);
+    }
+    // 2. The lock, then the instant.
+    let budget = when::seconds_after(pending.at + LATE_LIMIT, SystemTime::now()).max(0.0);
+    let Some(guard) = switcher.try_lock_for(Duration::from_secs_f64(budget)) else {
+        let why = "the switch lock was held past its instant; not run late".to_string();
+        return switcher.drop_scheduled(id, pending, why);
+    };
+    if switcher.refuse_if_stopping().is_err() {
+        log::info!("stopping: the pending switch is left to the successor");
+        return;
+    }
+    match wait(pending.at) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => return switcher.drop_scheduled(id, pending, format!("timer failed: {e}")),
+    }
+    // 3. The switch, if it was not cancelled meanwhile.
+    let Some(pending) = switcher.schedule.take(id) else {
+        return;
+    };
+    let who = format!("{}, scheduled", pending.requested_by);
+    let switched = switcher.activate_held(&guard, &pending.release, &who, None);
+    let published = SystemTime::now();
+    {
+        let _file = switcher.schedule.file_lock();
+        if let Err(e) = switcher.state.save_pending(None) {
+            log::error!("cannot delete the pending switch's file after it ran: {e}");
+        }
+    }
+    drop(guard);
+    let ended = match switched {
+        Err(msg) => {
+            log::warn!("scheduled switch refused at its instant: {msg}");
+            Ended::Refused(msg)
+        }
+        Ok(sw) => {
+            log::info!(
+                "scheduled switch to {} published at {} ({:.3} ms after its instant)",
+                sw.to,
+                when::micros(published),
+                when::seconds_after(published, pending.at) * 1000.0
+            );
+            let mut message = format!("{} at {}", sw.message, when::micros(published));
+            let problems = crate::switch::after_publish(switcher, php, hooks, &sw);
+            if !problems.is_empty() {
+                message = format!("{message}, but {}", problems.join("; "));
+            }
+            Ended::Ran {
+                partial: !problems.is_empty(),
+                message,
+                at: published,
+            }
+        }
+    };
+    switcher.schedule.ended(id, ended);
+}
