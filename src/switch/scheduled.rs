@@ -248,6 +248,7 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
         Ok(false) => return,
         Err(e) => return switcher.drop_scheduled(id, pending, format!("timer failed: {e}")),
     }
+    let woke = SystemTime::now();
     // 3. The switch, if it was not cancelled meanwhile.
     let Some(pending) = switcher.schedule.take(id) else {
         return;
@@ -269,10 +270,12 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
         }
         Ok(sw) => {
             log::info!(
-                "scheduled switch to {} published at {} ({:.3} ms after its instant)",
+                "scheduled switch to {} published at {} ({:.3} ms after its instant; the \
+                 timer fired {:.3} ms after it)",
                 sw.to,
                 when::micros(published),
-                when::seconds_after(published, pending.at) * 1000.0
+                when::seconds_after(published, pending.at) * 1000.0,
+                when::seconds_after(woke, pending.at) * 1000.0
             );
             let mut message = format!("{} at {}", sw.message, when::micros(published));
             let problems = crate::switch::after_publish(switcher, php, hooks, &sw);
