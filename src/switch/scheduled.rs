@@ -243,6 +243,9 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
         log::info!("stopping: the pending switch is left to the successor");
         return;
     }
+    // What the docroot told clients so far is made durable now; at the instant the same
+    // step only syncs what was learned since (usually nothing), keeping the publish short.
+    switcher.docroot().sync_before_switch();
     match wait(pending.at) {
         Ok(true) => {}
         Ok(false) => return,

@@ -313,7 +313,9 @@ impl Switcher {
             _ => self.history.lock().activated(name),
         };
         let before = self.history();
+        let validated = Instant::now();
         self.persist(name, previous.as_deref(), history)?;
+        let persisted = Instant::now();
         // 3. Publish, once what processes hold of the old release can no longer be lost;
         // 4. the docroot drops what the kernel may cache from before.
         self.docroot.pin_held();
@@ -324,6 +326,11 @@ impl Switcher {
                 current.name().unwrap_or("(none)")
             ));
         }
+        log::debug!(
+            "switch to {name}: persisted in {:.3} ms, published in {:.3} ms",
+            (persisted - validated).as_secs_f64() * 1000.0,
+            persisted.elapsed().as_secs_f64() * 1000.0
+        );
         Ok(Switched::done(name, previous, reactivated, who))
     }
 

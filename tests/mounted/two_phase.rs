@@ -196,6 +196,24 @@ fn activate_at_switches_at_the_instant() {
         "activate --at timer wake-up over 20 runs (after the instant): median {} us, max {} us",
         fired_us[10], fired_us[19]
     );
+    // And what the switch itself cost (debug lines of `activate_held`).
+    let cost = |key: &str| {
+        let mut us: Vec<u128> = d
+            .log_text()
+            .lines()
+            .filter_map(|l| l.split(key).nth(1))
+            .filter_map(|t| t.split(" ms").next()?.parse::<f64>().ok())
+            .map(|ms| (ms * 1000.0) as u128)
+            .collect();
+        us.sort_unstable();
+        (us[us.len() / 2], us[us.len() - 1])
+    };
+    let (persist, publish) = (cost("persisted in "), cost("published in "));
+    println!(
+        "activate --at: persisting the state median {} us (max {}), publishing median {} us \
+         (max {})",
+        persist.0, persist.1, publish.0, publish.1
+    );
     println!(
         "activate --at lateness over {} runs (publish done, after the instant): median {} us, \
          max {} us",
@@ -419,4 +437,63 @@ fn deleted_releases_are_never_the_rollback_target() {
     );
     let st = status(&fx, false);
     assert!(st.contains("rollback to:  (none)"), "{st}");
+}
+
+/// Runs switchctl as `nobody` with exactly the supplementary `groups`.
+fn ctl_as_nobody(fx: &Fixture, groups: &[u32], args: &[&str]) -> std::process::Output {
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534"])
+        .arg(format!("--groups={}", list.join(",")))
+        .arg(SWITCHCTL)
+        .arg("--control")
+        .arg(fx.socket())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
+}
+
+/// prepare, cancel and activate --at need the rights activate needs: the status group is
+/// refused all three, a member of the control group (a deploy user) may, and is named.
+#[test]
+fn only_the_control_group_prepares_schedules_and_cancels() {
+    assert!(is_root(), "this test acts as nobody: run it as root");
+    let fx = Fixture::new("tp-rights");
+    releases(&fx);
+    fx.open_up_for_others();
+    let (status_gid, control_gid) = (64011u32, 64012u32);
+    let _d = fx.start(&[
+        "--initial",
+        "1",
+        "--status-group",
+        &status_gid.to_string(),
+        "--control-group",
+        &control_gid.to_string(),
+    ]);
+    for args in [
+        &["prepare", "2"][..],
+        &["activate", "2", "--at", "+5"],
+        &["cancel"],
+    ] {
+        let out = ctl_as_nobody(&fx, &[status_gid], args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = one_line_error(&out);
+        assert!(
+            err.contains(&format!("permission denied: {} needs root", args[0])),
+            "{err}"
+        );
+    }
+    let out = ctl_as_nobody(&fx, &[control_gid], &["prepare", "2"]);
+    assert!(ok(&out).contains("release 2 can be activated"));
+    let out = ctl_as_nobody(
+        &fx,
+        &[control_gid],
+        &["activate", "2", "--at", "+5", "--no-wait"],
+    );
+    ok(&out);
+    let json = status(&fx, true);
+    assert!(json.contains("\"requested_by\":\"uid=65534"), "{json}");
+    let out = ctl_as_nobody(&fx, &[control_gid], &["cancel"]);
+    ok(&out);
+    assert_eq!(fx.active(), "1");
 }
