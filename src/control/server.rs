@@ -437,7 +437,7 @@ impl Server {
             Request::Ping => Ok("pong".into()),
             Request::Prepare { name } => switch::prepare(switcher, self.php.as_ref(), &name),
             Request::ActivateAt { name, at, wait } => {
-                return self.activate_at(&name, at, wait, &who);
+                return self.activate_at(&name, at, wait, &who, client);
             }
             Request::Cancel => switcher.cancel_pending(&who),
         };
@@ -658,7 +658,14 @@ impl Server {
     /// Schedules the switch (checked now, like `prepare`), starts its timer thread, and
     /// answers once it is scheduled (`nowait`) or once it ran, with the instant it was
     /// published.
-    fn activate_at(&self, name: &str, at: std::time::SystemTime, wait: bool, who: &str) -> String {
+    fn activate_at(
+        &self,
+        name: &str,
+        at: std::time::SystemTime,
+        wait: bool,
+        who: &str,
+        client: &UnixStream,
+    ) -> String {
         // The PHP pools are checked before the switch lock is taken: they may be slow.
         let checked = switch::prepare(&self.switcher, self.php.as_ref(), name)
             .and_then(|_| self.switcher.schedule_at(name, at, who));
@@ -677,7 +684,8 @@ impl Server {
             ));
         }
         use crate::switch::pending::Ended;
-        match self.switcher.wait_scheduled(id) {
+        let hung_up = || matches!(sys::wait_hangup(client.as_fd(), Duration::ZERO), Ok(true));
+        match self.switcher.wait_scheduled(id, &hung_up) {
             Some(Ended::Ran {
                 partial: false,
                 message,
@@ -690,8 +698,8 @@ impl Server {
                 pending.describe()
             )),
             None => protocol::error_response(&format!(
-                "this server is being replaced (upgrade); the switch to {} stays scheduled: \
-                 see switchctl status",
+                "this server stopped or is being replaced (upgrade) before the instant; the \
+                 switch to {} stays scheduled for its successor: see switchctl status",
                 pending.describe()
             )),
         }

@@ -237,8 +237,10 @@ impl Schedule {
         self.changed.notify_all();
     }
 
-    /// Waits until switch `id` ended; `None` when the server is handing over first.
-    pub(crate) fn wait_ended(&self, id: u64) -> Option<Ended> {
+    /// Waits until switch `id` ended; `None` when the server is handing over or stopping
+    /// first, or `hung_up()` says the client has gone (asked every 200 ms; the switch stays
+    /// scheduled). Bounded: the instant is at most an hour ahead.
+    pub(crate) fn wait_ended(&self, id: u64, hung_up: &dyn Fn() -> bool) -> Option<Ended> {
         let mut slot = self.slot.lock();
         loop {
             if let Some((_, how)) = slot.ended.iter().find(|(i, _)| *i == id) {
@@ -247,9 +249,11 @@ impl Schedule {
             if slot.retiring {
                 return None;
             }
-            // Bounded: the instant is at most an hour ahead, and each wake re-checks.
             self.changed
-                .wait_for(&mut slot, std::time::Duration::from_secs(1));
+                .wait_for(&mut slot, std::time::Duration::from_millis(200));
+            if parking_lot::MutexGuard::unlocked(&mut slot, hung_up) {
+                return None;
+            }
         }
     }
 
@@ -322,7 +326,7 @@ mod tests {
         let wake = s.wake_fd(id).expect("wake fd");
         assert_eq!(s.cancel().map(|(i, _)| i), Some(id));
         assert!(crate::sys::wait_readable(wake.as_fd_ref(), Duration::ZERO).unwrap_or(false));
-        assert_eq!(s.wait_ended(id), Some(Ended::Cancelled));
+        assert_eq!(s.wait_ended(id, &|| false), Some(Ended::Cancelled));
         assert!(s.take(id).is_none(), "a cancelled switch never runs");
         assert!(s.cancel().is_none());
     }

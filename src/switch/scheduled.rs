@@ -167,8 +167,8 @@ impl Switcher {
 
     /// Waits for switch `id` to end (the client of `activate --at` without `--no-wait`);
     /// `None` when this server hands over first.
-    pub(crate) fn wait_scheduled(&self, id: u64) -> Option<Ended> {
-        self.schedule.wait_ended(id)
+    pub(crate) fn wait_scheduled(&self, id: u64, hung_up: &dyn Fn() -> bool) -> Option<Ended> {
+        self.schedule.wait_ended(id, hung_up)
     }
 
     /// This server hands over to a successor: clients waiting on a switch are answered.
@@ -241,6 +241,7 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
     };
     if switcher.refuse_if_stopping().is_err() {
         log::info!("stopping: the pending switch is left to the successor");
+        switcher.schedule.retire();
         return;
     }
     // What the docroot told clients so far is made durable now; at the instant the same

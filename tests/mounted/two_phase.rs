@@ -497,3 +497,28 @@ fn only_the_control_group_prepares_schedules_and_cancels() {
     ok(&out);
     assert_eq!(fx.active(), "1");
 }
+
+/// A client that gives up waiting (Ctrl-C) leaves the switch scheduled: it runs at its
+/// instant all the same.
+#[test]
+fn a_waiting_client_that_hangs_up_leaves_the_switch_scheduled() {
+    let fx = Fixture::new("tp-hup");
+    releases(&fx);
+    let _d = fx.start(&["--initial", "1"]);
+    let mut waiting = std::process::Command::new(SWITCHCTL)
+        .arg("--control")
+        .arg(fx.socket())
+        .args(["activate", "2", "--at", "+2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(5, || status(&fx, false).contains("pending:")));
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    assert_eq!(fx.active(), "1");
+    assert!(
+        wait_until(10, || fx.active() == "2"),
+        "it ran at its instant"
+    );
+}
