@@ -20,7 +20,7 @@ use crate::php::opcache::Php;
 use crate::switch::hooks::Hooks;
 use crate::switch::pending::{Dropped, Ended, Pending};
 use crate::switch::release::Release;
-use crate::switch::switcher::Switcher;
+use crate::switch::switcher::{SwitchGuard, Switcher};
 use crate::when;
 
 /// How long before the instant the timer thread wakes for the slow checks and the lock.
@@ -221,38 +221,9 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
             return;
         }
     };
-    let wait =
-        |until: SystemTime| crate::sys::wait_until_realtime(until, std::os::fd::AsFd::as_fd(&wake));
-    // 1. Woken early for the slow checks.
-    let early = pending.at.checked_sub(LEAD).unwrap_or(pending.at);
-    match wait(early) {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => return switcher.drop_scheduled(id, pending, format!("timer failed: {e}")),
-    }
-    if let Err(msg) = switcher.releases.open_release(&pending.release) {
-        return switcher.drop_scheduled(id, pending, msg);
-    }
-    // 2. The lock, then the instant.
-    let budget = when::seconds_after(pending.at + LATE_LIMIT, SystemTime::now()).max(0.0);
-    let Some(guard) = switcher.try_lock_for(Duration::from_secs_f64(budget)) else {
-        let why = "the switch lock was held past its instant; not run late".to_string();
-        return switcher.drop_scheduled(id, pending, why);
-    };
-    if switcher.refuse_if_stopping().is_err() {
-        log::info!("stopping: the pending switch is left to the successor");
-        switcher.schedule.retire();
+    let Some((guard, woke)) = reach_instant(switcher, id, &pending, &wake) else {
         return;
-    }
-    // What the docroot told clients so far is made durable now; at the instant the same
-    // step only syncs what was learned since (usually nothing), keeping the publish short.
-    switcher.docroot().sync_before_switch();
-    match wait(pending.at) {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => return switcher.drop_scheduled(id, pending, format!("timer failed: {e}")),
-    }
-    let woke = SystemTime::now();
+    };
     // 3. The switch, if it was not cancelled meanwhile.
     let Some(pending) = switcher.schedule.take(id) else {
         return;
@@ -294,4 +265,55 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
         }
     };
     switcher.schedule.ended(id, ended);
+}
+
+/// Steps 1 and 2: waits for `LEAD` before the instant, checks the release again, takes the
+/// switch lock and waits for the instant. Returns the held lock and when the timer fired;
+/// `None` when the switch was cancelled, dropped, or the server is stopping.
+fn reach_instant<'a>(
+    switcher: &'a Switcher,
+    id: u64,
+    pending: &Pending,
+    wake: &std::os::fd::OwnedFd,
+) -> Option<(SwitchGuard<'a>, SystemTime)> {
+    let wait =
+        |until: SystemTime| crate::sys::wait_until_realtime(until, std::os::fd::AsFd::as_fd(wake));
+    let drop_it = |why: String| switcher.drop_scheduled(id, pending.clone(), why);
+    // 1. Woken early for the slow checks.
+    let early = pending.at.checked_sub(LEAD).unwrap_or(pending.at);
+    match wait(early) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => {
+            drop_it(format!("timer failed: {e}"));
+            return None;
+        }
+    }
+    if let Err(msg) = switcher.releases.open_release(&pending.release) {
+        drop_it(msg);
+        return None;
+    }
+    // 2. The lock (behind a prune, at most LATE_LIMIT past the instant), then the instant.
+    let budget = when::seconds_after(pending.at + LATE_LIMIT, SystemTime::now()).max(0.0);
+    let Some(guard) = switcher.try_lock_for(Duration::from_secs_f64(budget)) else {
+        drop_it("the switch lock was held past its instant; not run late".to_string());
+        return None;
+    };
+    if switcher.refuse_if_stopping().is_err() {
+        log::info!("stopping: the pending switch is left to the successor");
+        switcher.schedule.retire();
+        return None;
+    }
+    // What the docroot told clients so far is made durable now; at the instant the same
+    // step only syncs what was learned since (usually nothing), keeping the publish short.
+    switcher.docroot().sync_before_switch();
+    match wait(pending.at) {
+        Ok(true) => Some((guard, SystemTime::now())),
+        Ok(false) => None,
+        Err(e) => {
+            drop(guard);
+            drop_it(format!("timer failed: {e}"));
+            None
+        }
+    }
 }
