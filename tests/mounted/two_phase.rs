@@ -522,3 +522,36 @@ fn a_waiting_client_that_hangs_up_leaves_the_switch_scheduled() {
         "it ran at its instant"
     );
 }
+
+/// Finding 3 after `prune`: the releases it deleted are marked in the history and never the
+/// rollback target, so a second rollback is refused instead of aimed at a deleted release.
+#[test]
+fn after_a_prune_status_and_rollback_agree_on_what_is_left() {
+    let fx = Fixture::new("tp-prune");
+    for rel in ["1", "2", "3", "4"] {
+        fx.write(rel, "index.php", rel);
+    }
+    let _d = fx.start(&["--initial", "1"]);
+    for rel in ["2", "3", "4"] {
+        fx.activate(rel);
+    }
+    ok(&fx.ctl(&["prune", "--keep", "2", "--yes"]));
+    assert!(!fx.releases().join("2").exists() && !fx.releases().join("1").exists());
+    let st = status(&fx, false);
+    assert!(
+        st.contains(
+            "history:      4, 3, 2 (deleted), 1 (deleted) (newest first)\nrollback to:  3\n"
+        ),
+        "{st}"
+    );
+    assert_eq!(
+        ok(&fx.ctl(&["rollback"])).trim_end(),
+        "switched from 4 to 3"
+    );
+    let st = status(&fx, false);
+    assert!(st.contains("rollback to:  (none)\n"), "{st}");
+    let out = fx.ctl(&["rollback"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line_error(&out).contains("no earlier release"));
+    assert_eq!(fx.active(), "3");
+}
