@@ -317,3 +317,99 @@ fn reach_instant<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The schedule on a real core over temporary releases (no mount): what a successor does
+    //! with the pending file a predecessor left, and what is refused while one is pending.
+
+    use super::*;
+    use crate::switch::state::StateFile;
+    use crate::testutil::{Served, TempDir, core_config, served};
+
+    fn setup(tag: &str) -> (TempDir, Served) {
+        let tmp = TempDir::new(tag);
+        for rel in ["1", "2"] {
+            let dir = tmp.path().join("releases").join(rel);
+            std::fs::create_dir_all(&dir).expect("release dir");
+            std::fs::write(dir.join("index.php"), rel).expect("index.php");
+        }
+        let core = served(core_config(&tmp), Some("1")).expect("core");
+        (tmp, core)
+    }
+
+    fn leave_pending(tmp: &TempDir, release: &str, at: SystemTime) {
+        let p = Pending {
+            release: release.into(),
+            at,
+            requested_by: "uid=0 gid=0 pid=1".into(),
+            requested_at: SystemTime::now(),
+        };
+        let file = StateFile::new(tmp.path().join("state"));
+        file.save_pending(Some(&p.encode())).expect("pending file");
+    }
+
+    fn successor(tmp: &TempDir, old: Served) -> Served {
+        old.stop_switching();
+        drop(old);
+        served(core_config(tmp), None).expect("successor")
+    }
+
+    #[test]
+    fn a_successor_re_arms_a_future_switch_and_drops_a_past_one() {
+        let (tmp, core) = setup("sched-restore");
+        leave_pending(&tmp, "2", SystemTime::now() + Duration::from_secs(600));
+        let core = successor(&tmp, core);
+        let (pending, dropped) = core.switcher.pending();
+        assert_eq!(pending.map(|p| p.release).as_deref(), Some("2"));
+        assert!(dropped.is_none());
+        assert!(
+            core.activate("2", "test")
+                .unwrap_err()
+                .contains("a switch is pending")
+        );
+
+        leave_pending(&tmp, "2", SystemTime::now() - Duration::from_secs(5));
+        let core = successor(&tmp, core);
+        let (pending, dropped) = core.switcher.pending();
+        assert!(pending.is_none(), "never run late");
+        let dropped = dropped.expect("the drop is reported");
+        assert!(dropped.why.contains("not run late"), "{}", dropped.why);
+        assert_eq!(core.active().name(), Some("1"));
+        assert!(!tmp.path().join("state.pending").exists());
+    }
+
+    #[test]
+    fn a_past_switch_the_state_file_shows_ran_is_not_reported_dropped() {
+        let (tmp, core) = setup("sched-ran");
+        core.activate("2", "test").expect("activate");
+        leave_pending(&tmp, "2", SystemTime::now() - Duration::from_secs(5));
+        let core = successor(&tmp, core);
+        assert_eq!(core.switcher.pending(), (None, None));
+        assert_eq!(core.active().name(), Some("2"));
+    }
+
+    #[test]
+    fn schedule_checks_like_prepare_and_cancel_removes_the_file() {
+        let (tmp, core) = setup("sched-cancel");
+        let soon = SystemTime::now() + Duration::from_secs(600);
+        for (name, at) in [
+            ("9", soon),
+            ("2", SystemTime::now() - Duration::from_secs(1)),
+            ("2", SystemTime::now() + Duration::from_secs(7200)),
+        ] {
+            assert!(core.switcher.schedule_at(name, at, "test").is_err());
+        }
+        assert!(!tmp.path().join("state.pending").exists());
+        core.switcher
+            .schedule_at("2", soon, "test")
+            .expect("scheduled");
+        assert!(tmp.path().join("state.pending").exists());
+        assert!(core.switcher.prepare("2").unwrap_err().contains("pending"));
+        assert!(core.rollback(None, "test").unwrap_err().contains("pending"));
+        assert!(core.switcher.cancel_pending("test").is_ok());
+        assert!(!tmp.path().join("state.pending").exists());
+        assert!(core.switcher.cancel_pending("test").is_err());
+        assert!(core.switcher.prepare("2").is_ok());
+    }
+}
