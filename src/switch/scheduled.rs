@@ -5,7 +5,8 @@
 //! the state file (`switch::pending`), and run by its own timer thread (`run`):
 //! 1. an absolute `CLOCK_REALTIME` timer wakes it `LEAD` before the instant, to validate the
 //!    release again (the slow part: directory walks, a prune that may hold the lock);
-//! 2. it takes the switch lock, then waits on a second absolute timer for the instant;
+//! 2. `LOCK_LEAD` before the instant it takes the switch lock, then waits on an absolute
+//!    timer for the instant;
 //! 3. at the instant: validate (cheap, descriptors already warm), persist, publish, as
 //!    `activate` does (`Switcher::activate_held`); then the pending file is deleted, the
 //!    lock released, and OPcache and the hooks run as after any switch.
@@ -23,8 +24,11 @@ use crate::switch::release::Release;
 use crate::switch::switcher::{SwitchGuard, Switcher};
 use crate::when;
 
-/// How long before the instant the timer thread wakes for the slow checks and the lock.
+/// How long before the instant the timer thread wakes for the slow checks.
 const LEAD: Duration = Duration::from_millis(200);
+/// How long before the instant it takes the switch lock: just long enough to have it (and
+/// the mtime log synced) when the instant comes, short enough not to hold up a prune.
+const LOCK_LEAD: Duration = Duration::from_millis(20);
 /// How late past its instant a switch may still take the switch lock (behind a prune, say)
 /// before it is dropped rather than run late.
 const LATE_LIMIT: Duration = Duration::from_secs(1);
@@ -276,24 +280,30 @@ fn reach_instant<'a>(
     pending: &Pending,
     wake: &std::os::fd::OwnedFd,
 ) -> Option<(SwitchGuard<'a>, SystemTime)> {
-    let wait =
-        |until: SystemTime| crate::sys::wait_until_realtime(until, std::os::fd::AsFd::as_fd(wake));
     let drop_it = |why: String| switcher.drop_scheduled(id, pending.clone(), why);
-    // 1. Woken early for the slow checks.
-    let early = pending.at.checked_sub(LEAD).unwrap_or(pending.at);
-    match wait(early) {
-        Ok(true) => {}
-        Ok(false) => return None,
-        Err(e) => {
-            drop_it(format!("timer failed: {e}"));
-            return None;
+    // True once `before` ahead of the instant; false when cancelled (or dropped).
+    let reached = |before: Duration| {
+        let until = pending.at.checked_sub(before).unwrap_or(pending.at);
+        match crate::sys::wait_until_realtime(until, std::os::fd::AsFd::as_fd(wake)) {
+            Ok(reached) => reached,
+            Err(e) => {
+                drop_it(format!("timer failed: {e}"));
+                false
+            }
         }
+    };
+    // 1. Woken early for the slow checks.
+    if !reached(LEAD) {
+        return None;
     }
     if let Err(msg) = switcher.releases.open_release(&pending.release) {
         drop_it(msg);
         return None;
     }
     // 2. The lock (behind a prune, at most LATE_LIMIT past the instant), then the instant.
+    if !reached(LOCK_LEAD) {
+        return None;
+    }
     let budget = when::seconds_after(pending.at + LATE_LIMIT, SystemTime::now()).max(0.0);
     let Some(guard) = switcher.try_lock_for(Duration::from_secs_f64(budget)) else {
         drop_it("the switch lock was held past its instant; not run late".to_string());
@@ -307,15 +317,7 @@ fn reach_instant<'a>(
     // What the docroot told clients so far is made durable now; at the instant the same
     // step only syncs what was learned since (usually nothing), keeping the publish short.
     switcher.docroot().sync_before_switch();
-    match wait(pending.at) {
-        Ok(true) => Some((guard, SystemTime::now())),
-        Ok(false) => None,
-        Err(e) => {
-            drop(guard);
-            drop_it(format!("timer failed: {e}"));
-            None
-        }
-    }
+    reached(Duration::ZERO).then(|| (guard, SystemTime::now()))
 }
 
 #[cfg(test)]
