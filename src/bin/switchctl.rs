@@ -79,8 +79,15 @@ enum Command {
         to: Option<String>,
         /// As for activate.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60",
-              value_parser = clap::value_parser!(u32).range(0..=86_400))]
+              value_parser = clap::value_parser!(u32).range(0..=86_400), conflicts_with = "at")]
         wait_drain: Option<u32>,
+        /// Roll back when the host clock reaches TIME, as activate --at (a fleet rolls back
+        /// at one instant); the target is checked now and again at TIME.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// With --at: return once the rollback is scheduled.
+        #[arg(long, requires = "at")]
+        no_wait: bool,
     },
     /// Delete the oldest releases beyond the newest KEEP, never the active or previous one
     /// nor one still in use. A dry run unless --yes.
@@ -131,14 +138,22 @@ fn run(cli: Cli) -> Result<String, Failure> {
             no_wait,
             ..
         } => {
-            let now = SystemTime::now();
-            let at = when::parse_at(&at, now).map_err(Failure::Error)?;
-            when::check_window(at, now).map_err(|e| Failure::Error(format!("refused: {e}")))?;
-            // The answer comes after the instant (and OPcache and hooks).
-            let ahead = at.duration_since(now).unwrap_or_default().as_secs();
-            timeout = timeout.max(ahead + 60);
+            let at = instant(&at, &mut timeout)?;
             Request::ActivateAt {
                 name,
+                at,
+                wait: !no_wait,
+            }
+        }
+        Command::Rollback {
+            to,
+            at: Some(at),
+            no_wait,
+            ..
+        } => {
+            let at = instant(&at, &mut timeout)?;
+            Request::RollbackAt {
+                to,
                 at,
                 wait: !no_wait,
             }
@@ -154,10 +169,12 @@ fn run(cli: Cli) -> Result<String, Failure> {
         Command::Rollback {
             wait_drain,
             to: None,
+            ..
         } => Request::Rollback { drain: wait_drain },
         Command::Rollback {
             wait_drain,
             to: Some(name),
+            ..
         } => Request::RollbackTo {
             name,
             drain: wait_drain,
@@ -170,6 +187,17 @@ fn run(cli: Cli) -> Result<String, Failure> {
         Command::List { json } => Request::List { json },
     };
     client::request(&socket, &request, Duration::from_secs(timeout))
+}
+
+/// `--at TIME` as an instant, checked here too (the daemon checks it again against its own
+/// clock); raises `timeout` so the answer, which comes after the instant, is waited for.
+fn instant(arg: &str, timeout: &mut u64) -> Result<SystemTime, Failure> {
+    let now = SystemTime::now();
+    let at = when::parse_at(arg, now).map_err(Failure::Error)?;
+    when::check_window(at, now).map_err(|e| Failure::Error(format!("refused: {e}")))?;
+    let ahead = at.duration_since(now).unwrap_or_default().as_secs();
+    *timeout = (*timeout).max(ahead + 60);
+    Ok(at)
 }
 
 fn main() -> ExitCode {

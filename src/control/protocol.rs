@@ -2,7 +2,8 @@
 //!
 //! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`,
 //! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`;
-//! and the two phases: `prepare NAME`, `activate NAME at=SECS.NANOS [nowait]`, `cancel`.
+//! and the two phases: `prepare NAME`, `activate NAME at=SECS.NANOS [nowait]`,
+//! `rollback [to=NAME] at=SECS.NANOS [nowait]`, `cancel`.
 //! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
 //! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
 //! previous release did not drain in time).
@@ -60,6 +61,12 @@ pub enum Request {
     },
     /// Drop the pending switch.
     Cancel,
+    /// `rollback [to=NAME] at=SECS.NANOS [nowait]`: a rollback at an instant.
+    RollbackAt {
+        to: Option<String>,
+        at: std::time::SystemTime,
+        wait: bool,
+    },
 }
 
 /// Longest `drain=` wait accepted, in seconds.
@@ -90,6 +97,14 @@ impl Request {
                 if *wait { "" } else { " nowait" }
             ),
             Request::Cancel => "cancel".into(),
+            Request::RollbackAt { to, at, wait } => format!(
+                "rollback{} at={}{}",
+                to.as_ref()
+                    .map(|n| format!(" to={}", encode_name(n)))
+                    .unwrap_or_default(),
+                crate::when::to_wire(*at),
+                if *wait { "" } else { " nowait" }
+            ),
         }
     }
 }
@@ -152,6 +167,7 @@ impl Request {
             Request::Prepare { .. } => "prepare",
             Request::ActivateAt { .. } => "activate",
             Request::Cancel => "cancel",
+            Request::RollbackAt { .. } => "rollback",
         }
     }
 
@@ -167,6 +183,7 @@ impl Request {
                 | Request::Prepare { .. }
                 | Request::ActivateAt { .. }
                 | Request::Cancel
+                | Request::RollbackAt { .. }
         )
     }
 }
@@ -226,6 +243,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             Ok(Request::Prepare { name })
         }
         "cancel" if arg.is_none() => Ok(Request::Cancel),
+        "rollback" if arg.is_some_and(|a| a.starts_with("at=") || a.contains(" at=")) => {
+            parse_rollback_at(arg.unwrap_or_default())
+        }
         "rollback" => match arg.and_then(|a| a.strip_prefix("to=")) {
             Some(to) => parse_rollback_to(to),
             None => Ok(Request::Rollback {
@@ -274,6 +294,24 @@ fn parse_rollback_to(arg: &str) -> Result<Request, String> {
         name,
         drain: parse_drain(rest)?,
     })
+}
+
+/// The arguments of `rollback [to=NAME] at=SECS.NANOS [nowait]`.
+fn parse_rollback_at(arg: &str) -> Result<Request, String> {
+    let (to, rest) = match arg.strip_prefix("to=") {
+        Some(tail) => {
+            let (name, rest) = tail.split_once(' ').unwrap_or((tail, ""));
+            let name = decode_name(name)?;
+            validate_release_name(&name)?;
+            (Some(name), rest)
+        }
+        None => (None, arg),
+    };
+    let at = rest.strip_prefix("at=").ok_or("expected at=SECS.NANOS")?;
+    match parse_activate_at(String::new(), at)? {
+        Request::ActivateAt { at, wait, .. } => Ok(Request::RollbackAt { to, at, wait }),
+        _ => Err("expected at=SECS.NANOS".into()),
+    }
 }
 
 /// The arguments of `activate NAME at=SECS.NANOS [nowait]` after `at=`.
@@ -418,6 +456,16 @@ mod tests {
                 wait: false,
             },
             Request::Cancel,
+            Request::RollbackAt {
+                to: None,
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(5),
+                wait: true,
+            },
+            Request::RollbackAt {
+                to: Some("7 at=1".into()),
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(5),
+                wait: false,
+            },
         ] {
             assert_eq!(parse_request(req.to_line().as_bytes()), Ok(req));
         }
@@ -460,6 +508,10 @@ mod tests {
             b"activate 1 at=soon",
             b"activate 1 at=1.5 later",
             b"activate 1 at=1.5 drain=3",
+            b"rollback at=x",
+            b"rollback to=.. at=1.0",
+            b"rollback at=1.0 drain=3",
+            b"rollback drain=3 at=1.0",
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }

@@ -343,6 +343,7 @@ fn pending_json(p: Option<&Pending>) -> String {
     };
     Object::new()
         .str("release", &p.release)
+        .str("kind", p.kind.word())
         .str("at", &when::micros(p.at))
         .raw("at_unix", &when::to_wire(p.at))
         .str("requested_by", &p.requested_by)

@@ -437,7 +437,11 @@ impl Server {
             Request::Ping => Ok("pong".into()),
             Request::Prepare { name } => switch::prepare(switcher, self.php.as_ref(), &name),
             Request::ActivateAt { name, at, wait } => {
-                return self.activate_at(&name, at, wait, &who, client);
+                return self.activate_at(Target::Release(&name), at, wait, &who, client);
+            }
+            Request::RollbackAt { to, at, wait } => {
+                let target = to.as_deref().map_or(Target::Back, Target::BackTo);
+                return self.activate_at(target, at, wait, &who, client);
             }
             Request::Cancel => switcher.cancel_pending(&who),
         };
@@ -655,20 +659,23 @@ impl Control {
 // ---- A switch at an instant (issue 20): `activate NAME at=... [nowait]` ----
 
 impl Server {
-    /// Schedules the switch (checked now, like `prepare`), starts its timer thread, and
+    /// Schedules the switch or rollback (checked now, like `prepare`), starts its timer thread, and
     /// answers once it is scheduled (`nowait`) or once it ran, with the instant it was
     /// published.
     fn activate_at(
         &self,
-        name: &str,
+        target: Target<'_>,
         at: std::time::SystemTime,
         wait: bool,
         who: &str,
         client: &UnixStream,
     ) -> String {
         // The PHP pools are checked before the switch lock is taken: they may be slow.
-        let checked = switch::prepare(&self.switcher, self.php.as_ref(), name)
-            .and_then(|_| self.switcher.schedule_at(name, at, who));
+        let checked = self
+            .switcher
+            .plan(target)
+            .and_then(|name| switch::prepare(&self.switcher, self.php.as_ref(), &name))
+            .and_then(|_| self.switcher.schedule_at(target, at, who));
         let (id, pending) = match checked {
             Ok(armed) => armed,
             Err(msg) => {

@@ -19,9 +19,33 @@ use crate::when;
 
 const MAGIC: &str = "switchfs-pending 1";
 
+/// What a pending switch does at its instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `activate NAME --at`.
+    Activate,
+    /// `rollback --at`: one step back through the history, as planned when scheduled.
+    Rollback,
+    /// `rollback --to NAME --at`.
+    RollbackTo,
+}
+
+impl Kind {
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Kind::Activate => "activate",
+            Kind::Rollback => "rollback",
+            Kind::RollbackTo => "rollback-to",
+        }
+    }
+}
+
 /// The switch waiting for its instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
+    pub kind: Kind,
+    /// The release it switches to (for a rollback, the target planned when it was scheduled;
+    /// nothing can change the history until the instant, since every switch is refused).
     pub release: String,
     pub at: SystemTime,
     /// The peer that asked (`uid=0 gid=0 pid=42`).
@@ -33,7 +57,8 @@ impl Pending {
     /// The file's text.
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{MAGIC}\nrelease={}\nat={}\nrequested_by={}\nrequested_at={}\n",
+            "{MAGIC}\nkind={}\nrelease={}\nat={}\nrequested_by={}\nrequested_at={}\n",
+            self.kind.word(),
             self.release,
             when::to_wire(self.at),
             self.requested_by.replace(['\n', '\r'], " "),
@@ -53,6 +78,7 @@ impl Pending {
             ));
         }
         let (mut release, mut at, mut by, mut asked) = (None, None, None, None);
+        let mut kind = Kind::Activate;
         for line in lines.filter(|l| !l.is_empty()) {
             let (key, value) = line
                 .split_once('=')
@@ -63,12 +89,19 @@ impl Pending {
                     release = Some(value.to_string());
                 }
                 "at" => at = Some(when::from_wire(value)?),
+                "kind" => {
+                    kind = [Kind::Activate, Kind::Rollback, Kind::RollbackTo]
+                        .into_iter()
+                        .find(|k| k.word() == value)
+                        .ok_or_else(|| format!("unknown kind {value:?}"))?;
+                }
                 "requested_by" => by = Some(value.to_string()),
                 "requested_at" => asked = Some(when::from_wire(value)?),
                 _ => return Err(format!("unknown key {key:?}")),
             }
         }
         Ok(Pending {
+            kind,
             release: release.ok_or("no release= line")?,
             at: at.ok_or("no at= line")?,
             requested_by: by.unwrap_or_default(),
@@ -79,7 +112,12 @@ impl Pending {
     /// For messages: `release 3 at 2026-12-01T23:00:00.250000Z (requested by uid=0 ...)`.
     pub(crate) fn describe(&self) -> String {
         format!(
-            "release {} at {} (requested by {})",
+            "{}release {} at {} (requested by {})",
+            if self.kind == Kind::Activate {
+                ""
+            } else {
+                "rollback to "
+            },
             self.release,
             when::micros(self.at),
             self.requested_by
@@ -290,6 +328,7 @@ mod tests {
 
     fn pending(release: &str) -> Pending {
         Pending {
+            kind: Kind::Rollback,
             release: release.into(),
             at: UNIX_EPOCH + Duration::new(1_796_166_000, 250_000_000),
             requested_by: "uid=0 gid=0 pid=7".into(),
@@ -308,6 +347,7 @@ mod tests {
             "switchfs-pending 1\nrelease=..\nat=1.0\n",
             "switchfs-pending 1\nrelease=4\nat=soon\n",
             "switchfs-pending 1\nrelease=4\nat=1.0\nwho=me\n",
+            "switchfs-pending 1\nkind=undo\nrelease=4\nat=1.0\n",
         ] {
             assert!(Pending::decode(bad).is_err(), "{bad:?}");
         }

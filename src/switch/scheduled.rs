@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::php::opcache::Php;
+use crate::switch::Target;
+use crate::switch::history::History;
 use crate::switch::hooks::Hooks;
-use crate::switch::pending::{Dropped, Ended, Pending};
+use crate::switch::pending::{Dropped, Ended, Kind, Pending};
 use crate::switch::release::Release;
-use crate::switch::switcher::{SwitchGuard, Switcher};
+use crate::switch::switcher::{SwitchGuard, Switched, Switcher};
 use crate::when;
 
 /// How long before the instant the timer thread wakes for the slow checks.
@@ -47,6 +49,50 @@ impl Switcher {
         Ok(Arc::new(Release::with_new_generation(name, fd)))
     }
 
+    /// The release `target` switches to now: the name, or where a rollback would go.
+    ///
+    /// # Errors
+    /// Nothing to roll back to: one line.
+    pub(crate) fn plan(&self, target: Target<'_>) -> Result<String, String> {
+        let to = match target {
+            Target::Release(name) => return Ok(name.to_string()),
+            Target::Back => None,
+            Target::BackTo(name) => Some(name),
+        };
+        self.rollback_plan(to).map(|(target, _)| target)
+    }
+
+    /// Where a rollback (`to`: `--to NAME`) from the active release goes, and the history
+    /// after it, as `rollback` computes them.
+    fn rollback_plan(&self, to: Option<&str>) -> Result<(String, History), String> {
+        let current = self.active();
+        let current = current
+            .name()
+            .ok_or("no release is active, so there is nothing to roll back from")?;
+        let exists = |name: &str| self.releases.open_release(name).is_ok();
+        self.history().rollback(current, to, exists)
+    }
+
+    /// At the instant, under the lock: the switch `pending` asked for, a rollback planned
+    /// again (the history cannot have changed, but a directory may have gone).
+    fn switch_now(&self, guard: &SwitchGuard<'_>, pending: &Pending) -> Result<Switched, String> {
+        let who = format!("{}, scheduled", pending.requested_by);
+        let to = match pending.kind {
+            Kind::Activate => return self.activate_held(guard, &pending.release, &who, None),
+            Kind::Rollback => None,
+            Kind::RollbackTo => Some(pending.release.as_str()),
+        };
+        let (target, after) = self.rollback_plan(to)?;
+        if target != pending.release {
+            return Err(format!(
+                "the rollback now goes to release {target}, not {} as when it was scheduled; \
+                 nothing changed",
+                pending.release
+            ));
+        }
+        self.activate_held(guard, &target, &who, Some(after))
+    }
+
     /// Refuses an immediate switch while one is pending (cancel first).
     pub(super) fn refuse_if_pending(&self) -> Result<(), String> {
         self.schedule.refusal().map_or(Ok(()), Err)
@@ -59,16 +105,23 @@ impl Switcher {
     /// One line; nothing is scheduled then.
     pub(crate) fn schedule_at(
         &self,
-        name: &str,
+        target: Target<'_>,
         at: SystemTime,
         who: &str,
     ) -> Result<(u64, Pending), String> {
         // Serialised with switches and prune: none is half done while this one is checked.
         let _guard = self.lock();
-        self.prepare(name)?;
+        self.refuse_if_pending()?;
+        let name = self.plan(target)?;
+        self.prepare(&name)?;
         when::check_window(at, SystemTime::now())?;
         let pending = Pending {
-            release: name.to_string(),
+            kind: match target {
+                Target::Release(_) => Kind::Activate,
+                Target::Back => Kind::Rollback,
+                Target::BackTo(_) => Kind::RollbackTo,
+            },
+            release: name,
             at,
             requested_by: who.to_string(),
             requested_at: SystemTime::now(),
@@ -232,8 +285,7 @@ pub(crate) fn run(switcher: &Switcher, php: Option<&Php>, hooks: &Hooks, id: u64
     let Some(pending) = switcher.schedule.take(id) else {
         return;
     };
-    let who = format!("{}, scheduled", pending.requested_by);
-    let switched = switcher.activate_held(&guard, &pending.release, &who, None);
+    let switched = switcher.switch_now(&guard, &pending);
     let published = SystemTime::now();
     {
         let _file = switcher.schedule.file_lock();
@@ -342,6 +394,7 @@ mod tests {
 
     fn leave_pending(tmp: &TempDir, release: &str, at: SystemTime) {
         let p = Pending {
+            kind: Kind::Activate,
             release: release.into(),
             at,
             requested_by: "uid=0 gid=0 pid=1".into(),
@@ -400,11 +453,12 @@ mod tests {
             ("2", SystemTime::now() - Duration::from_secs(1)),
             ("2", SystemTime::now() + Duration::from_secs(7200)),
         ] {
-            assert!(core.switcher.schedule_at(name, at, "test").is_err());
+            let target = Target::Release(name);
+            assert!(core.switcher.schedule_at(target, at, "test").is_err());
         }
         assert!(!tmp.path().join("state.pending").exists());
         core.switcher
-            .schedule_at("2", soon, "test")
+            .schedule_at(Target::Release("2"), soon, "test")
             .expect("scheduled");
         assert!(tmp.path().join("state.pending").exists());
         assert!(core.switcher.prepare("2").unwrap_err().contains("pending"));

@@ -237,7 +237,7 @@ fn no_wait_cancel_and_a_second_switch_refused_while_pending() {
     assert!(st.contains("pending:      release 2 at "), "{st}");
     let json = status(&fx, true);
     assert!(
-        json.contains("\"pending\":{\"release\":\"2\",\"at\":\""),
+        json.contains("\"pending\":{\"release\":\"2\",\"kind\":\"activate\",\"at\":\""),
         "{json}"
     );
     assert!(json.contains("\"requested_by\":\"uid=0"), "{json}");
@@ -554,4 +554,37 @@ fn after_a_prune_status_and_rollback_agree_on_what_is_left() {
     assert_eq!(out.status.code(), Some(1));
     assert!(one_line_error(&out).contains("no earlier release"));
     assert_eq!(fx.active(), "3");
+}
+
+/// A fleet rolls back at one instant too: `rollback --at` plans the target when asked, and
+/// at the instant rolls back as `rollback` does (the release left is marked rolled back, so
+/// the next rollback goes further back, never to it).
+#[test]
+fn rollback_at_rolls_back_at_the_instant_with_the_history_of_a_rollback() {
+    let fx = Fixture::new("tp-back");
+    releases(&fx);
+    let _d = fx.start(&["--initial", "1", "--cache-timeout", "0"]);
+    fx.activate("2");
+    fx.activate("3");
+    let out = ok(&fx.ctl(&["rollback", "--at", "+1", "--no-wait"]));
+    assert!(
+        out.contains("scheduled the switch to rollback to release 2 at "),
+        "{out}"
+    );
+    assert!(status(&fx, true).contains("\"kind\":\"rollback\""));
+    let out = ok(&fx.ctl(&["cancel"]));
+    assert!(out.contains("rollback to release 2"), "{out}");
+    let at = SystemTime::now() + Duration::from_millis(500);
+    let out = ok(&fx.ctl(&["rollback", "--at", &when::micros(at)]));
+    assert!(out.starts_with("switched from 3 to 2 at "), "{out}");
+    assert!(switched_at(&out) >= at);
+    assert_eq!(fx.read("index.php"), "release 2");
+    let st = status(&fx, false);
+    assert!(
+        st.contains("history:      2, 1 (newest first)\nrollback to:  1\nrolled back:  3\n"),
+        "{st}"
+    );
+    let out = fx.ctl(&["rollback", "--to", "9", "--at", "+1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line_error(&out).contains("9"));
 }
