@@ -105,7 +105,7 @@ fn pool_text(pool: &PoolStatus) -> String {
 }
 
 /// The `history:`, `rollback to:` and `rolled back:` lines of `status`. Releases whose
-/// directory is gone are marked `(deleted)` and never named as the rollback target.
+/// directory is gone are marked `(gone)` and never named as the rollback target.
 fn history_text(st: &Status) -> String {
     let history = &st.history;
     let newest_first: Vec<String> = history
@@ -113,8 +113,8 @@ fn history_text(st: &Status) -> String {
         .iter()
         .rev()
         .map(|n| {
-            if st.history_deleted.contains(n) {
-                format!("{n} (deleted)")
+            if st.history_gone.contains(n) {
+                format!("{n} (gone)")
             } else {
                 n.clone()
             }
@@ -157,7 +157,7 @@ fn status_json(st: &Status) -> String {
         .opt_str("rollback_to", target.as_deref())
         .raw("rolled_back", &json::str_array(st.history.rolled_back()))
         .str("mode", st.mode)
-        .raw("history_deleted", &json::str_array(&st.history_deleted))
+        .raw("history_gone", &json::str_array(&st.history_gone))
         .raw("pending", &pending_json(st.pending.as_ref()))
         .raw(
             "pending_dropped",

@@ -491,7 +491,7 @@ impl Switcher {
                 .map(|(target, _)| target)
         });
         let mut seen = HashSet::new();
-        let history_deleted: Vec<String> = history
+        let history_gone: Vec<String> = history
             .entries()
             .iter()
             .filter(|n| !present.contains(*n) && seen.insert(n.as_str()))
@@ -511,7 +511,7 @@ impl Switcher {
             life: None,
             php_pools: Vec::new(),
             rollback_to,
-            history_deleted,
+            history_gone,
             pending,
             pending_dropped,
         }

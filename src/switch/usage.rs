@@ -65,7 +65,7 @@ pub struct Status {
     /// Where `rollback` would go now: deleted releases skipped, as `rollback` skips them.
     pub rollback_to: Option<String>,
     /// History entries whose directory is gone (pruned, or deleted by a deploy tool).
-    pub history_deleted: Vec<String>,
+    pub history_gone: Vec<String>,
     /// The switch scheduled for an instant (`activate --at`), and the last one dropped.
     pub pending: Option<crate::switch::pending::Pending>,
     pub pending_dropped: Option<crate::switch::pending::Dropped>,

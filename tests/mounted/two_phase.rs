@@ -417,15 +417,12 @@ fn deleted_releases_are_never_the_rollback_target() {
     }
     let st = status(&fx, false);
     assert!(
-        st.contains(
-            "history:      4, 3 (deleted), 2 (deleted), 1 (newest first)\nrollback to:  1\n"
-        ),
+        st.contains("history:      4, 3 (gone), 2 (gone), 1 (newest first)\nrollback to:  1\n"),
         "{st}"
     );
     let json = status(&fx, true);
     assert!(
-        json.contains("\"rollback_to\":\"1\"")
-            && json.contains("\"history_deleted\":[\"2\",\"3\"]"),
+        json.contains("\"rollback_to\":\"1\"") && json.contains("\"history_gone\":[\"2\",\"3\"]"),
         "{json}"
     );
     let list = ok(&fx.ctl(&["list"]));
@@ -539,9 +536,7 @@ fn after_a_prune_status_and_rollback_agree_on_what_is_left() {
     assert!(!fx.releases().join("2").exists() && !fx.releases().join("1").exists());
     let st = status(&fx, false);
     assert!(
-        st.contains(
-            "history:      4, 3, 2 (deleted), 1 (deleted) (newest first)\nrollback to:  3\n"
-        ),
+        st.contains("history:      4, 3, 2 (gone), 1 (gone) (newest first)\nrollback to:  3\n"),
         "{st}"
     );
     assert_eq!(
