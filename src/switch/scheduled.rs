@@ -468,4 +468,27 @@ mod tests {
         assert!(core.switcher.cancel_pending("test").is_err());
         assert!(core.switcher.prepare("2").is_ok());
     }
+
+    /// A pending file someone else could have planted (another user's file, a symlink) is
+    /// never trusted: it is removed (the link itself, not what it points to), nothing armed.
+    #[test]
+    fn a_planted_pending_file_is_not_trusted() {
+        let (tmp, core) = setup("sched-planted");
+        let target = tmp.path().join("elsewhere");
+        let soon = SystemTime::now() + Duration::from_secs(600);
+        leave_pending(&tmp, "2", soon);
+        std::fs::rename(tmp.path().join("state.pending"), &target).expect("move");
+        std::os::unix::fs::symlink(&target, tmp.path().join("state.pending")).expect("link");
+        let core = successor(&tmp, core);
+        assert_eq!(core.switcher.pending(), (None, None));
+        assert!(target.exists(), "the link's target is left alone");
+        assert!(std::fs::symlink_metadata(tmp.path().join("state.pending")).is_err());
+
+        leave_pending(&tmp, "2", soon);
+        let planted = tmp.path().join("state.pending");
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).expect("chown");
+        let core = successor(&tmp, core);
+        assert_eq!(core.switcher.pending(), (None, None));
+        assert!(!planted.exists());
+    }
 }
