@@ -21,6 +21,7 @@ pub(crate) mod life;
 pub(crate) mod php;
 pub(crate) mod switch;
 pub mod sys;
+pub mod when;
 
 // The public paths binaries, tests and the bench use, whatever folder a module lives in.
 pub use life::{

@@ -1484,3 +1484,80 @@ pub fn exec_filename() -> Option<std::path::PathBuf> {
     let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes();
     Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
 }
+
+// ==== A switch at an instant (issue 20, src/switch/scheduled.rs): an absolute CLOCK_REALTIME
+// timer, so a fleet given one wall-clock instant switches at it, not after a sleep loop's drift.
+
+/// Waits until the real-time clock reads `at` (or later), or until `wake` is readable.
+/// Returns true when `at` was reached, false when woken. An absolute `CLOCK_REALTIME`
+/// timerfd fires at the instant even if the clock is stepped meanwhile
+/// (`TFD_TIMER_CANCEL_ON_SET` reports a step; the timer is then armed again). Each wait is
+/// bounded by the time left plus a second, so nothing here waits unbounded.
+pub fn wait_until_realtime(at: std::time::SystemTime, wake: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: timerfd_create takes only flags and returns a new descriptor or -1.
+    let raw = check(unsafe {
+        libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+    })?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let timer = unsafe { OwnedFd::from_raw_fd(raw) };
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: since.as_secs() as libc::time_t,
+                // Zero would disarm the timer; the instant 0 ns is in 1970 anyway.
+                tv_nsec: libc::c_long::from(since.subsec_nanos().max(1)),
+            },
+        };
+        // SAFETY: a valid timerfd, a valid itimerspec, and a null old value (allowed).
+        check(unsafe {
+            libc::timerfd_settime(
+                timer.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        })?;
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let fired = wait_readable_or(
+            std::os::fd::AsFd::as_fd(&timer),
+            wake,
+            left + std::time::Duration::from_secs(1),
+        )?;
+        let mut ticks = 0u64;
+        // SAFETY: reads 8 bytes into a u64 from our own non-blocking timerfd.
+        let n = unsafe {
+            libc::read(
+                timer.as_raw_fd(),
+                (&mut ticks as *mut u64).cast::<libc::c_void>(),
+                8,
+            )
+        };
+        if n == 8 {
+            return Ok(true);
+        }
+        if !fired && wait_readable(wake, std::time::Duration::ZERO).unwrap_or(false) {
+            return Ok(false);
+        }
+        // ECANCELED (the clock was stepped), EAGAIN (poll timed out or was interrupted):
+        // look at the clock again and re-arm.
+        if std::time::SystemTime::now() >= at {
+            return Ok(true);
+        }
+    }
+}
+
+/// Makes this thread's timer slack 1 ns (`PR_SET_TIMERSLACK`): the kernel otherwise lets a
+/// timer of a normal thread fire up to 50 µs late, to batch wake-ups.
+pub fn set_thread_timer_slack_min() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes only this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+}

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use switchfs::control::client;
 use switchfs::control::health::Level;
 use switchfs::control::protocol::{Failure, Request};
 use switchfs::names::validate_release_name;
+use switchfs::when;
 
 /// Control a running switchfs. Without --mount or --control, talks to the one switchfs
 /// mounted on this host.
@@ -40,17 +41,37 @@ struct Cli {
 enum Command {
     /// Serve release NAME. Returns once every new lookup under the mount sees it.
     /// Exit 0 when switched or NAME was already active, 1 when refused (nothing changed,
-    /// with the reason), 3 when switched but an --on-activate hook failed or the previous
-    /// release did not drain in time.
+    /// with the reason), 3 when switched but an --on-activate hook failed, OPcache could not
+    /// be told or the previous release did not drain in time.
     Activate {
         #[arg(value_name = "NAME", value_parser = release_name)]
         name: String,
         /// Then wait until the previous release is no longer used (no open file, working
         /// directory or cached inode), at most SECS seconds [default: 60].
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60",
-              value_parser = clap::value_parser!(u32).range(0..=86_400))]
+              value_parser = clap::value_parser!(u32).range(0..=86_400), conflicts_with = "at")]
         wait_drain: Option<u32>,
+        /// Switch when the host clock reaches TIME: RFC 3339 UTC (2026-12-01T23:00:00.250Z)
+        /// or +SECS from now (fractions allowed; switchctl turns it into an instant, so every
+        /// host of a fleet can be given the same one). Checked at once like prepare; at most
+        /// an hour ahead. Waits and prints when it switched, to the microsecond; a pending
+        /// switch survives a daemon restart or upgrade (status shows it, cancel drops it).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// With --at: return once the switch is scheduled instead of when it happened.
+        #[arg(long, requires = "at")]
+        no_wait: bool,
     },
+    /// Check that `activate NAME` would succeed now, changing nothing: the release (opened
+    /// without following links), no switch pending, each PHP pool reachable and served by
+    /// its owner (and how many of its cached scripts the switch would invalidate).
+    /// Exit 0 if it would, 1 with the reason if not.
+    Prepare {
+        #[arg(value_name = "NAME", value_parser = release_name)]
+        name: String,
+    },
+    /// Drop the pending switch (activate --at). Exit 1 when none is pending.
+    Cancel,
     /// Serve the release activated before this one; each rollback steps one further back
     /// and never returns to a release rolled back from (until it is activated again).
     Rollback {
@@ -59,8 +80,15 @@ enum Command {
         to: Option<String>,
         /// As for activate.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60",
-              value_parser = clap::value_parser!(u32).range(0..=86_400))]
+              value_parser = clap::value_parser!(u32).range(0..=86_400), conflicts_with = "at")]
         wait_drain: Option<u32>,
+        /// Roll back when the host clock reaches TIME, as activate --at (a fleet rolls back
+        /// at one instant); the target is checked now and again at TIME.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// With --at: return once the rollback is scheduled.
+        #[arg(long, requires = "at")]
+        no_wait: bool,
     },
     /// Delete the oldest releases beyond the newest KEEP, never the active or previous one
     /// nor one still in use. A dry run unless --yes.
@@ -165,23 +193,55 @@ fn run(cli: Cli) -> Result<String, Failure> {
         Command::Activate { wait_drain, .. } | Command::Rollback { wait_drain, .. } => *wait_drain,
         _ => None,
     };
-    let timeout = cli.timeout.max(u64::from(drain.unwrap_or(0)) + 30);
+    let mut timeout = cli.timeout.max(u64::from(drain.unwrap_or(0)) + 30);
     if let Command::Upgrade { pid } = cli.command {
         let wait = Duration::from_secs(cli.timeout);
         return switchfs::control::reload::upgrade(&socket, pid, wait);
     }
     let request = match cli.command {
-        Command::Activate { name, wait_drain } => Request::Activate {
+        Command::Activate {
+            name,
+            at: Some(at),
+            no_wait,
+            ..
+        } => {
+            let at = instant(&at, &mut timeout)?;
+            Request::ActivateAt {
+                name,
+                at,
+                wait: !no_wait,
+            }
+        }
+        Command::Rollback {
+            to,
+            at: Some(at),
+            no_wait,
+            ..
+        } => {
+            let at = instant(&at, &mut timeout)?;
+            Request::RollbackAt {
+                to,
+                at,
+                wait: !no_wait,
+            }
+        }
+        Command::Activate {
+            name, wait_drain, ..
+        } => Request::Activate {
             name,
             drain: wait_drain,
         },
+        Command::Prepare { name } => Request::Prepare { name },
+        Command::Cancel => Request::Cancel,
         Command::Rollback {
             wait_drain,
             to: None,
+            ..
         } => Request::Rollback { drain: wait_drain },
         Command::Rollback {
             wait_drain,
             to: Some(name),
+            ..
         } => Request::RollbackTo {
             name,
             drain: wait_drain,
@@ -198,6 +258,17 @@ fn run(cli: Cli) -> Result<String, Failure> {
         Command::Upgrade { .. } => unreachable!("handled above"),
     };
     client::request(&socket, &request, Duration::from_secs(timeout))
+}
+
+/// `--at TIME` as an instant, checked here too (the daemon checks it again against its own
+/// clock); raises `timeout` so the answer, which comes after the instant, is waited for.
+fn instant(arg: &str, timeout: &mut u64) -> Result<SystemTime, Failure> {
+    let now = SystemTime::now();
+    let at = when::parse_at(arg, now).map_err(Failure::Error)?;
+    when::check_window(at, now).map_err(|e| Failure::Error(format!("refused: {e}")))?;
+    let ahead = at.duration_since(now).unwrap_or_default().as_secs();
+    *timeout = (*timeout).max(ahead + 60);
+    Ok(at)
 }
 
 fn main() -> ExitCode {

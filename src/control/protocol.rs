@@ -2,7 +2,9 @@
 //!
 //! Requests: `activate NAME [drain=SECS]`, `rollback [drain=SECS]`,
 //! `rollback to=NAME [drain=SECS]`, `status [json]`, `list [json]`, `prune KEEP [yes]`, `ping`,
-//! `check` (one monitoring-plugin line), `metrics` (Prometheus text), `php-sync`.
+//! `check` (one monitoring-plugin line), `metrics` (Prometheus text), `php-sync`; and the two
+//! phases: `prepare NAME`, `activate NAME at=SECS.NANOS [nowait]`,
+//! `rollback [to=NAME] at=SECS.NANOS [nowait]`, `cancel`.
 //! Responses: `ok` and a newline, then the body; one line `error: MESSAGE` (nothing was
 //! done); or one line `partial: MESSAGE` (the switch happened, but a hook failed or the
 //! previous release did not drain in time).
@@ -52,6 +54,27 @@ pub enum Request {
     Metrics,
     /// Run the OPcache invalidation for the active release again.
     PhpSync,
+    // ---- Two phases (issue 20): `prepare NAME`, `activate NAME at=SECS.NANOS [nowait]`,
+    // `cancel`. Older clients never send these; their lines parse as before.
+    /// Every check `activate NAME` would do, changing nothing.
+    Prepare {
+        name: String,
+    },
+    /// Switch to `name` when the host clock reaches `at`; the answer comes after the switch,
+    /// or (`wait` false) once it is scheduled.
+    ActivateAt {
+        name: String,
+        at: std::time::SystemTime,
+        wait: bool,
+    },
+    /// Drop the pending switch.
+    Cancel,
+    /// `rollback [to=NAME] at=SECS.NANOS [nowait]`: a rollback at an instant.
+    RollbackAt {
+        to: Option<String>,
+        at: std::time::SystemTime,
+        wait: bool,
+    },
 }
 
 /// Longest `drain=` wait accepted, in seconds.
@@ -77,6 +100,22 @@ impl Request {
             Request::Check => "check".into(),
             Request::Metrics => "metrics".into(),
             Request::PhpSync => "php-sync".into(),
+            Request::Prepare { name } => format!("prepare {}", encode_name(name)),
+            Request::ActivateAt { name, at, wait } => format!(
+                "activate {} at={}{}",
+                encode_name(name),
+                crate::when::to_wire(*at),
+                if *wait { "" } else { " nowait" }
+            ),
+            Request::Cancel => "cancel".into(),
+            Request::RollbackAt { to, at, wait } => format!(
+                "rollback{} at={}{}",
+                to.as_ref()
+                    .map(|n| format!(" to={}", encode_name(n)))
+                    .unwrap_or_default(),
+                crate::when::to_wire(*at),
+                if *wait { "" } else { " nowait" }
+            ),
         }
     }
 }
@@ -139,6 +178,10 @@ impl Request {
             Request::Check => "check",
             Request::Metrics => "metrics",
             Request::PhpSync => "php-sync",
+            Request::Prepare { .. } => "prepare",
+            Request::ActivateAt { .. } => "activate",
+            Request::Cancel => "cancel",
+            Request::RollbackAt { .. } => "rollback",
         }
     }
 
@@ -152,6 +195,10 @@ impl Request {
                 | Request::RollbackTo { .. }
                 | Request::Prune { .. }
                 | Request::PhpSync
+                | Request::Prepare { .. }
+                | Request::ActivateAt { .. }
+                | Request::Cancel
+                | Request::RollbackAt { .. }
         )
     }
 }
@@ -197,10 +244,22 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             };
             let name = decode_name(name)?;
             validate_release_name(&name)?;
+            if let Some(at) = rest.and_then(|r| r.strip_prefix("at=")) {
+                return parse_activate_at(name, at);
+            }
             Ok(Request::Activate {
                 name,
                 drain: parse_drain(rest)?,
             })
+        }
+        "prepare" => {
+            let name = decode_name(arg.ok_or("prepare needs a release name")?)?;
+            validate_release_name(&name)?;
+            Ok(Request::Prepare { name })
+        }
+        "cancel" if arg.is_none() => Ok(Request::Cancel),
+        "rollback" if arg.is_some_and(|a| a.starts_with("at=") || a.contains(" at=")) => {
+            parse_rollback_at(arg.unwrap_or_default())
         }
         "rollback" => match arg.and_then(|a| a.strip_prefix("to=")) {
             Some(to) => parse_rollback_to(to),
@@ -234,8 +293,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "php-sync" if arg.is_none() => Ok(Request::PhpSync),
         "" => Err("empty request".into()),
         _ => Err(format!(
-            "unknown request {:?} (expected activate, rollback, status, list, prune, ping, \
-             check, metrics or php-sync)",
+            "unknown request {:?} (expected activate, prepare, cancel, rollback, status, list, \
+             prune, ping, check, metrics or php-sync)",
             truncate(line, 60)
         )),
     }
@@ -252,6 +311,38 @@ fn parse_rollback_to(arg: &str) -> Result<Request, String> {
     Ok(Request::RollbackTo {
         name,
         drain: parse_drain(rest)?,
+    })
+}
+
+/// The arguments of `rollback [to=NAME] at=SECS.NANOS [nowait]`.
+fn parse_rollback_at(arg: &str) -> Result<Request, String> {
+    let (to, rest) = match arg.strip_prefix("to=") {
+        Some(tail) => {
+            let (name, rest) = tail.split_once(' ').unwrap_or((tail, ""));
+            let name = decode_name(name)?;
+            validate_release_name(&name)?;
+            (Some(name), rest)
+        }
+        None => (None, arg),
+    };
+    let at = rest.strip_prefix("at=").ok_or("expected at=SECS.NANOS")?;
+    match parse_activate_at(String::new(), at)? {
+        Request::ActivateAt { at, wait, .. } => Ok(Request::RollbackAt { to, at, wait }),
+        _ => Err("expected at=SECS.NANOS".into()),
+    }
+}
+
+/// The arguments of `activate NAME at=SECS.NANOS [nowait]` after `at=`.
+fn parse_activate_at(name: String, arg: &str) -> Result<Request, String> {
+    let (at, wait) = match arg.split_once(' ') {
+        Some((at, "nowait")) => (at, false),
+        Some((_, other)) => return Err(format!("unexpected argument {other:?} to activate")),
+        None => (arg, true),
+    };
+    Ok(Request::ActivateAt {
+        name,
+        at: crate::when::from_wire(at)?,
+        wait,
     })
 }
 
@@ -372,6 +463,30 @@ mod tests {
                 name: "7".into(),
                 drain: Some(5),
             },
+            Request::Prepare {
+                name: "7 drain=0".into(),
+            },
+            Request::ActivateAt {
+                name: "8".into(),
+                at: std::time::UNIX_EPOCH + std::time::Duration::new(1_796_166_000, 250_000_001),
+                wait: true,
+            },
+            Request::ActivateAt {
+                name: "8 at=1".into(),
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(5),
+                wait: false,
+            },
+            Request::Cancel,
+            Request::RollbackAt {
+                to: None,
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(5),
+                wait: true,
+            },
+            Request::RollbackAt {
+                to: Some("7 at=1".into()),
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(5),
+                wait: false,
+            },
         ] {
             assert_eq!(parse_request(req.to_line().as_bytes()), Ok(req));
         }
@@ -410,6 +525,17 @@ mod tests {
             b"activate a%0Ab",
             b"activate a%2Fb",
             b"activate %2E%2E",
+            b"prepare",
+            b"prepare ..",
+            b"cancel now",
+            b"activate 1 at=",
+            b"activate 1 at=soon",
+            b"activate 1 at=1.5 later",
+            b"activate 1 at=1.5 drain=3",
+            b"rollback at=x",
+            b"rollback to=.. at=1.0",
+            b"rollback at=1.0 drain=3",
+            b"rollback drain=3 at=1.0",
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }

@@ -8,7 +8,9 @@ use crate::life::keeper::{Attempt, Life};
 use crate::php::opcache::{LastRun, PoolStatus};
 use crate::switch::history::History;
 use crate::switch::record::LastSwitch;
+use crate::switch::pending::{Dropped, Pending};
 use crate::switch::usage::{ReleaseUsage, Status};
+use crate::when;
 
 /// `switchctl status`, as text or (`json`) one JSON object and a newline.
 pub fn status(st: &Status, json: bool) -> String {
@@ -32,7 +34,8 @@ fn status_text(st: &Status) -> String {
         "previous:     {}",
         st.previous.as_deref().unwrap_or("(none)")
     );
-    let _ = write!(out, "{}", history_text(&st.history, st.active.as_deref()));
+    let _ = write!(out, "{}", history_text(st));
+    out.push_str(&pending_text(st));
     let _ = writeln!(out, "releases dir: {}", st.releases_dir.display());
     let _ = writeln!(out, "mount point:  {}", st.mount_point.display());
     if let Some(problem) = &st.active_problem {
@@ -102,10 +105,23 @@ fn pool_text(pool: &PoolStatus) -> String {
     }
 }
 
-/// The `history:`, `rollback to:` and `rolled back:` lines of `status`.
-fn history_text(history: &History, active: Option<&str>) -> String {
-    let newest_first: Vec<&str> = history.entries().iter().rev().map(String::as_str).collect();
-    let target = active.and_then(|a| history.rollback_target(a));
+/// The `history:`, `rollback to:` and `rolled back:` lines of `status`. Releases whose
+/// directory is gone are marked `(gone)` and never named as the rollback target.
+fn history_text(st: &Status) -> String {
+    let history = &st.history;
+    let newest_first: Vec<String> = history
+        .entries()
+        .iter()
+        .rev()
+        .map(|n| {
+            if st.history_gone.contains(n) {
+                format!("{n} (gone)")
+            } else {
+                n.clone()
+            }
+        })
+        .collect();
+    let target = st.rollback_to.clone();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -128,10 +144,7 @@ fn history_text(history: &History, active: Option<&str>) -> String {
 }
 
 fn status_json(st: &Status) -> String {
-    let target = st
-        .active
-        .as_deref()
-        .and_then(|a| st.history.rollback_target(a));
+    let target = st.rollback_to.clone();
     let mut o = Object::new()
         .opt_str("active", st.active.as_deref())
         .str("since", &iso8601(st.since))
@@ -144,7 +157,13 @@ fn status_json(st: &Status) -> String {
         .raw("history", &json::str_array(&newest_first(&st.history)))
         .opt_str("rollback_to", target.as_deref())
         .raw("rolled_back", &json::str_array(st.history.rolled_back()))
-        .str("mode", st.mode);
+        .str("mode", st.mode)
+        .raw("history_gone", &json::str_array(&st.history_gone))
+        .raw("pending", &pending_json(st.pending.as_ref()))
+        .raw(
+            "pending_dropped",
+            &dropped_json(st.pending_dropped.as_ref()),
+        );
     if let Some(l) = &st.life {
         o = life_json(o, l);
     }
@@ -317,7 +336,7 @@ pub fn list_text(
     previous: Option<&str>,
     history: &History,
 ) -> String {
-    let target = active.and_then(|a| history.rollback_target(a));
+    let target = present_target(names, active, history);
     let mut out = String::new();
     for name in names {
         let mark = if Some(name.as_str()) == active {
@@ -352,7 +371,7 @@ pub fn list_json(
     previous: Option<&str>,
     history: &History,
 ) -> String {
-    let target = active.and_then(|a| history.rollback_target(a));
+    let target = present_target(names, active, history);
     let newest = newest_first(history);
     let items = names.iter().map(|n| {
         let position = newest.iter().position(|h| h == n);
@@ -369,6 +388,64 @@ pub fn list_json(
             .finish()
     });
     json::array(items) + "\n"
+}
+
+/// Where a rollback would go, among the releases present (`names`): a deleted release is
+/// never marked as the target (issue 20, finding 3).
+fn present_target(names: &[String], active: Option<&str>, history: &History) -> Option<String> {
+    let a = active?;
+    history
+        .rollback(a, None, |n| names.iter().any(|p| p == n))
+        .ok()
+        .map(|(t, _)| t)
+}
+
+// ---- A switch at an instant (issue 20): `pending:` and `dropped:` lines, JSON objects ----
+
+fn pending_text(st: &Status) -> String {
+    let mut out = String::new();
+    if let Some(p) = &st.pending {
+        let _ = writeln!(
+            out,
+            "pending:      {} (switchctl cancel drops it)",
+            p.describe()
+        );
+    }
+    if let Some(d) = &st.pending_dropped {
+        let _ = writeln!(
+            out,
+            "dropped:      the switch to {}: {} (at {})",
+            d.pending.describe(),
+            d.why,
+            iso8601(d.when)
+        );
+    }
+    out
+}
+
+fn pending_json(p: Option<&Pending>) -> String {
+    let Some(p) = p else {
+        return "null".into();
+    };
+    Object::new()
+        .str("release", &p.release)
+        .str("kind", p.kind.word())
+        .str("at", &when::micros(p.at))
+        .raw("at_unix", &when::to_wire(p.at))
+        .str("requested_by", &p.requested_by)
+        .str("requested_at", &when::micros(p.requested_at))
+        .finish()
+}
+
+fn dropped_json(d: Option<&Dropped>) -> String {
+    let Some(d) = d else {
+        return "null".into();
+    };
+    Object::new()
+        .raw("switch", &pending_json(Some(&d.pending)))
+        .str("why", &d.why)
+        .str("dropped_at", &iso8601(d.when))
+        .finish()
 }
 
 #[cfg(test)]

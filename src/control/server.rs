@@ -212,14 +212,19 @@ pub(crate) fn spawn(
     hooks: Hooks,
     access: Access,
 ) -> io::Result<Control> {
-    let server = Arc::new(Server {
+    let server = Arc::new_cyclic(|me| Server {
         switcher,
         php,
         hooks,
         access,
         slots: Mutex::new(Slots::default()),
         handover: Handover::default(),
+        me: me.clone(),
     });
+    // A switch a predecessor scheduled and this server re-armed (`Switcher::restore_pending`).
+    if let Some(id) = server.switcher.armed_id() {
+        server.start_timer(id);
+    }
     let accepting = server.clone();
     std::thread::Builder::new()
         .name("control".into())
@@ -235,6 +240,8 @@ struct Server {
     access: Access,
     slots: Mutex<Slots>,
     handover: Handover,
+    /// This server, for the timer threads of switches at an instant (`activate --at`).
+    me: std::sync::Weak<Server>,
 }
 
 /// Clients being served: in total and per user without switching rights.
@@ -427,6 +434,15 @@ impl Server {
             Request::Check => Ok(health::check(&self.status(), SystemTime::now()).1),
             Request::Metrics => Ok(metrics::render(&self.status(), SystemTime::now())),
             Request::PhpSync => return self.php_sync(&who),
+            Request::Prepare { name } => switch::prepare(switcher, self.php.as_ref(), &name),
+            Request::ActivateAt { name, at, wait } => {
+                return self.activate_at(Target::Release(&name), at, wait, &who, client);
+            }
+            Request::RollbackAt { to, at, wait } => {
+                let target = to.as_deref().map_or(Target::Back, Target::BackTo);
+                return self.activate_at(target, at, wait, &who, client);
+            }
+            Request::Cancel => switcher.cancel_pending(&who),
         };
         match result {
             Ok(body) => protocol::ok_response(&body),
@@ -657,6 +673,8 @@ impl Control {
         use std::sync::atomic::Ordering;
         let deadline = Instant::now() + timeout;
         self.0.handover.requested.store(true, Ordering::SeqCst);
+        // Clients waiting for a switch at an instant are answered; the successor re-arms it.
+        self.0.switcher.retire_schedule();
         if let Some((_, write)) = &self.0.handover.wake
             && let Ok(fd) = write.try_clone()
         {
@@ -667,6 +685,79 @@ impl Control {
             && (!self.0.handover.stopped.load(Ordering::SeqCst) || self.0.slots.lock().total > 0)
         {
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+// ---- A switch at an instant (issue 20): `activate NAME at=... [nowait]` ----
+
+impl Server {
+    /// Schedules the switch or rollback (checked now, like `prepare`), starts its timer thread, and
+    /// answers once it is scheduled (`nowait`) or once it ran, with the instant it was
+    /// published.
+    fn activate_at(
+        &self,
+        target: Target<'_>,
+        at: std::time::SystemTime,
+        wait: bool,
+        who: &str,
+        client: &UnixStream,
+    ) -> String {
+        // The PHP pools are checked before the switch lock is taken: they may be slow.
+        let checked = self
+            .switcher
+            .plan(target)
+            .and_then(|name| switch::prepare(&self.switcher, self.php.as_ref(), &name))
+            .and_then(|_| self.switcher.schedule_at(target, at, who));
+        let (id, pending) = match checked {
+            Ok(armed) => armed,
+            Err(msg) => {
+                log::warn!("scheduled switch refused: {msg}");
+                return protocol::error_response(&msg);
+            }
+        };
+        self.start_timer(id);
+        if !wait {
+            return protocol::ok_response(&format!(
+                "scheduled the switch to {} (switchctl cancel drops it)",
+                pending.describe()
+            ));
+        }
+        use crate::switch::pending::Ended;
+        let hung_up = || matches!(sys::wait_hangup(client.as_fd(), Duration::ZERO), Ok(true));
+        match self.switcher.wait_scheduled(id, &hung_up) {
+            Some(Ended::Ran {
+                partial: false,
+                message,
+                ..
+            }) => protocol::ok_response(&message),
+            Some(Ended::Ran { message, .. }) => protocol::partial_response(&message),
+            Some(Ended::Refused(msg)) => protocol::error_response(&msg),
+            Some(Ended::Cancelled) => protocol::error_response(&format!(
+                "the switch to {} was cancelled",
+                pending.describe()
+            )),
+            None => protocol::error_response(&format!(
+                "this server stopped or is being replaced (upgrade) before the instant; the \
+                 switch to {} stays scheduled for its successor: see switchctl status",
+                pending.describe()
+            )),
+        }
+    }
+
+    /// Starts the timer thread of switch `id` (`switch::scheduled::run`).
+    fn start_timer(&self, id: u64) {
+        let Some(server) = self.me.upgrade() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("switch-at".into())
+            .spawn(move || {
+                switch::scheduled::run(&server.switcher, server.php.as_ref(), &server.hooks, id)
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the timer of a scheduled switch: {e}");
+            let _ = self.switcher.cancel_pending("the server (no timer thread)");
         }
     }
 }

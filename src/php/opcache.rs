@@ -648,6 +648,51 @@ impl Php {
     }
 }
 
+// ---- `switchctl prepare` (issue 20): every pool reached and checked, nothing invalidated ----
+
+impl Php {
+    /// What `prepare NAME` checks of the pools: each is reached within `--php-timeout`, its
+    /// listener's owner checked (as `sync` does, before anything is sent), and what it caches
+    /// under the mount compared with `new` (read-only: nothing is invalidated). Nothing is
+    /// kept for the `activate` that follows: the pool caches more scripts until the switch,
+    /// so the switch lists them again rather than trust an older list.
+    ///
+    /// # Errors
+    /// The first pool that cannot be reached or is not served by its owner: one line.
+    pub(crate) fn prepare(&self, core: &dyn Docroot, new: &Arc<Release>) -> Result<String, String> {
+        let mut summary = Vec::new();
+        for pool in &self.pools {
+            let deadline = Instant::now() + self.timeout;
+            let fail = |e: String| format!("OPcache of {} cannot be told: {e}", pool.endpoint);
+            let conn = match &pool.endpoint {
+                Endpoint::Fpm(addr) => Some(self.connect_fpm(addr, deadline).map_err(fail)?),
+                Endpoint::Http(_) => None,
+            };
+            let listing = self
+                .call(&pool.endpoint, conn, "list", &[], deadline)
+                .map_err(fail)?;
+            let (cached, _) = parse_list(&listing, MAX_LISTED).map_err(fail)?;
+            let old = pool.state.lock().synced.clone();
+            let prefix = self.mount.as_os_str().as_bytes();
+            let under: Vec<(Option<i64>, &Path)> = cached
+                .iter()
+                .filter_map(|&(ts, path)| Some((ts, under_mount(path, prefix)?)))
+                .filter(|(_, rel)| rel.components().nth(MAX_DEPTH).is_none())
+                .collect();
+            let changed = under
+                .iter()
+                .filter(|(ts, rel)| script_changed(core, old.as_ref(), new, rel, *ts))
+                .count();
+            summary.push(format!(
+                "{}: {changed} of {} cached scripts would be invalidated",
+                pool.endpoint,
+                under.len()
+            ));
+        }
+        Ok(summary.join("; "))
+    }
+}
+
 /// One pool as `status` shows it.
 #[derive(Debug, Clone)]
 pub struct PoolStatus {

@@ -23,10 +23,12 @@ pub(crate) mod docroot;
 pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod names;
+pub(crate) mod pending;
 pub(crate) mod procscan;
 pub(crate) mod prune;
 pub(crate) mod record;
 pub(crate) mod release;
+pub(crate) mod scheduled;
 pub mod state;
 pub(crate) mod switcher;
 pub(crate) mod usage;
@@ -95,11 +97,8 @@ pub(crate) fn perform(
         ..Steps::default()
     };
     let mut message = sw.message.clone();
-    let mut problems = Vec::new();
-    // Step 5: OPcache first, so hooks (cache warmers) already run the new code.
-    let php_error = timed(&mut steps.php, || tell_php(switcher, php));
-    let hook_error = timed(&mut steps.hooks, || run_hooks(hooks, &sw));
-    problems.extend(php_error.iter().chain(&hook_error).cloned());
+    let told = after_publish(switcher, php, hooks, &sw, &mut steps);
+    let mut problems = told.problems();
     // Step 6: the drain wait, only when something was switched away from.
     if let (Some(secs), Some(previous)) = (drain, sw.from.as_deref()) {
         let drained = timed(&mut steps.drain, || {
@@ -122,15 +121,7 @@ pub(crate) fn perform(
             }
         }
     }
-    switcher.record().switched(LastSwitch {
-        at,
-        from: sw.from.clone(),
-        to: sw.to.clone(),
-        took: started.elapsed(),
-        steps,
-        php_failed: php_error.is_some(),
-        hook_error,
-    });
+    record_switch(switcher, at, started.elapsed(), &sw, steps, told);
     // Step 7: the answer.
     if problems.is_empty() {
         Outcome::Done(message)
@@ -172,6 +163,87 @@ fn retry_php_if_failed(switcher: &Switcher, php: Option<&Php>, message: String) 
 /// One line naming each pool that failed and why (as `activate` reports it).
 pub(crate) fn php_sync(switcher: &Switcher, php: &Php) -> Result<(), String> {
     php.sync_current(switcher.docroot(), &|| switcher.active().release.clone())
+}
+
+/// What step 5 (OPcache, then hooks) reported.
+pub(crate) struct Told {
+    pub(crate) php_error: Option<String>,
+    pub(crate) hook_error: Option<String>,
+}
+
+impl Told {
+    /// The failures, for the answer.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        self.php_error.iter().chain(&self.hook_error).cloned().collect()
+    }
+}
+
+/// Step 5, after any switch (now or at an instant, `scheduled`): OPcache first, so hooks
+/// (cache warmers) already run the new code; how long each took goes into `steps`.
+pub(crate) fn after_publish(
+    switcher: &Switcher,
+    php: Option<&Php>,
+    hooks: &Hooks,
+    sw: &Switched,
+    steps: &mut Steps,
+) -> Told {
+    if !sw.changed {
+        return Told {
+            php_error: None,
+            hook_error: None,
+        };
+    }
+    let php_error = timed(&mut steps.php, || tell_php(switcher, php));
+    let hook_error = timed(&mut steps.hooks, || run_hooks(hooks, sw));
+    Told {
+        php_error,
+        hook_error,
+    }
+}
+
+/// Records a switch that changed the release, for `status` and monitoring (`record`).
+pub(crate) fn record_switch(
+    switcher: &Switcher,
+    at: SystemTime,
+    took: Duration,
+    sw: &Switched,
+    steps: Steps,
+    told: Told,
+) {
+    switcher.record().switched(LastSwitch {
+        at,
+        from: sw.from.clone(),
+        to: sw.to.clone(),
+        took,
+        steps,
+        php_failed: told.php_error.is_some(),
+        hook_error: told.hook_error,
+    });
+}
+
+/// `prepare NAME`: every check `activate NAME` would do, changing nothing: the release (see
+/// `Switcher::prepare`), then each PHP pool reached, its owner checked and what it caches
+/// compared with the release (`Php::prepare`).
+///
+/// # Errors
+/// The first reason an `activate` would fail now (or be partial: a pool unreachable).
+pub(crate) fn prepare(
+    switcher: &Switcher,
+    php: Option<&Php>,
+    name: &str,
+) -> Result<String, String> {
+    let release = switcher.prepare(name)?;
+    let active = switcher.active();
+    let mut message = if active.name() == Some(name) {
+        format!("release {name} is already active; activate would check it again")
+    } else {
+        format!("release {name} can be activated")
+    };
+    if let Some(php) = php.filter(|p| !p.is_empty()) {
+        let pools = php.prepare(switcher.docroot(), &release)?;
+        message.push_str(&format!("; {pools}"));
+    }
+    Ok(message)
 }
 
 /// Step 5a: tells the PHP pools which scripts the switch changed (`--php-fpm`, `--php-http`).

@@ -14,7 +14,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -403,6 +403,75 @@ impl StateFile {
                 Err(e)
             }
         }
+    }
+}
+
+// ---- The pending switch's file beside the state file (issue 20, `switch::pending`) ----
+
+impl StateFile {
+    /// `<state>.pending`.
+    fn pending_name(&self) -> io::Result<OsString> {
+        let mut name = file_name(&self.path)?.to_os_string();
+        name.push(".pending");
+        Ok(name)
+    }
+
+    /// Makes `text` the pending switch's file, durably (temporary file, fsync, rename, fsync
+    /// of the directory, all through the state directory's descriptor, as `create`); `None`
+    /// deletes it (and syncs the directory), so a restart never finds a switch that ended.
+    ///
+    /// # Errors
+    /// Any failure to write, rename, delete or sync.
+    pub fn save_pending(&self, text: Option<&str>) -> io::Result<()> {
+        let dir = self.dir()?;
+        let name = self.pending_name()?;
+        let Some(text) = text else {
+            return match sys::unlink_at(dir.as_fd(), &name, false) {
+                Ok(()) => sys::fsync(dir.as_fd()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+        };
+        let (mut file, tmp) = create_temporary(dir.as_fd(), &self.path_name_for_tmp()?)?;
+        let result = (|| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            sys::rename_at(dir.as_fd(), &tmp, &name)?;
+            sys::fsync(dir.as_fd())
+        })();
+        if result.is_err() {
+            let _ = sys::unlink_at(dir.as_fd(), &tmp, false);
+        }
+        result
+    }
+
+    /// The temporaries of the pending file are named like the state file's (`.<state>.tmp.`),
+    /// so `remove_stale_temporaries` clears those a crash left too.
+    fn path_name_for_tmp(&self) -> io::Result<OsString> {
+        Ok(file_name(&self.path)?.to_os_string())
+    }
+
+    /// The pending switch's file, opened without following links; `None` when there is none.
+    ///
+    /// # Errors
+    /// It cannot be read, or is not a plain file of ours (not trusted: whoever wrote it
+    /// could choose what is served).
+    pub fn load_pending(&self) -> io::Result<Option<String>> {
+        let dir = match self.dir() {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let name = self.pending_name()?;
+        let file = match open_existing(dir.as_fd(), &name) {
+            Ok((file, _)) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        check_own_plain_file(&file).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut text = String::new();
+        io::Read::take(&file, 4096).read_to_string(&mut text)?;
+        Ok(Some(text))
     }
 }
 

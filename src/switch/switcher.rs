@@ -74,15 +74,15 @@ impl Switched {
 }
 
 /// Proof that the switch lock is held, for the steps that need it.
-struct SwitchGuard<'a> {
+pub(super) struct SwitchGuard<'a> {
     _held: MutexGuard<'a, ()>,
 }
 
 pub(crate) struct Switcher {
     docroot: Arc<dyn Docroot>,
-    releases: ReleaseSet,
+    pub(super) releases: ReleaseSet,
     config: SwitchConfig,
-    state: StateFile,
+    pub(super) state: StateFile,
     /// Serialises switches, prune and shutdown; never taken by FUSE workers, so it may be
     /// held across kernel notifications.
     lock: Mutex<()>,
@@ -96,6 +96,8 @@ pub(crate) struct Switcher {
     stopping: AtomicBool,
     /// Monitoring: the switch counter and the last switch (`switch::record`).
     record: Record,
+    /// The switch scheduled for an instant, if any (`switch::scheduled`).
+    pub(super) schedule: crate::switch::pending::Schedule,
 }
 
 impl Switcher {
@@ -134,8 +136,10 @@ impl Switcher {
             last_used: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             record: Record::default(),
+            schedule: Default::default(),
         };
         switcher.restore(initial)?;
+        switcher.restore_pending();
         Ok(switcher)
     }
 
@@ -246,10 +250,18 @@ impl Switcher {
         })
     }
 
-    fn lock(&self) -> SwitchGuard<'_> {
+    pub(super) fn lock(&self) -> SwitchGuard<'_> {
         SwitchGuard {
             _held: self.lock.lock(),
         }
+    }
+
+    /// The switch lock, if it can be had within `wait` (a switch at an instant gives up
+    /// rather than run late behind a long prune).
+    pub(super) fn try_lock_for(&self, wait: Duration) -> Option<SwitchGuard<'_>> {
+        self.lock
+            .try_lock_for(wait)
+            .map(|held| SwitchGuard { _held: held })
     }
 
     /// Makes release `name` active: validate, persist, publish, invalidate. Returns the line
@@ -259,6 +271,7 @@ impl Switcher {
     /// A one-line message; the active release is then unchanged.
     pub(crate) fn activate(&self, name: &str, who: &str) -> Result<Switched, String> {
         let guard = self.lock();
+        self.refuse_if_pending()?;
         self.activate_held(&guard, name, who, None)
     }
 
@@ -270,18 +283,28 @@ impl Switcher {
     /// Nothing to roll back to, or the switch fails; the history is then unchanged.
     pub(crate) fn rollback(&self, to: Option<&str>, who: &str) -> Result<Switched, String> {
         let guard = self.lock();
+        self.refuse_if_pending()?;
         let current = self.active();
         let current = current
             .name()
             .ok_or("no release is active, so there is nothing to roll back from")?;
         let exists = |name: &str| self.releases.open_release(name).is_ok();
-        let (target, after) = self.history.lock().rollback(current, to, exists)?;
-        self.activate_held(&guard, &target, who, Some(after))
+        let history = self.history();
+        let (target, after) = history.rollback(current, to, exists)?;
+        let mut sw = self.activate_held(&guard, &target, who, Some(after))?;
+        let skipped = skipped_deleted(&history, current, &target, &exists);
+        if !skipped.is_empty() {
+            sw.message.push_str(&format!(
+                " (skipped {}: the directory is gone)",
+                skipped.join(", ")
+            ));
+        }
+        Ok(sw)
     }
 
     /// The switch to `name` under the held lock; `planned` is the history a rollback wants
     /// recorded instead of `name` appended to the current one.
-    fn activate_held(
+    pub(super) fn activate_held(
         &self,
         _guard: &SwitchGuard<'_>,
         name: &str,
@@ -319,7 +342,9 @@ impl Switcher {
             _ => self.history.lock().activated(name),
         };
         let before = self.history();
+        let validated = Instant::now();
         self.persist(name, previous.as_deref(), history)?;
+        let persisted = Instant::now();
         // 3. Publish, once what processes hold of the old release can no longer be lost;
         // 4. the docroot drops what the kernel may cache from before.
         self.docroot.pin_held();
@@ -330,6 +355,11 @@ impl Switcher {
                 current.name().unwrap_or("(none)")
             ));
         }
+        log::debug!(
+            "switch to {name}: persisted in {:.3} ms, published in {:.3} ms",
+            (persisted - validated).as_secs_f64() * 1000.0,
+            persisted.elapsed().as_secs_f64() * 1000.0
+        );
         Ok(Switched::done(name, previous, reactivated, who))
     }
 
@@ -399,7 +429,7 @@ impl Switcher {
         self.state.unlock();
     }
 
-    fn refuse_if_stopping(&self) -> Result<(), String> {
+    pub(super) fn refuse_if_stopping(&self) -> Result<(), String> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err("this switchfs is shutting down; nothing was changed".into());
         }
@@ -422,9 +452,12 @@ impl Switcher {
         let active = self.active();
         let usage = self.usage();
         let spared = [active.name(), active.previous.as_deref()];
+        let pending = self.schedule.current().map(|(_, p)| p.release);
         let kept = |name: &str| {
             if spared.contains(&Some(name)) {
                 Some("active or previous".to_string())
+            } else if pending.as_deref() == Some(name) {
+                Some("a switch to it is pending".to_string())
             } else if usage.get(name).is_some_and(Use::in_use) {
                 Some("still in use".to_string())
             } else {
@@ -478,12 +511,28 @@ impl Switcher {
         let now_used = self.usage();
         let present: HashSet<String> = self.list().unwrap_or_default().into_iter().collect();
         let last_used = self.last_used.lock().clone();
+        let history = self.history();
+        let exists = |name: &str| self.releases.open_release(name).is_ok();
+        let rollback_to = active.name().and_then(|a| {
+            history
+                .rollback(a, None, exists)
+                .ok()
+                .map(|(target, _)| target)
+        });
+        let mut seen = HashSet::new();
+        let history_gone: Vec<String> = history
+            .entries()
+            .iter()
+            .filter(|n| !present.contains(*n) && seen.insert(n.as_str()))
+            .cloned()
+            .collect();
+        let (pending, pending_dropped) = self.pending();
         Status {
             mode: self.docroot.mode(),
             active: active.name().map(str::to_string),
             since: active.since,
             previous: active.previous.clone(),
-            history: self.history(),
+            history,
             releases_dir: self.releases.path().to_path_buf(),
             mount_point: self.config.mount_point.clone(),
             active_problem,
@@ -492,8 +541,32 @@ impl Switcher {
             php_pools: Vec::new(),
             switches: self.record.switches(),
             last_switch: self.record.last(),
+            rollback_to,
+            history_gone,
+            pending,
+            pending_dropped,
         }
     }
+}
+
+/// The releases a rollback from `current` to `target` passed over because their directories
+/// are gone (newest first), so the operator knows why it went further back.
+fn skipped_deleted(
+    history: &History,
+    current: &str,
+    target: &str,
+    exists: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut skipped: Vec<String> = Vec::new();
+    for name in history.entries().iter().rev() {
+        if name == target {
+            break;
+        }
+        if name != current && !exists(name) && !skipped.contains(name) {
+            skipped.push(name.clone());
+        }
+    }
+    skipped
 }
 
 /// The history a restarted daemon resumes: as persisted, ending with the active release.

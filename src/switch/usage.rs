@@ -66,6 +66,14 @@ pub struct Status {
     pub switches: u64,
     /// The last of them (`switch::record`).
     pub last_switch: Option<LastSwitch>,
+    // ---- issue 20 ----
+    /// Where `rollback` would go now: deleted releases skipped, as `rollback` skips them.
+    pub rollback_to: Option<String>,
+    /// History entries whose directory is gone (pruned, or deleted by a deploy tool).
+    pub history_gone: Vec<String>,
+    /// The switch scheduled for an instant (`activate --at`), and the last one dropped.
+    pub pending: Option<crate::switch::pending::Pending>,
+    pub pending_dropped: Option<crate::switch::pending::Dropped>,
 }
 
 /// What is wrong with the active release `rel`, if its directory was deleted, or renamed or

@@ -21,3 +21,4 @@ mod permissions;
 mod rollback;
 mod status_output;
 mod switch_races;
+mod two_phase;

@@ -1,10 +1,11 @@
 //! README "Usage", `switchctl status` and `list`: their text and JSON stay byte for byte what
 //! scripts parse. Golden strings, with the fixture's path, times and pids normalized, for a
 //! daemon that activated 1, 2, 3, rolled back to 2 and has a file of 2 held open. Taken
-//! before `Switcher` and `json::Object` replaced the hand-made JSON; added since, each after
-//! every older field: `mode` (the data plane, `Docroot::mode`), then schema 2's monitoring
-//! fields (`version` to `last_switch`; the version, millisecond times and durations are
-//! normalized too).
+//! before `Switcher` and `json::Object` replaced the hand-made JSON; added since: `mode` (the
+//! data plane, `Docroot::mode`), `history_gone`, `pending` and `pending_dropped` (the two
+//! phases; the text gains lines only when there is something to say), `last_upgrade`, then
+//! schema 2's monitoring fields (`version` to `last_switch`; the version, millisecond times
+//! and durations are normalized too).
 
 use crate::common::*;
 
@@ -130,6 +131,6 @@ fn status_and_list_read_as_they_always_have() {
 }
 
 const STATUS_TEXT: &str = "active:       2 (since TIME)\nprevious:     3\nhistory:      2, 1 (newest first)\nrollback to:  1\nrolled back:  3\nreleases dir: FX/releases\nmount point:  FX/mnt\nserver pid:   N (since TIME; main pid N, 0 restarts, 0 upgrades)\nreleases:\n    1: unused since TIME (N inodes cached by the kernel)\n  * 2: active: 1 open files, 0 working dirs, 0 maps, 0 open handles (N inodes cached by the kernel)\n    3: unused since TIME (N inodes cached by the kernel)\n";
-const STATUS_JSON: &str = "{\"active\":\"2\",\"since\":\"TIME\",\"since_unix\":N,\"previous\":\"3\",\"releases_dir\":\"FX/releases\",\"mount_point\":\"FX/mnt\",\"problem\":null,\"releases\":[{\"name\":\"1\",\"active\":false,\"present\":true,\"in_use\":false,\"open_files\":0,\"working_dirs\":0,\"maps\":0,\"open_handles\":0,\"cached_inodes\":N,\"unused_since\":\"TIME\"},{\"name\":\"2\",\"active\":true,\"present\":true,\"in_use\":true,\"open_files\":1,\"working_dirs\":0,\"maps\":0,\"open_handles\":0,\"cached_inodes\":N,\"unused_since\":null},{\"name\":\"3\",\"active\":false,\"present\":true,\"in_use\":false,\"open_files\":0,\"working_dirs\":0,\"maps\":0,\"open_handles\":0,\"cached_inodes\":N,\"unused_since\":\"TIME\"}],\"history\":[\"2\",\"1\"],\"rollback_to\":\"1\",\"rolled_back\":[\"3\"],\"mode\":\"fuse\",\"pid\":N,\"main_pid\":N,\"started\":\"TIME\",\"started_unix\":N,\"restarts\":0,\"upgrades\":0,\"last_upgrade\":null,\"version\":\"VERSION\",\"schema\":2,\"since_unix_ms\":N,\"started_unix_ms\":N,\"restarted_at_unix_ms\":[],\"switches\":3,\"last_switch\":{\"at\":\"TIME_MS\",\"at_unix_ms\":N,\"from\":\"3\",\"to\":\"2\",\"took_ms\":MS,\"steps\":{\"switch_ms\":MS,\"php_ms\":MS,\"hooks_ms\":MS,\"drain_ms\":MS},\"php_failed\":false,\"hook_error\":null}}\n";
+const STATUS_JSON: &str = "{\"active\":\"2\",\"since\":\"TIME\",\"since_unix\":N,\"previous\":\"3\",\"releases_dir\":\"FX/releases\",\"mount_point\":\"FX/mnt\",\"problem\":null,\"releases\":[{\"name\":\"1\",\"active\":false,\"present\":true,\"in_use\":false,\"open_files\":0,\"working_dirs\":0,\"maps\":0,\"open_handles\":0,\"cached_inodes\":N,\"unused_since\":\"TIME\"},{\"name\":\"2\",\"active\":true,\"present\":true,\"in_use\":true,\"open_files\":1,\"working_dirs\":0,\"maps\":0,\"open_handles\":0,\"cached_inodes\":N,\"unused_since\":null},{\"name\":\"3\",\"active\":false,\"present\":true,\"in_use\":false,\"open_files\":0,\"working_dirs\":0,\"maps\":0,\"open_handles\":0,\"cached_inodes\":N,\"unused_since\":\"TIME\"}],\"history\":[\"2\",\"1\"],\"rollback_to\":\"1\",\"rolled_back\":[\"3\"],\"mode\":\"fuse\",\"history_gone\":[],\"pending\":null,\"pending_dropped\":null,\"pid\":N,\"main_pid\":N,\"started\":\"TIME\",\"started_unix\":N,\"restarts\":0,\"upgrades\":0,\"last_upgrade\":null,\"version\":\"VERSION\",\"schema\":2,\"since_unix_ms\":N,\"started_unix_ms\":N,\"restarted_at_unix_ms\":[],\"switches\":3,\"last_switch\":{\"at\":\"TIME_MS\",\"at_unix_ms\":N,\"from\":\"3\",\"to\":\"2\",\"took_ms\":MS,\"steps\":{\"switch_ms\":MS,\"php_ms\":MS,\"hooks_ms\":MS,\"drain_ms\":MS},\"php_failed\":false,\"hook_error\":null}}\n";
 const LIST_TEXT: &str = "  1 (rollback target)\n* 2 (active)\n  3 (previous) (rolled back)\n";
 const LIST_JSON: &str = "[{\"name\":\"1\",\"active\":false,\"previous\":false,\"history\":1,\"rollback_target\":true,\"rolled_back\":false},{\"name\":\"2\",\"active\":true,\"previous\":false,\"history\":0,\"rollback_target\":false,\"rolled_back\":false},{\"name\":\"3\",\"active\":false,\"previous\":true,\"history\":null,\"rollback_target\":false,\"rolled_back\":true}]\n";

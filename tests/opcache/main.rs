@@ -18,6 +18,7 @@ mod failing_pools;
 mod flooding_pools;
 mod hostile_pools;
 mod next_request;
+mod two_phase;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
