@@ -181,6 +181,10 @@ mod tests {
             php_pools: Vec::new(),
             switches: 2,
             last_switch: None,
+            rollback_to: None,
+            history_gone: Vec::new(),
+            pending: None,
+            pending_dropped: None,
         }
     }
 

@@ -7,8 +7,8 @@ use crate::json::{self, Object, iso8601, iso8601_millis, unix_millis, unix_secs}
 use crate::life::keeper::{Attempt, Life};
 use crate::php::opcache::{LastRun, PoolStatus};
 use crate::switch::history::History;
-use crate::switch::record::LastSwitch;
 use crate::switch::pending::{Dropped, Pending};
+use crate::switch::record::LastSwitch;
 use crate::switch::usage::{ReleaseUsage, Status};
 use crate::when;
 

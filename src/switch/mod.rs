@@ -174,7 +174,11 @@ pub(crate) struct Told {
 impl Told {
     /// The failures, for the answer.
     pub(crate) fn problems(&self) -> Vec<String> {
-        self.php_error.iter().chain(&self.hook_error).cloned().collect()
+        self.php_error
+            .iter()
+            .chain(&self.hook_error)
+            .cloned()
+            .collect()
     }
 }
 
