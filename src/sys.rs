@@ -1162,7 +1162,6 @@ pub fn write_message(fd: BorrowedFd<'_>, msg: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-
 // ==== Bind-mode data plane (src/bind/): the new mount API, mount ids, the namespace probe ====
 // libc 0.2 has the syscall numbers but not these flags; each is copied from the kernel header
 // named beside it.

@@ -34,6 +34,7 @@ fn status_text(st: &Status) -> String {
     let _ = write!(out, "{}", history_text(&st.history, st.active.as_deref()));
     let _ = writeln!(out, "releases dir: {}", st.releases_dir.display());
     let _ = writeln!(out, "mount point:  {}", st.mount_point.display());
+    let _ = writeln!(out, "mode:         {}", st.mode);
     if let Some(problem) = &st.active_problem {
         let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
     }
