@@ -120,6 +120,10 @@ pub struct BindDocroot {
     detached: Vec<ReleaseMount>,
     /// Copies of our mounts in other mount namespaces, learned from their mountinfo.
     copies: usage::Copies,
+    /// Release directories (`(st_dev, st_ino)`) whose links passed the check: a switch back
+    /// (a rollback) does not walk the whole release again. A release is not changed once
+    /// published; a link added to one afterwards is not checked again.
+    links_checked: std::collections::HashSet<(u64, u64)>,
 }
 
 impl BindDocroot {
