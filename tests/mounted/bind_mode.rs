@@ -121,13 +121,6 @@ fn a_held_file_and_a_working_directory_keep_their_release_and_wait_drain_waits()
     release.join().unwrap();
     holder.wait().unwrap();
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
-    // The detached mounts are gone from the kernel once nothing holds them: the daemon's
-    // usage scan forgets them, so status lists nothing held.
-    let json = stdout(&fx.ctl(&["status", "--json"]));
-    assert!(
-        json.contains("\"open_files\":0,\"working_dirs\":0,\"maps\":0"),
-        "{json}"
-    );
 }
 
 #[test]
@@ -153,16 +146,10 @@ fn sigkill_leaves_the_docroot_serving_and_a_new_daemon_adopts_it() {
 
     // A plain stop leaves it serving too, for the next start.
     let mut d2 = d2;
-    assert!(d2.stop_with(libc::SIGTERM).success());
+    let status = d2.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}: {}", d2.log_text());
     std::mem::forget(d2);
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
-    // The detached mounts are gone from the kernel once nothing holds them: the daemon's
-    // usage scan forgets them, so status lists nothing held.
-    let json = stdout(&fx.ctl(&["status", "--json"]));
-    assert!(
-        json.contains("\"open_files\":0,\"working_dirs\":0,\"maps\":0"),
-        "{json}"
-    );
 }
 
 #[test]
@@ -204,13 +191,6 @@ fn a_relative_link_leaving_the_release_is_refused_with_one_line() {
     );
     assert_eq!(fx.active(), "1");
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
-    // The detached mounts are gone from the kernel once nothing holds them: the daemon's
-    // usage scan forgets them, so status lists nothing held.
-    let json = stdout(&fx.ctl(&["status", "--json"]));
-    assert!(
-        json.contains("\"open_files\":0,\"working_dirs\":0,\"maps\":0"),
-        "{json}"
-    );
 }
 
 #[test]
