@@ -54,7 +54,15 @@ impl BindPlane {
         let inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
             .name("bind-copies".into())
-            .spawn(move || inner.lock().learn_copies());
+            .spawn(move || {
+                // The /proc walk runs without the lock: a switch or a status meanwhile must
+                // not wait for it.
+                let Some(query) = inner.lock().copies_query() else {
+                    return;
+                };
+                let found = query.scan();
+                inner.lock().add_copies(found);
+            });
         if let Err(e) = spawned {
             log::warn!("cannot start learning mount copies of other namespaces: {e}");
         }
