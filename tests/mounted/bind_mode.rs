@@ -285,3 +285,31 @@ fn a_thousand_switches_leave_one_mount_and_no_growth() {
         "{json}"
     );
 }
+
+#[test]
+fn a_release_replaced_by_a_symlink_is_refused_and_nobody_cannot_switch() {
+    let fx = Fixture::bind("bm-symlink");
+    fx.two_releases();
+    fx.open_up_for_others();
+    let _d = fx.start(&["--initial", "1"]);
+    // Only the daemon's own control users may make it mount anything.
+    let sock = fx.socket().to_string_lossy().into_owned();
+    let out = as_nobody(&[
+        crate::common::SWITCHCTL,
+        "--control",
+        &sock,
+        "activate",
+        "2",
+    ]);
+    let err = one_line_error(&out);
+    assert!(!err.is_empty());
+    assert_eq!(fx.active(), "1");
+    // A release directory swapped for a link (to another release, or anywhere) is refused.
+    std::fs::rename(fx.releases().join("2"), fx.root.join("two")).unwrap();
+    std::os::unix::fs::symlink(fx.root.join("two"), fx.releases().join("2")).unwrap();
+    let err = one_line_error(&fx.ctl(&["activate", "2"]));
+    assert!(err.contains('2'), "{err}");
+    assert_eq!(fx.active(), "1");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+    assert_eq!(mounts_at(&fx.mnt()), 1);
+}
