@@ -138,10 +138,24 @@ struct Cli {
     /// -a` finds the line mounted. Letters, digits and `/._:@+=-` only.
     #[arg(long, value_name = "NAME", value_parser = mount_source)]
     source: Option<String>,
+    /// How the docroot is presented: `fuse` (a FUSE mount; any kernel; working directories
+    /// follow the switch) or `bind` (a read-only bind mount of the active release swapped
+    /// with MOVE_MOUNT_BENEATH: native speed, Linux 6.5+, the daemon is not in the data
+    /// path and stopping it leaves the mount serving; `umount` removes it).
+    #[arg(long, value_name = "MODE", default_value = "fuse", value_parser = mode)]
+    mode: daemon::Mode,
 }
 
 fn mount_source(s: &str) -> Result<String, String> {
     switchfs::mounts::check_source(s).map(|()| s.to_string())
+}
+
+fn mode(s: &str) -> Result<daemon::Mode, String> {
+    match s {
+        "fuse" => Ok(daemon::Mode::Fuse),
+        "bind" => Ok(daemon::Mode::Bind),
+        _ => Err("must be fuse or bind".into()),
+    }
 }
 
 fn existing_dir(s: &str) -> Result<PathBuf, String> {
@@ -211,6 +225,7 @@ fn main() -> ExitCode {
             http_owner: cli.php_http_owner,
         },
         source: cli.source,
+        mode: cli.mode,
     };
     match daemon::run(args) {
         Ok(code) => ExitCode::from(code),

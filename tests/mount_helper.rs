@@ -681,3 +681,33 @@ fn a_helper_mount_logs_no_false_warnings() {
     let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert!(warns.is_empty(), "false warnings: {warns:?}\n{log}");
 }
+
+#[test]
+fn mode_bind_mounts_a_read_only_bind_mount_and_umount_stops_the_daemon() {
+    let _helper = install_helper();
+    let fx = Fixture::bind("mh-bind");
+    fx.two_releases();
+    let _cleanup = Detached(fx.mnt());
+    let opts = format!("mode=bind,initial=1,{}", own_paths(&fx));
+    let out = mount_t(&opts, &fx.releases().to_string_lossy(), &fx.mnt());
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "mount -t -o mode=bind: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The release's own filesystem, read-only, nosuid, nodev: no FUSE in the data path.
+    assert_ne!(findmnt(&fx.mnt(), "FSTYPE"), "fuse.switchfs");
+    let options = findmnt(&fx.mnt(), "OPTIONS");
+    for want in ["ro", "nosuid", "nodev"] {
+        assert!(options.split(',').any(|o| o == want), "{options}");
+    }
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+    let pid = daemon_pid(&fx.mnt()).expect("no switchfs process serves the mount");
+    fx.activate("2");
+    assert_eq!(fx.read("index.php"), "<?php echo 'release 2';");
+
+    umount(&fx.mnt());
+    assert_ends(pid);
+    assert!(!is_mounted(&fx.mnt()));
+    assert_eq!(persisted(&fx.state()), "active=2 previous=1");
+}

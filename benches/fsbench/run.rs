@@ -42,8 +42,14 @@ pub(crate) fn run(args: &Args) -> Res<()> {
         Some(tracer) => Some(trace_workloads(tracer, &works, &targets)?),
         None => None,
     };
-    let (switch_json, daemon_json) = switch_part(args, &targets, &rows, tracer.as_ref())?;
+    let (mut switch_json, daemon_json) = switch_part(args, &targets, &rows, tracer.as_ref())?;
+    let bind_json = bind_switch_part(args, &targets, &rows)?;
     drop(tracer);
+    if switch_json != "null" && bind_json != "null" {
+        // One more key in the switchfs target's object: the bind-mode daemon's switch cost.
+        switch_json.pop();
+        switch_json.push_str(&format!(",\"bind_mode\":{bind_json}}}"));
+    }
     let (json, chart) = (
         run_json(
             &tree,
@@ -272,6 +278,36 @@ fn switch_part(
         daemon_json = st.json();
     }
     Ok((switch_json, daemon_json))
+}
+
+/// The switch cost of a second daemon, the `--mode bind` one (`--bind-target NAME` and
+/// `--bind-control SOCK`, with `--switchctl`): the same series as for the FUSE target.
+fn bind_switch_part(args: &Args, targets: &[Target], rows: &[Row]) -> Res<String> {
+    let (Some(bin), Some(name), Some(sock)) = (
+        args.get("switchctl"),
+        args.get("bind-target"),
+        args.get("bind-control"),
+    ) else {
+        return Ok("null".into());
+    };
+    let sw = targets
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| format!("no target named {name}"))?;
+    let scratch = PathBuf::from(args.req("scratch")?);
+    let switches = args.num("switches", 200)? as usize;
+    let native = median(&rows_for(rows, Work::Stat, false)[0]);
+    let warm = median(&rows_for(rows, Work::Stat, false)[index_of(targets, name)]);
+    let cold = median(&rows_for(rows, Work::Stat, true)[index_of(targets, name)]);
+    switch_cost(
+        bin,
+        sock,
+        sw,
+        switches,
+        &scratch,
+        None,
+        (native, warm, cold),
+    )
 }
 
 /// The chart data gnuplot draws: per workload and cache state, each target's median

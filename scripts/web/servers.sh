@@ -93,7 +93,8 @@ start_switchfs() {
   local initial=$1 _
   shift
   mkdir -p "$W/docroot"
-  chmod 0755 "$W/docroot"
+  # Not when a bind-mode docroot is already mounted there (read-only; a restart adopts it).
+  mountpoint -q "$W/docroot" || chmod 0755 "$W/docroot"
   # NOTIFY_SOCKET is cleared so a suite started under systemd does not notify systemd.
   # SWITCHFS_LOG=info logs each OPcache invalidation per pool (with its duration).
   # SWITCHFS_EXE: the copy phase L replaces to upgrade (default: the built binary).

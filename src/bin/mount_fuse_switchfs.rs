@@ -31,7 +31,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// cannot contain commas; write a space in fstab as \040. mount(8)'s own options (defaults,
 /// rw, ro, auto, noauto, nofail, _netdev, user, dev, suid, exec, atime options, x-*, ...) are
 /// ignored: switchfs is always read-only, nosuid and nodev. noexec is refused. An absolute
-/// SOURCE is the releases directory; any other SOURCE (switchfs) is a label.
+/// SOURCE is the releases directory; any other SOURCE (switchfs) is a label. `mode=bind`
+/// serves a read-only bind mount of the active release instead of a FUSE mount (Linux 6.5+;
+/// findmnt then shows the releases' own filesystem type); `umount` removes it and stops the
+/// daemon there too.
 ///
 /// The daemon runs in its own session, in the background, and logs to
 /// /var/log/switchfs/<mount>-<hash>.log (root) or the file given with log=FILE. The helper

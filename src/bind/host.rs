@@ -99,16 +99,21 @@ pub fn probe_move_mount_beneath(scratch: &Path) -> Result<(), String> {
     let scratch = scratch.to_path_buf();
     let probe = std::thread::Builder::new()
         .name("beneath-probe".into())
-        .spawn(move || -> std::io::Result<()> {
+        .spawn(move || -> std::io::Result<std::io::Result<()>> {
             sys::enter_private_mount_namespace()?;
-            sys::mount_scratch_tmpfs(&scratch)?;
-            let clone = sys::open_tree_clone_path(&scratch)?;
-            sys::attach_mount_beneath_path(clone.as_fd(), &scratch)
+            Ok(attach_beneath_scratch(&scratch))
         })
         .map_err(|e| format!("cannot start the kernel probe: {e}"))?;
-    let result = probe
+    let result = match probe
         .join()
-        .map_err(|_| "the kernel probe panicked".to_string())?;
+        .map_err(|_| "the kernel probe panicked".to_string())?
+    {
+        Ok(probed) => probed,
+        // A sandbox that forbids new namespaces (systemd's RestrictNamespaces=yes): judge by
+        // the kernel's version; a kernel without the flag still fails the first switch cleanly.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => return version_has_beneath(),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(()) => Ok(()),
         Err(e)
@@ -125,6 +130,33 @@ pub fn probe_move_mount_beneath(scratch: &Path) -> Result<(), String> {
             sys::kernel_release()
         )),
     }
+}
+
+/// In the probe's private namespace: a scratch tmpfs on `scratch`, a clone of it beneath.
+fn attach_beneath_scratch(scratch: &Path) -> std::io::Result<()> {
+    sys::mount_scratch_tmpfs(scratch)?;
+    let clone = sys::open_tree_clone_path(scratch)?;
+    sys::attach_mount_beneath_path(clone.as_fd(), scratch)
+}
+
+/// Whether the running kernel's version is 6.5 or later (`MOVE_MOUNT_BENEATH`), for when
+/// the probe cannot run.
+fn version_has_beneath() -> Result<(), String> {
+    let release = sys::kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) >= (6, 5) {
+        log::info!(
+            "cannot probe for MOVE_MOUNT_BENEATH (new mount namespaces are forbidden here); \
+             kernel {release} has it by its version"
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "kernel {release} cannot attach a mount beneath another (MOVE_MOUNT_BENEATH needs Linux \
+         6.5 or later); use --mode fuse"
+    ))
 }
 
 /// One line of /proc/self/mountinfo, as far as the bind plane needs it.

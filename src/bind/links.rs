@@ -229,8 +229,8 @@ fn link_problem(
     if k == 1 {
         return Some(format!(
             "link {} -> {shown} climbs into {} itself, which no mount point outside it reproduces \
-             ({} would climb to {}); make the link absolute or keep it inside the release, or use \
-             --mode fuse",
+             ({} would climb to {}); make the link absolute (Deployer: \
+             set('use_relative_symlink', false)) or keep it inside the release, or use --mode fuse",
             rel.display(),
             from_release.display(),
             served.display(),
@@ -246,8 +246,10 @@ fn link_problem(
         format!("{k} levels below {}", from_release.display())
     };
     Some(format!(
-        "link {} -> {shown} climbs to {} from {} but to {} through {}; put the mount point at the \
-         same depth under {} as the release ({fix}), or use --mode fuse",
+        "link {} -> {shown} climbs to {} from {} but to {} through {}; make the link absolute \
+         (Deployer: set('use_relative_symlink', false); Capistrano's are absolute), or put the \
+         mount point at the same depth under {} as the release ({fix}; every directory above it \
+         root's and not writable by others), or use --mode fuse",
         rel.display(),
         from_release.display(),
         release_path.display(),

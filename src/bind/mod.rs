@@ -2,7 +2,8 @@
 //! active release, swapped atomically with `MOVE_MOUNT_BENEATH`. Nothing sits in the data
 //! path: requests go straight to the releases filesystem, at the native directory's speed.
 //!
-//! Not yet wired into the daemon; the integrator calls, in this order:
+//! The daemon drives it through [`docroot::BindPlane`] (`--mode bind`), which calls, in
+//! this order:
 //! - [`BindDocroot::open`] at start: host checks ([`host`]), each a one-line error with
 //!   nothing mounted, then adoption of the mount a previous daemon left.
 //! - [`BindDocroot::publish`] for each activation (it runs [`links::check`] first), then,
@@ -60,6 +61,7 @@
 //! different depth it resolves elsewhere. Activation is refused, naming the link and the fix,
 //! unless the mount point climbs to the same directory.
 
+pub(crate) mod docroot;
 pub mod host;
 pub mod links;
 pub mod mount;
@@ -118,6 +120,10 @@ pub struct BindDocroot {
     detached: Vec<ReleaseMount>,
     /// Copies of our mounts in other mount namespaces, learned from their mountinfo.
     copies: usage::Copies,
+    /// Release directories (`(st_dev, st_ino)`) whose links passed the check: a switch back
+    /// (a rollback) does not walk the whole release again. A release is not changed once
+    /// published; a link added to one afterwards is not checked again.
+    links_checked: std::collections::HashSet<(u64, u64)>,
 }
 
 impl BindDocroot {

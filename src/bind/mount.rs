@@ -71,6 +71,7 @@ impl BindDocroot {
             active: None,
             detached: Vec::new(),
             copies: Default::default(),
+            links_checked: Default::default(),
         };
         docroot.adopt(persisted)?;
         Ok(docroot)
@@ -151,13 +152,17 @@ impl BindDocroot {
                 "release {name:?} is not a directory; refusing to mount it"
             ));
         }
-        links::check(
-            name,
-            dir,
-            &self.releases_path,
-            &self.mount_point,
-            self.options.link_check_limit,
-        )?;
+        let root = (st.st_dev, st.st_ino);
+        if !self.links_checked.contains(&root) {
+            links::check(
+                name,
+                dir,
+                &self.releases_path,
+                &self.mount_point,
+                self.options.link_check_limit,
+            )?;
+            self.links_checked.insert(root);
+        }
         let clone = sys::open_tree_clone(dir)
             .map_err(|e| format!("cannot clone release {name:?} for a bind mount: {e}"))?;
         sys::set_mount_read_only(clone.as_fd(), self.options.noexec).map_err(|e| {

@@ -251,17 +251,53 @@ impl BindDocroot {
     /// the new release in other namespaces are counted once a later switch detaches it. The copy's root is the same directory of
     /// the releases filesystem as ours, which mountinfo names relative to that filesystem.
     pub fn learn_copies(&mut self) {
-        let Some(active) = self.active.clone() else {
-            return;
-        };
-        let Some(prefix) = self
+        if let Some(query) = self.copies_query() {
+            let found = query.scan();
+            self.add_copies(found);
+        }
+    }
+
+    /// What [`Self::learn_copies`] looks for, taken under the caller's lock so the /proc walk
+    /// ([`CopiesQuery::scan`]) can run without it; `None` with nothing published.
+    pub(crate) fn copies_query(&self) -> Option<CopiesQuery> {
+        let active = self.active.clone()?;
+        let prefix = self
             .top_classic_id()
-            .and_then(|id| releases_root_in_fs(id, &active.release))
-        else {
-            return;
-        };
+            .and_then(|id| releases_root_in_fs(id, &active.release))?;
+        Some(CopiesQuery {
+            mount_point: self.mount_point.clone(),
+            prefix,
+        })
+    }
+
+    /// Remembers copies a [`CopiesQuery::scan`] found.
+    pub(crate) fn add_copies(&mut self, found: Vec<(u64, u64, String)>) {
+        for (ns, id, name) in found {
+            self.copies.by_ns.entry(ns).or_default().insert(id, name);
+        }
+    }
+
+    /// Whether any mount of release `name` is active or held (for prune and drains).
+    pub fn release_in_use(&mut self, name: &str) -> bool {
+        self.usage().iter().any(|u| u.release == name && u.in_use())
+    }
+}
+
+/// Where to look for copies of our mounts in other namespaces (see
+/// [`BindDocroot::copies_query`]).
+pub(crate) struct CopiesQuery {
+    mount_point: PathBuf,
+    /// The releases directory as mountinfo's root field spells it.
+    prefix: String,
+}
+
+impl CopiesQuery {
+    /// `(namespace, classic mount id, release)` of each copy another mount namespace shows
+    /// at the mount point now (one process's mountinfo per namespace).
+    pub(crate) fn scan(&self) -> Vec<(u64, u64, String)> {
         let own = ns_of(Path::new("/proc/self"));
         let mut seen = HashSet::new();
+        let mut found = Vec::new();
         for (_, base) in pids() {
             let Some(ns) = ns_of(&base).filter(|ns| Some(*ns) != own && seen.insert(*ns)) else {
                 continue;
@@ -273,20 +309,16 @@ impl BindDocroot {
                 if line.mount_point != self.mount_point {
                     continue;
                 }
-                if let Some(name) = line.root.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
-                    self.copies
-                        .by_ns
-                        .entry(ns)
-                        .or_default()
-                        .insert(line.id, name.to_string());
+                if let Some(name) = line
+                    .root
+                    .strip_prefix(&self.prefix)
+                    .filter(|n| !n.contains('/'))
+                {
+                    found.push((ns, line.id, name.to_string()));
                 }
             }
         }
-    }
-
-    /// Whether any mount of release `name` is active or held (for prune and drains).
-    pub fn release_in_use(&mut self, name: &str) -> bool {
-        self.usage().iter().any(|u| u.release == name && u.in_use())
+        found
     }
 }
 

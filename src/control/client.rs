@@ -70,11 +70,27 @@ fn request_once(socket: &Path, req: &Request, timeout: Duration) -> Result<Strin
 /// `mount` is not a live switchfs mount.
 pub fn socket_for_mount(mount: &Path) -> Result<PathBuf, String> {
     let shown = mount.display();
-    query_control_xattr(mount).map_err(|e| match e.raw_os_error() {
+    let queried = query_control_xattr(mount);
+    if let Err(e) = &queried
+        && matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP))
+    {
+        // A bind-mode docroot is the release's own filesystem: no xattr to ask. Its daemon
+        // listens at root's default socket for the mount point unless --control moved it.
+        let by_default = crate::life::paths::root_control_path(mount);
+        if std::fs::symlink_metadata(&by_default)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            return Ok(by_default);
+        }
+    }
+    queried.map_err(|e| match e.raw_os_error() {
         Some(libc::ENOTCONN) => {
             format!("{shown} is a dead switchfs mount (its daemon is gone); restart switchfs")
         }
-        Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!("{shown} is not a switchfs mount"),
+        Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!(
+            "{shown} is not a switchfs mount (a --mode bind docroot with a --control socket of \
+             its own needs --control)"
+        ),
         _ => format!("cannot query {shown}: {e}"),
     })
 }

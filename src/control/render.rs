@@ -38,6 +38,7 @@ fn status_text(st: &Status) -> String {
     out.push_str(&pending_text(st));
     let _ = writeln!(out, "releases dir: {}", st.releases_dir.display());
     let _ = writeln!(out, "mount point:  {}", st.mount_point.display());
+    let _ = writeln!(out, "mode:         {}", st.mode);
     if let Some(problem) = &st.active_problem {
         let _ = writeln!(out, "PROBLEM:      {problem}; activate another release");
     }

@@ -43,6 +43,18 @@ pub struct DaemonArgs {
     pub php: crate::php::opcache::PhpConfig,
     /// The mount's source in mountinfo (`--source`); `None`: `switchfs:RELEASES`.
     pub source: Option<String>,
+    /// What presents the docroot: a FUSE mount, or a bind mount (`bind_daemon`).
+    pub mode: Mode,
+}
+
+/// The data plane `--mode` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A FUSE mount served by the daemon (its keeper holds the connection).
+    #[default]
+    Fuse,
+    /// A read-only bind mount of the active release, swapped at each switch.
+    Bind,
 }
 
 /// The mount point as mountinfo spells it, computed without touching the mount point
@@ -278,6 +290,9 @@ fn unmount(ours: &mounts::OurMount) -> bool {
 /// # Errors
 /// A one-line message for anything that prevents serving; nothing is left mounted then.
 pub fn run(args: DaemonArgs) -> Result<u8, String> {
+    if args.mode == Mode::Bind {
+        return crate::life::bind_daemon::run(&args);
+    }
     match keeper::role()? {
         Role::Keeper(adopted) => Keeper::run(adopted),
         Role::Server(link) => serve(&args, link).map(|()| 0),
@@ -308,16 +323,16 @@ fn serve(args: &DaemonArgs, link: ServerLink) -> Result<(), String> {
 /// Where everything is. A resumed server's mount is already up and was checked by the
 /// server that made it: nothing here may touch it (no server answers yet, so a stat of the
 /// mount point would hang).
-struct Paths {
-    mount_point: PathBuf,
+pub(super) struct Paths {
+    pub(super) mount_point: PathBuf,
     /// The checked mount point to mount on (a fresh server only).
     target: Option<OwnedFd>,
-    releases: PathBuf,
-    control_path: PathBuf,
-    state_path: PathBuf,
+    pub(super) releases: PathBuf,
+    pub(super) control_path: PathBuf,
+    pub(super) state_path: PathBuf,
 }
 
-fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
+pub(super) fn resolve_paths(args: &DaemonArgs, resumed: bool) -> Result<Paths, String> {
     let mount_point = absolute_mount_point(&args.mount_point, resumed)?;
     let target = if resumed {
         None
@@ -681,7 +696,7 @@ fn identify_ours(
     })
 }
 
-fn start_control(
+pub(super) fn start_control(
     args: &DaemonArgs,
     mount_point: &Path,
     listener: UnixListener,
@@ -700,7 +715,7 @@ fn start_control(
 }
 
 /// How long a retiring server waits for control clients it accepted to be answered.
-const RETIRE_CLIENTS: Duration = Duration::from_secs(30);
+pub(super) const RETIRE_CLIENTS: Duration = Duration::from_secs(30);
 
 /// Stops as `stop` says: unmount and drain (a signal), clean up after an unmount from
 /// outside, or leave the mount to the successor (an upgrade).
@@ -782,7 +797,7 @@ fn raise_readahead(dev: u64) {
 }
 
 /// Removes the control socket when the daemon stops, whichever way `run` returns.
-struct SocketFile(PathBuf);
+pub(super) struct SocketFile(pub(super) PathBuf);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
@@ -791,7 +806,7 @@ impl Drop for SocketFile {
 }
 
 /// A group for the control server's messages, by name when it has one.
-fn server_group(gid: u32) -> server::Group {
+pub(super) fn server_group(gid: u32) -> server::Group {
     let name = match sys::group_name(gid) {
         Ok(Some(name)) => name,
         _ => gid.to_string(),

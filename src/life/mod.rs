@@ -2,6 +2,7 @@
 //! across crashes and upgrades (`keeper`), systemd, our mounts and mount(8)'s helper, and
 //! default paths.
 
+pub(crate) mod bind_daemon;
 pub mod config_file;
 pub mod daemon;
 pub mod keeper;

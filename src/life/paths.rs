@@ -51,6 +51,12 @@ pub(crate) fn default_control_path(mount_point: &Path) -> PathBuf {
     dir.join(format!("{}.sock", mount_key(mount_point)))
 }
 
+/// Root's default control socket for `mount_point`, whoever asks: where `switchctl --mount`
+/// looks for a bind-mode daemon, whose docroot (a plain bind mount) cannot say its socket.
+pub(crate) fn root_control_path(mount_point: &Path) -> PathBuf {
+    PathBuf::from("/run/switchfs").join(format!("{}.sock", mount_key(mount_point)))
+}
+
 /// `/var/lib/switchfs/KEY.state` for root, else under `$XDG_STATE_HOME`.
 pub(crate) fn default_state_path(mount_point: &Path) -> PathBuf {
     let dir = if crate::sys::is_root() {

@@ -860,9 +860,13 @@ fn script_changed(
     let Ok(now) = core.file_view(new, rel) else {
         return true; // deleted, or no longer a plain file
     };
+    let mtime_rule = core.mtimes_tell_content();
     if let Some(ts) = cached_mtime {
-        // What validate_timestamps would find, without waiting for revalidate_freq.
-        return ts != now.reported_mtime;
+        // What validate_timestamps would find, without waiting for revalidate_freq. Where
+        // equal mtimes do not mean equal content (bind mode), an equal one is only a hint.
+        if ts != now.reported_mtime || mtime_rule {
+            return ts != now.reported_mtime;
+        }
     }
     let Some(old) = old else {
         return true; // what the pool cached since its last failure is unknown
@@ -875,9 +879,11 @@ fn script_changed(
         // mtime: same content, by the registry's rule. Otherwise compare the bytes: with
         // validate_timestamps=0 OPcache never looks at mtimes, so a file rewritten with the
         // same content (a fresh checkout) keeps its bytecode.
+        // Without the registry's rule (bind mode: real mtimes), an equal mtime proves
+        // nothing and the bytes decide.
         Ok(before) => {
             (before.dev, before.ino) != (now.dev, now.ino)
-                && before.reported_mtime != now.reported_mtime
+                && (before.reported_mtime != now.reported_mtime || !mtime_rule)
                 && (before.size != now.size || !same_content(&before.fd, &now.fd))
         }
         Err(_) => true,

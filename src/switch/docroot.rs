@@ -132,4 +132,11 @@ pub(crate) trait Docroot: Send + Sync {
     /// # Errors
     /// Missing, not a regular file (`EINVAL`), or a component that is not a plain name.
     fn file_view(&self, release: &Arc<Release>, path: &Path) -> io::Result<FileView>;
+
+    /// Whether two contents of one path are never reported with one mtime (FUSE: the mtime
+    /// rule of `mtimes`). When not (a bind mount reports the files' real mtimes, which a
+    /// deploy may keep identical across releases), `opcache` compares bytes instead.
+    fn mtimes_tell_content(&self) -> bool {
+        true
+    }
 }

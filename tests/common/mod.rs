@@ -45,6 +45,8 @@ pub(crate) struct Fixture {
     pub root: PathBuf,
     /// When not 0, daemons start with this `RLIMIT_NOFILE` (soft and hard).
     pub nofile: std::sync::atomic::AtomicU64,
+    /// Daemons start with `--mode bind` (see [`Fixture::bind`]).
+    pub bind: bool,
 }
 
 impl Fixture {
@@ -59,7 +61,54 @@ impl Fixture {
         Fixture {
             root,
             nofile: std::sync::atomic::AtomicU64::new(0),
+            bind: false,
         }
+    }
+
+    /// A fixture whose daemons run in `--mode bind`: its directory is bind-mounted on itself
+    /// and made shared, as bind mode requires of the mount point's parent (`/tmp` is on the
+    /// host's private root here). Dropping the fixture detaches that mount and the docroot's
+    /// bind mount in it, which a stopped bind-mode daemon leaves in place.
+    pub(crate) fn bind(tag: &str) -> Fixture {
+        assert!(
+            is_root(),
+            "bind mode mounts for real: run the tests as root"
+        );
+        let mut fx = Fixture::new(tag);
+        fx.bind = true;
+        let root = CString::new(fx.root.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings and null data, as mount(2) allows for a bind and a
+        // propagation change.
+        unsafe {
+            let bound = libc::mount(
+                root.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            );
+            assert_eq!(
+                bound,
+                0,
+                "bind {}: {}",
+                fx.root.display(),
+                std::io::Error::last_os_error()
+            );
+            let shared = libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED,
+                std::ptr::null(),
+            );
+            assert_eq!(
+                shared,
+                0,
+                "make-shared: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        fx
     }
 
     pub(crate) fn releases(&self) -> PathBuf {
@@ -161,8 +210,19 @@ impl Drop for Fixture {
         // Everything a test mounted under its directory, even when it failed half-way.
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let prefix = self.root.to_string_lossy().replace(' ', "\\040");
-        for mount in text.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if mount.starts_with(&prefix) {
+        let mut mounts: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        // Deepest first: the docroot's bind mount before the fixture's own bind (a mount
+        // point may show several stacked mounts; detach until none is left).
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounts {
+            for _ in 0..8 {
+                if !is_mounted(Path::new(mount)) {
+                    break;
+                }
                 force_unmount(Path::new(mount));
             }
         }
@@ -208,6 +268,9 @@ impl Daemon {
             .arg(fx.socket());
         if !extra.contains(&"--state") {
             cmd.arg("--state").arg(fx.state());
+        }
+        if fx.bind && !extra.contains(&"--mode") {
+            cmd.arg("--mode").arg("bind");
         }
         cmd.args(extra)
             .arg(mnt)

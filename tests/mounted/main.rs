@@ -8,6 +8,7 @@
 mod common;
 
 mod atomic_switch;
+mod bind_mode;
 mod control_rights;
 mod crashes_and_upgrades;
 mod faults;

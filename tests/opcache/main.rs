@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bind_mode;
 mod compile_in_flight;
 mod endpoints;
 mod failing_pools;
@@ -339,7 +340,17 @@ fn next_request_is_new_and_unchanged_stays_warm(
     same_own_mtimes: bool,
 ) {
     require_php();
-    let fx = Fixture::new(tag);
+    next_request_on(Fixture::new(tag), tag, settings, mtime, same_own_mtimes);
+}
+
+/// The same on `fx`, e.g. a `Fixture::bind` (`--mode bind`, real mtimes).
+fn next_request_on(
+    fx: Fixture,
+    tag: &str,
+    settings: &[&str],
+    mtime: Option<i64>,
+    same_own_mtimes: bool,
+) {
     // In the past, so OPcache's file_update_protection (2 s) lets it cache them at once.
     let now = unix_now();
     write_app(&fx, "1", Some(mtime.unwrap_or(now - 7200)));
