@@ -375,6 +375,15 @@ fn read_exact_by<S: Stream>(s: &mut S, buf: &mut [u8], deadline: Instant) -> io:
     Ok(())
 }
 
+pub(crate) fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
+        io::ErrorKind::NotFound => format!("cannot connect: {e} (is PHP running?)"),
+        io::ErrorKind::ConnectionRefused => format!("cannot connect: {e} (is PHP running?)"),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,12 +12,14 @@
 //! 0. Connect and check the listener is the master (root, or `--php-fpm-owner`; over TCP,
 //!    and for `--php-http`, by the uid `/proc/net/tcp` gives its socket, see `tcp_owner`),
 //!    before anything is sent, then wait for the pool's compilations of old scripts in
-//!    flight.
+//!    flight (`compile_wait`). `--php-fpm` speaks FastCGI (`fastcgi`), `--php-http` one
+//!    HTTP POST (`http`).
 //! 1. `list`: the shipped script (`dist/opcache-invalidate.php`, outside every docroot)
 //!    returns the scripts OPcache holds under the mount point, with the mtime each was
 //!    cached with (only recorded by OPcache when `validate_timestamps=1`). Listed paths
 //!    outside the mount are ignored, and at most `MAX_LISTED` entries read, none deeper than
-//!    `MAX_DEPTH` under the mount (one warning line when a pool lists more).
+//!    `MAX_DEPTH` under the mount (one warning line when a pool lists more). What the script
+//!    answers, and how it is read, is in `wire`.
 //! 2. The daemon decides per cached path with the mtime registry's rule: the path is changed
 //!    when the mount now reports another mtime than the one cached, or, without a cached
 //!    mtime, when the file's identity differs between the release the pool was last
@@ -25,6 +27,7 @@
 //!    registry never reports two contents with one mtime, and keeps the mtime of equal
 //!    content). A path missing from the new release, or no longer a plain regular file, is
 //!    changed. Cost: two descriptor walks per cached script, whatever the release's size.
+//!    The comparison is `changes`.
 //! 3. `invalidate`: the script calls `opcache_invalidate($path, true)` for those paths.
 //!
 //! Two requests rather than one: the comparison needs both release directories, which only
@@ -32,9 +35,10 @@
 //! OPcache calls. A failed pool is reported like a failing hook (the switch stays) and is
 //! brought fully up to date at the next switch: every cached script under the mount is then
 //! invalidated, since what it cached in between is unknown.
+//!
+//! This file is the orchestration: the pools, their state, one deadline and one turn per
+//! switch, the two steps in order; each concern above lives in the module it names.
 
-use std::ffi::OsStr;
-use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +46,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::php::fastcgi::{self, Address};
+use crate::php::changes::{script_changed, under_mount};
+use crate::php::compile_wait::{
+    COMPILE_WAIT_NOTICE, apache_processes, fpm_processes, old_scripts_open, wait_for_compiles,
+};
+use crate::php::fastcgi::{self, Address, describe_io};
+pub use crate::php::http::HttpUrl;
+use crate::php::http::http_post;
+use crate::php::tcp_owner::check_tcp_owner;
+use crate::php::wire::{MAGIC, PATHS_PER_REQUEST, first_line, parse_counts, parse_list};
 use crate::switch::docroot::{Active, Docroot};
 use crate::switch::release::Release;
 
@@ -50,18 +62,6 @@ use crate::switch::release::Release;
 /// put it there (/usr/share, not /usr/local: a Debian package may not install into
 /// /usr/local).
 pub const DEFAULT_SCRIPT: &str = "/usr/share/switchfs/opcache-invalidate.php";
-/// Paths per `invalidate` request, so a body stays far below PHP's `post_max_size` (8 MiB).
-const PATHS_PER_REQUEST: usize = 2_000;
-/// The protocol line both steps answer with first.
-const MAGIC: &[u8] = b"switchfs-opcache 1\n";
-/// After this long waiting for compilations of old scripts still running, the wait says so
-/// in the log once (see `wait_for_compiles`); it goes on up to --php-timeout.
-const COMPILE_WAIT_NOTICE: Duration = Duration::from_secs(2);
-/// File name extensions of what PHP compiles; other open files (static downloads) are not
-/// waited for.
-const SCRIPT_EXTENSIONS: &[&str] = &[
-    "php", "phtml", "inc", "php3", "php4", "php5", "php7", "php8",
-];
 /// Most entries of one `list` answer taken into account, and the deepest path under the
 /// mount (in components). Each listed path costs two descriptor walks as deep as it is, so
 /// both bound the comparison work a pool (or an impostor) can ask for; real applications
@@ -72,8 +72,6 @@ const MAX_DEPTH: usize = 40;
 /// How many listed paths are compared between two looks at the deadline and at a later
 /// switch (each look costs a clock read).
 const CHECK_EVERY: usize = 256;
-/// The process names of Apache's parent and children (`/proc/PID/comm`), for `--php-http`.
-const APACHE_NAMES: &[&str] = &["apache2", "httpd"];
 
 /// One PHP pool to keep in step with the active release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,60 +88,6 @@ impl std::fmt::Display for Endpoint {
             Endpoint::Fpm(a) => write!(f, "php-fpm {a}"),
             Endpoint::Http(u) => write!(f, "php-http {}", u.original),
         }
-    }
-}
-
-/// `http://HOST[:PORT]/PATH`, the only form accepted: the request carries a secret, which
-/// must not cross a network, so this is meant for loopback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    pub host_port: String,
-    pub host: String,
-    pub path: String,
-    pub original: String,
-}
-
-impl HttpUrl {
-    /// # Errors
-    /// Not `http://`, no host, or a host other than loopback.
-    pub fn parse(s: &str) -> Result<HttpUrl, String> {
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{s:?}: only http:// URLs on loopback are supported"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
-                Ok(port) => (h, port),
-                Err(_) => return Err(format!("{s:?}: bad port {p:?}")),
-            },
-            _ => (authority, 80),
-        };
-        let loopback = host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
-            return Err(format!(
-                "{s:?}: the host must be loopback (127.0.0.1, [::1] or localhost): \
-                 the request carries the secret in clear"
-            ));
-        }
-        if path.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
-            return Err(format!(
-                "{s:?}: the path contains spaces or control characters"
-            ));
-        }
-        Ok(HttpUrl {
-            host_port: format!("{host}:{port}"),
-            host: host.to_string(),
-            path: path.to_string(),
-            original: s.to_string(),
-        })
     }
 }
 
@@ -702,302 +646,6 @@ pub struct PoolStatus {
     pub last: Option<LastRun>,
 }
 
-/// Waits until none of `processes` (the pool's) holds a script of another release than
-/// `new` open, at most `limit` (--php-timeout); how long it waited.
-///
-/// # Errors
-/// One still holds one after `limit`: the pool then fails like an unreachable one (exit 3),
-/// since answering "invalidated" would leave that compilation's old bytecode cached.
-///
-/// Why: a request that began compiling a script of the old release before the switch stores
-/// its bytecode when the compilation ends, possibly after the pool listed what it caches;
-/// with validate_timestamps=0 that old bytecode would then stay. PHP keeps a script open
-/// while it compiles it and closes it after storing the result, so once none is open, every
-/// such compilation is in the list. Only the pool's own processes count: any other user
-/// who can read the docroot could otherwise hold a file open to slow every switch down.
-/// Costs one look at each pool process's descriptors when nothing is compiling.
-fn wait_for_compiles(
-    core: &dyn Docroot,
-    new: &Arc<Release>,
-    processes: &[i32],
-    limit: Duration,
-) -> Result<Duration, String> {
-    let started = Instant::now();
-    if processes.is_empty() {
-        return Ok(Duration::ZERO);
-    }
-    let mut noticed = false;
-    loop {
-        let held = old_scripts_open(core, new, processes);
-        if held.is_empty() {
-            return Ok(started.elapsed());
-        }
-        let waited = started.elapsed();
-        if waited >= limit {
-            // Asking the pool now would be answered before that compilation stores its
-            // bytecode, which would then serve the old release under the path for as long
-            // as OPcache keeps it (forever with validate_timestamps=0): fail, visibly.
-            return Err(format!(
-                "{} of an earlier release was still open in the pool after {limit:?} (a \
-                 compilation in flight would cache it stale); retry the invalidation once it \
-                 has finished",
-                held[0].display()
-            ));
-        }
-        if !noticed && waited >= COMPILE_WAIT_NOTICE {
-            noticed = true;
-            log::info!(
-                "scripts of an earlier release are still open in the pool after {waited:?} \
-                 ({}); waiting up to {limit:?}",
-                held[0].display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The PHP scripts of releases other than `new` that `processes` hold open.
-fn old_scripts_open(core: &dyn Docroot, new: &Arc<Release>, processes: &[i32]) -> Vec<PathBuf> {
-    core.open_paths_outside(new, processes)
-        .into_iter()
-        .filter(|p| {
-            p.extension()
-                .and_then(OsStr::to_str)
-                .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
-        })
-        .collect()
-}
-
-/// The part of an OPcache key `path` under the mount point `prefix`, when it is made of
-/// plain names only (OPcache keys are real paths: anything else did not come from it).
-fn under_mount<'a>(path: &'a [u8], prefix: &[u8]) -> Option<&'a Path> {
-    let rel = path.strip_prefix(prefix)?.strip_prefix(b"/")?;
-    rel.split(|&b| b == b'/')
-        .all(|name| !name.is_empty() && name != b"." && name != b"..")
-        .then(|| Path::new(OsStr::from_bytes(rel)))
-}
-
-/// A PHP-FPM master and its workers (its children).
-fn fpm_processes(master: i32) -> Vec<i32> {
-    let mut pids = vec![master];
-    pids.extend(
-        process_table()
-            .into_iter()
-            .filter(|p| p.ppid == master)
-            .map(|p| p.pid),
-    );
-    pids
-}
-
-/// Apache's processes, for `--php-http` (mod_php compiles in Apache's own processes):
-/// those named apache2 or httpd (`/proc/PID/comm`) whose parent is an Apache parent, one so
-/// named whose own parent is not, and that parent. A heuristic: the endpoint is a URL,
-/// which tells no pid; a process renamed otherwise is not waited for.
-fn apache_processes() -> Vec<i32> {
-    apache_pids(&process_table())
-}
-
-/// The Apache parents and their children in `table` (see [`apache_processes`]).
-fn apache_pids(table: &[ProcessEntry]) -> Vec<i32> {
-    let named = |p: &ProcessEntry| APACHE_NAMES.contains(&p.comm.as_str());
-    let is_apache = |pid: i32| table.iter().any(|p| p.pid == pid && named(p));
-    let parents: Vec<i32> = table
-        .iter()
-        .filter(|p| named(p) && !is_apache(p.ppid))
-        .map(|p| p.pid)
-        .collect();
-    let mut pids = parents.clone();
-    pids.extend(
-        table
-            .iter()
-            .filter(|p| named(p) && parents.contains(&p.ppid))
-            .map(|p| p.pid),
-    );
-    pids
-}
-
-/// One process as `/proc/PID/stat` shows it.
-#[derive(Debug, PartialEq, Eq)]
-struct ProcessEntry {
-    pid: i32,
-    ppid: i32,
-    comm: String,
-}
-
-/// Every process of /proc (those that vanish while read are left out).
-fn process_table() -> Vec<ProcessEntry> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-            parse_stat(pid, &stat)
-        })
-        .collect()
-}
-
-/// `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses, so it ends at the
-/// last `)`.
-fn parse_stat(pid: i32, stat: &[u8]) -> Option<ProcessEntry> {
-    let open = stat.iter().position(|&b| b == b'(')?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let comm = String::from_utf8_lossy(stat.get(open + 1..close)?).into_owned();
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    let ppid = rest.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    Some(ProcessEntry { pid, ppid, comm })
-}
-
-/// Whether the script OPcache cached at `rel` (under the mount) differs in `new`.
-fn script_changed(
-    core: &dyn Docroot,
-    old: Option<&Arc<Release>>,
-    new: &Arc<Release>,
-    rel: &Path,
-    cached_mtime: Option<i64>,
-) -> bool {
-    let Ok(now) = core.file_view(new, rel) else {
-        return true; // deleted, or no longer a plain file
-    };
-    let mtime_rule = core.mtimes_tell_content();
-    if let Some(ts) = cached_mtime {
-        // What validate_timestamps would find, without waiting for revalidate_freq. Where
-        // equal mtimes do not mean equal content (bind mode), an equal one is only a hint.
-        if ts != now.reported_mtime || mtime_rule {
-            return ts != now.reported_mtime;
-        }
-    }
-    let Some(old) = old else {
-        return true; // what the pool cached since its last failure is unknown
-    };
-    if Arc::ptr_eq(old, new) {
-        return false;
-    }
-    match core.file_view(old, rel) {
-        // Same inode (hard-linked releases): unchanged. Another inode with the same reported
-        // mtime: same content, by the registry's rule. Otherwise compare the bytes: with
-        // validate_timestamps=0 OPcache never looks at mtimes, so a file rewritten with the
-        // same content (a fresh checkout) keeps its bytecode.
-        // Without the registry's rule (bind mode: real mtimes), an equal mtime proves
-        // nothing and the bytes decide.
-        Ok(before) => {
-            (before.dev, before.ino) != (now.dev, now.ino)
-                && (before.reported_mtime != now.reported_mtime || !mtime_rule)
-                && (before.size != now.size || !same_content(&before.fd, &now.fd))
-        }
-        Err(_) => true,
-    }
-}
-
-/// Whether two files hold the same bytes; any read error counts as different (one
-/// recompilation, never a stale script).
-fn same_content(a: &std::os::fd::OwnedFd, b: &std::os::fd::OwnedFd) -> bool {
-    use std::os::fd::AsFd;
-    let open = |fd: &std::os::fd::OwnedFd| {
-        crate::sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)
-    };
-    let (Ok(mut fa), Ok(mut fb)) = (open(a), open(b)) else {
-        return false;
-    };
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-    loop {
-        let na = match read_full(&mut fa, &mut ba) {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        let nb = match read_full(&mut fb, &mut bb) {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        if na != nb || ba[..na] != bb[..nb] {
-            return false;
-        }
-        if na == 0 {
-            return true;
-        }
-    }
-}
-
-/// Reads until `buf` is full or the end of the file.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match f.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// The `list` answer: `validate_timestamps N`, `scripts`, then `MTIME PATH\0` entries
-/// (`-` for no recorded mtime).
-/// One cached script: the mtime OPcache recorded for it (if any) and its full path.
-type Cached<'a> = (Option<i64>, &'a [u8]);
-
-/// At most `cap` entries are taken; the flag tells whether there were more.
-fn parse_list(body: &[u8], cap: usize) -> Result<(Vec<Cached<'_>>, bool), String> {
-    let bad = || "malformed answer to step list".to_string();
-    let start = find(body, b"scripts\n").ok_or_else(bad)? + b"scripts\n".len();
-    let mut entries = body[start..].split(|&b| b == 0).filter(|e| !e.is_empty());
-    let taken = entries
-        .by_ref()
-        .take(cap)
-        .map(|entry| {
-            let sp = entry.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-            let ts = match &entry[..sp] {
-                b"-" => None,
-                t => Some(
-                    std::str::from_utf8(t)
-                        .ok()
-                        .and_then(|t| t.parse::<i64>().ok())
-                        .ok_or_else(bad)?,
-                ),
-            };
-            Ok((ts, &entry[sp + 1..]))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok((taken, entries.next().is_some()))
-}
-
-/// The `invalidate` answer: `(invalidated, gone)`.
-fn parse_counts(body: &[u8]) -> Result<(usize, usize), String> {
-    let text = String::from_utf8_lossy(body);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<usize>().ok())
-            .ok_or_else(|| format!("malformed answer to step invalidate (no {name})"))
-    };
-    Ok((field("invalidated ")?, field("gone ")?))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn first_line(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let line: String = line.chars().filter(|c| !c.is_control()).take(200).collect();
-    if line.is_empty() {
-        "(empty answer)".into()
-    } else {
-        line
-    }
-}
-
-fn describe_io(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
-        io::ErrorKind::NotFound => format!("cannot connect: {e} (is PHP running?)"),
-        io::ErrorKind::ConnectionRefused => format!("cannot connect: {e} (is PHP running?)"),
-        _ => e.to_string(),
-    }
-}
-
 /// Reads the shared secret of `--php-http`: one line, refused when others may read it.
 fn read_secret(file: &Path) -> Result<String, String> {
     use std::os::unix::fs::MetadataExt;
@@ -1018,194 +666,4 @@ fn read_secret(file: &Path) -> Result<String, String> {
         ));
     }
     Ok(secret.to_string())
-}
-
-/// Refuses a TCP listener that does not belong to `owner` (`option` names the uid), before
-/// anything is sent: another user on the port would get the secret or answer for the pool.
-fn check_tcp_owner(found: io::Result<Option<u32>>, owner: u32, option: &str) -> Result<(), String> {
-    match found {
-        Ok(Some(uid)) if uid == owner => Ok(()),
-        Ok(Some(uid)) => Err(format!(
-            "the port is listened on by uid {uid}, not uid {owner}: not the server \
-             expected, nothing sent (see {option})"
-        )),
-        Ok(None) => Err(format!(
-            "cannot tell who listens on the port (not in /proc/net/tcp); nothing sent \
-             (see {option})"
-        )),
-        Err(e) => Err(format!("cannot tell who listens on the port: {e}")),
-    }
-}
-
-/// One HTTP/1.0 POST (the answer then ends with the connection: no chunking to decode),
-/// after checking the listener belongs to `owner`.
-#[allow(clippy::too_many_arguments)] // one request: where, who must listen, what to send
-fn http_post(
-    url: &HttpUrl,
-    owner: u32,
-    secret: &str,
-    step: &str,
-    mount: &str,
-    body: &[u8],
-    deadline: Instant,
-) -> Result<(u16, Vec<u8>), String> {
-    let s = fastcgi::connect_tcp(&url.host_port, deadline).map_err(|e| describe_io(&e))?;
-    check_tcp_owner(
-        crate::php::tcp_owner::listener_uid(&s),
-        owner,
-        "--php-http-owner",
-    )?;
-    http_exchange(s, url, secret, step, mount, body, deadline).map_err(|e| describe_io(&e))
-}
-
-fn http_exchange(
-    mut s: std::net::TcpStream,
-    url: &HttpUrl,
-    secret: &str,
-    step: &str,
-    mount: &str,
-    body: &[u8],
-    deadline: Instant,
-) -> io::Result<(u16, Vec<u8>)> {
-    let head = format!(
-        "POST {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: switchfs\r\nX-Switchfs-Secret: {secret}\r\n\
-         X-Switchfs-Step: {step}\r\nX-Switchfs-Mount: {mount}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        url.path,
-        url.host,
-        body.len()
-    );
-    s.set_write_timeout(Some(fastcgi::remaining(deadline)?))?;
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        s.set_read_timeout(Some(fastcgi::remaining(deadline)?))?;
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
-            }
-            Err(e) => return Err(e),
-        }
-        if answer.len() > fastcgi::MAX_RESPONSE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "answer larger than 128 MiB",
-            ));
-        }
-    }
-    let status = answer
-        .strip_prefix(b"HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))?;
-    let body = match find(&answer, b"\r\n\r\n") {
-        Some(i) => answer[i + 4..].to_vec(),
-        None => Vec::new(),
-    };
-    Ok((status, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_must_be_loopback_http() {
-        let u = HttpUrl::parse("http://127.0.0.1:8080/switchfs/opcache.php").unwrap();
-        assert_eq!(u.host_port, "127.0.0.1:8080");
-        assert_eq!(u.path, "/switchfs/opcache.php");
-        assert_eq!(
-            HttpUrl::parse("http://localhost/x.php").unwrap().host_port,
-            "localhost:80"
-        );
-        assert!(HttpUrl::parse("http://[::1]:81/x").is_ok());
-        assert!(HttpUrl::parse("https://127.0.0.1/x").is_err());
-        assert!(HttpUrl::parse("http://10.0.0.1/x").is_err());
-        assert!(HttpUrl::parse("http://example.com/x").is_err());
-        assert!(HttpUrl::parse("http://127.0.0.1/a b").is_err());
-    }
-
-    #[test]
-    fn list_answers() {
-        let body = b"validate_timestamps 1\nscripts\n17 /m/a.php\0- /m/b c.php\0";
-        let got = parse_list(body, 10).unwrap();
-        assert_eq!(
-            got,
-            (
-                vec![(Some(17), &b"/m/a.php"[..]), (None, &b"/m/b c.php"[..])],
-                false
-            )
-        );
-        assert_eq!(
-            parse_list(body, 1).unwrap(),
-            (vec![(Some(17), &b"/m/a.php"[..])], true),
-            "capped, and said so"
-        );
-        assert!(parse_list(b"garbage", 10).is_err());
-        assert!(parse_list(b"scripts\nx /m/a.php\0", 10).is_err());
-        assert_eq!(
-            parse_counts(b"invalidated 3\nnot_cached 1\ngone 2\n").unwrap(),
-            (3, 2)
-        );
-        assert!(parse_counts(b"invalidated x\n").is_err());
-    }
-
-    #[test]
-    fn only_plain_paths_under_the_mount_count() {
-        let m = b"/var/www/current";
-        assert_eq!(
-            under_mount(b"/var/www/current/public/index.php", m),
-            Some(Path::new("public/index.php"))
-        );
-        for outside in [
-            &b"/etc/passwd"[..],
-            b"/var/www/current",
-            b"/var/www/current/",
-            b"/var/www/currentx/a.php",
-            b"/var/www/current/../x.php",
-            b"/var/www/current/a/./b.php",
-        ] {
-            assert_eq!(under_mount(outside, m), None, "{outside:?}");
-        }
-    }
-
-    #[test]
-    fn stat_lines() {
-        assert_eq!(
-            parse_stat(7, b"7 (php-fpm: pool (www)) S 1 7 7 0 -1"),
-            Some(ProcessEntry {
-                pid: 7,
-                ppid: 1,
-                comm: "php-fpm: pool (www)".into()
-            })
-        );
-        assert_eq!(parse_stat(7, b"7 apache2 S 1"), None);
-    }
-
-    #[test]
-    fn apache_parent_and_its_children_only() {
-        let p = |pid, ppid, comm: &str| ProcessEntry {
-            pid,
-            ppid,
-            comm: comm.into(),
-        };
-        let table = [
-            p(1, 0, "systemd"),
-            p(10, 1, "apache2"),
-            p(11, 10, "apache2"),
-            p(12, 10, "apache2"),
-            p(13, 10, "rotatelogs"),
-            p(14, 11, "apache2"), // a grandchild: not a request worker
-            p(20, 1, "php-fpm8.2"),
-            p(30, 1, "sh"),
-            p(31, 30, "httpd"),
-            p(32, 31, "httpd"),
-        ];
-        assert_eq!(apache_pids(&table), vec![10, 31, 11, 12, 32]);
-    }
 }

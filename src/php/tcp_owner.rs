@@ -81,6 +81,27 @@ fn parse_endpoint(field: &str) -> Option<Endpoint> {
     Some((ip, port))
 }
 
+/// Refuses a TCP listener that does not belong to `owner` (`option` names the uid), before
+/// anything is sent: another user on the port would get the secret or answer for the pool.
+pub(crate) fn check_tcp_owner(
+    found: io::Result<Option<u32>>,
+    owner: u32,
+    option: &str,
+) -> Result<(), String> {
+    match found {
+        Ok(Some(uid)) if uid == owner => Ok(()),
+        Ok(Some(uid)) => Err(format!(
+            "the port is listened on by uid {uid}, not uid {owner}: not the server \
+             expected, nothing sent (see {option})"
+        )),
+        Ok(None) => Err(format!(
+            "cannot tell who listens on the port (not in /proc/net/tcp); nothing sent \
+             (see {option})"
+        )),
+        Err(e) => Err(format!("cannot tell who listens on the port: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,9 @@
 //! daemon never sees opens, and the kernel keeps unused inodes cached (and so unforgotten)
 //! until memory runs short, so "inodes not yet forgotten" would call a long-finished release
 //! in use for days. /proc tells what processes actually hold, right now.
+//!
+//! The process table (`process_table`: each pid with its parent and name) is read here too,
+//! for the PHP pools' wait for compilations in flight (`php::compile_wait`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -281,6 +284,39 @@ fn parse_maps(text: &str) -> Vec<(u64, u64)> {
     seen
 }
 
+/// One process as `/proc/PID/stat` shows it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ProcessEntry {
+    pub(crate) pid: i32,
+    pub(crate) ppid: i32,
+    pub(crate) comm: String,
+}
+
+/// Every process of /proc (those that vanish while read are left out).
+pub(crate) fn process_table() -> Vec<ProcessEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+            parse_stat(pid, &stat)
+        })
+        .collect()
+}
+
+/// `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses, so it ends at the
+/// last `)`.
+fn parse_stat(pid: i32, stat: &[u8]) -> Option<ProcessEntry> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let comm = String::from_utf8_lossy(stat.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let ppid = rest.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(ProcessEntry { pid, ppid, comm })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +400,18 @@ garbage
         let again = read_with_deadline(vec![7u32], Duration::from_secs(5), |i: &u32| vec![*i]);
         assert!(again.is_empty(), "a reader started while another is stuck");
         std::thread::sleep(Duration::from_millis(1600));
+    }
+
+    #[test]
+    fn stat_lines() {
+        assert_eq!(
+            parse_stat(7, b"7 (php-fpm: pool (www)) S 1 7 7 0 -1"),
+            Some(ProcessEntry {
+                pid: 7,
+                ppid: 1,
+                comm: "php-fpm: pool (www)".into()
+            })
+        );
+        assert_eq!(parse_stat(7, b"7 apache2 S 1"), None);
     }
 }
