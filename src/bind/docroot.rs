@@ -16,7 +16,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::BindDocroot;
-use crate::errno::os_error;
 use crate::switch::docroot::{Active, Docroot, FileView, Use};
 use crate::switch::release::Release;
 use crate::sys;
@@ -139,17 +138,7 @@ impl Docroot for BindPlane {
     }
 
     fn file_view(&self, release: &Arc<Release>, path: &Path) -> io::Result<FileView> {
-        if path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(os_error(libc::EINVAL));
-        }
-        let fd = sys::open_path_walk(release.root.as_fd(), path)?;
-        let st = sys::fstat(fd.as_fd())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(os_error(libc::EINVAL));
-        }
+        let (fd, st) = crate::switch::docroot::open_release_file(release, path)?;
         Ok(FileView {
             dev: st.st_dev,
             ino: st.st_ino,

@@ -15,12 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Core;
-use crate::errno::os_error;
 use crate::fs::inodes::ROOT_INO;
 use crate::switch::docroot::{Active, Docroot, FileView, Use};
 use crate::switch::procscan;
 use crate::switch::release::{Release, same_dir};
-use crate::sys;
 
 /// Selects one counter of a `Use`.
 type UseField = fn(&mut Use) -> &mut usize;
@@ -102,17 +100,7 @@ impl Docroot for Core {
     }
 
     fn file_view(&self, release: &Arc<Release>, path: &Path) -> io::Result<FileView> {
-        if path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(os_error(libc::EINVAL));
-        }
-        let fd = sys::open_path_walk(release.root.as_fd(), path)?;
-        let st = sys::fstat(fd.as_fd())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(os_error(libc::EINVAL));
-        }
+        let (fd, st) = crate::switch::docroot::open_release_file(release, path)?;
         let reported_mtime = self
             .mtimes
             .decide(release, path, fd.as_fd(), &st)

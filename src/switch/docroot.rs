@@ -140,3 +140,28 @@ pub(crate) trait Docroot: Send + Sync {
         true
     }
 }
+
+/// The regular file at `path` (relative, plain components only) in `release`, opened without
+/// following any link (`O_PATH`), and its `stat`: what both data planes' `file_view` start
+/// from.
+///
+/// # Errors
+/// A component that is not a plain name or a file that is not regular (`EINVAL`); missing.
+pub(crate) fn open_release_file(
+    release: &Release,
+    path: &Path,
+) -> io::Result<(OwnedFd, libc::stat)> {
+    use std::os::fd::AsFd;
+    if path
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(crate::errno::os_error(libc::EINVAL));
+    }
+    let fd = crate::sys::open_path_walk(release.root.as_fd(), path)?;
+    let st = crate::sys::fstat(fd.as_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(crate::errno::os_error(libc::EINVAL));
+    }
+    Ok((fd, st))
+}
