@@ -170,6 +170,7 @@ fn deploy_label(key: &str) -> &str {
     match key {
         "switchfs" => "switchfs --php-fpm",
         "symlink" => "symlink flip + FPM reload",
+        "bind" => "switchfs --mode bind",
         "steady" => "steady",
         "deploy" => "after a deploy",
         other => other,

@@ -47,7 +47,7 @@ fn status_text(st: &Status) -> String {
     }
     let _ = writeln!(out, "releases:");
     for u in &st.usage {
-        out.push_str(&usage_text(u));
+        out.push_str(&usage_text(u, st.mode == "bind"));
     }
     if !st.php_pools.is_empty() {
         out.push_str("php pools:\n");
@@ -58,29 +58,38 @@ fn status_text(st: &Status) -> String {
     out
 }
 
-/// One release's line of `status`.
-fn usage_text(u: &ReleaseUsage) -> String {
+/// One release's line of `status`. A bind-mode docroot (`bind`) has no FUSE handles and no
+/// kernel inode cache of ours to count: only what processes hold of each release's mount.
+fn usage_text(u: &ReleaseUsage, bind: bool) -> String {
     let mark = if u.active { "*" } else { " " };
     let gone = if u.present { "" } else { " (directory gone)" };
     let state = if u.in_use {
-        format!(
-            "{}: {} open files, {} working dirs, {} maps, {} open handles",
+        let held = format!(
+            "{}: {} open files, {} working dirs, {} maps",
             if u.active { "active" } else { "in use" },
             u.open_files,
             u.dirs,
             u.maps,
-            u.open_handles
-        )
+        );
+        if bind {
+            held
+        } else {
+            format!("{held}, {} open handles", u.open_handles)
+        }
     } else {
         match u.unused_since {
             Some(t) => format!("unused since {}", iso8601(t)),
             None => "unused since the daemon started".to_string(),
         }
     };
-    format!(
-        "  {mark} {}{gone}: {state} ({} inodes cached by the kernel)\n",
-        u.name, u.live_inodes
-    )
+    if bind {
+        format!("  {mark} {}{gone}: {state}\n", u.name)
+    } else {
+        format!(
+            "  {mark} {}{gone}: {state} ({} inodes cached by the kernel)\n",
+            u.name, u.live_inodes
+        )
+    }
 }
 
 /// A pool's last invalidation, after its name in `status`.

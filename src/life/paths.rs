@@ -53,7 +53,7 @@ pub(crate) fn default_control_path(mount_point: &Path) -> PathBuf {
 
 /// Root's default control socket for `mount_point`, whoever asks: where `switchctl --mount`
 /// looks for a bind-mode daemon, whose docroot (a plain bind mount) cannot say its socket.
-pub(crate) fn root_control_path(mount_point: &Path) -> PathBuf {
+pub fn root_control_path(mount_point: &Path) -> PathBuf {
     PathBuf::from("/run/switchfs").join(format!("{}.sock", mount_key(mount_point)))
 }
 

@@ -262,10 +262,10 @@ impl Daemon {
             .unwrap();
         let log = fx.root.join(format!("daemon-{n}.log"));
         let mut cmd = Command::new(exe);
-        cmd.arg("--releases")
-            .arg(fx.releases())
-            .arg("--control")
-            .arg(fx.socket());
+        cmd.arg("--releases").arg(fx.releases());
+        if !extra.contains(&"--control") {
+            cmd.arg("--control").arg(fx.socket());
+        }
         if !extra.contains(&"--state") {
             cmd.arg("--state").arg(fx.state());
         }

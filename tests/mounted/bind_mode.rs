@@ -313,3 +313,42 @@ fn a_release_replaced_by_a_symlink_is_refused_and_nobody_cannot_switch() {
     assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
     assert_eq!(mounts_at(&fx.mnt()), 1);
 }
+
+/// `status` in bind mode says what holds each release's mount (files, working dirs, maps)
+/// and nothing of FUSE's: no open handles, no kernel inode cache (the daemon has neither).
+#[test]
+fn status_text_counts_what_holds_each_release_and_no_fuse_fields() {
+    let fx = Fixture::bind("bm-status");
+    fx.two_releases();
+    let _d = fx.start(&["--initial", "1"]);
+    let held = std::fs::File::open(fx.m("index.php")).unwrap();
+    let parked = ParkedShell::park(&fx.m("app"), "true");
+    fx.activate("2");
+    let mut text = String::new();
+    let counted = wait_until(10, || {
+        text = stdout(&fx.ctl(&["status"]));
+        text.contains("\n    1: in use: 1 open files, 1 working dirs, 0 maps\n")
+    });
+    assert!(counted, "{text}");
+    let active = text
+        .lines()
+        .find(|l| l.starts_with("  * 2: "))
+        .unwrap_or("");
+    assert!(
+        active == "  * 2: unused since the daemon started"
+            || active.starts_with("  * 2: unused since 20")
+            || active.starts_with("  * 2: active: "),
+        "{text}"
+    );
+    assert!(!text.contains("open handles"), "{text}");
+    assert!(!text.contains("inodes cached"), "{text}");
+    let json = stdout(&fx.ctl(&["status", "--json"]));
+    assert!(json.contains("\"open_handles\":"), "{json}");
+    assert_eq!(
+        json.matches("\"open_handles\":0,").count(),
+        json.matches("\"open_handles\":").count(),
+        "{json}"
+    );
+    drop(held);
+    parked.resume();
+}
