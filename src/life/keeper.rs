@@ -352,6 +352,11 @@ impl Keeper {
             }
             keeper.advance_upgrade();
             while let Some((pid, status)) = sys::reap_child() {
+                // What the dead server sent before it died is still in its link: read it
+                // first. Its hand-over of the connection above all: a server killed just
+                // after it mounted would otherwise look like one that never mounted, and
+                // the keeper would give the live mount up instead of restarting it.
+                keeper.read_links();
                 if let Some(code) = keeper.child_ended(pid, status) {
                     return Ok(code);
                 }

@@ -799,3 +799,29 @@ fn the_reload_client_refuses_a_wrong_main_pid() {
     assert!(json.contains("\"last_upgrade\":null"), "{json}");
     assert_eq!(serving_pid(&fx), d.pid(), "nothing was upgraded");
 }
+
+/// README "Upgrades and crashes": a server killed right after it mounted (its hand-over of the
+/// connection may still be unread in the keeper's link when the keeper reaps it) is restarted,
+/// never taken for one that never mounted. Twenty starts, each killed as soon as it answers.
+#[test]
+fn a_server_killed_right_after_it_mounted_is_restarted() {
+    let fx = Fixture::new("killearly");
+    fx.two_releases();
+    for round in 0..20 {
+        let d = fx.start(&["--initial", "1"]);
+        let first = d.pid();
+        assert!(first > 0, "round {round}: no server");
+        signal(first, libc::SIGKILL);
+        let replaced = wait_until(10, || {
+            let now = d.pid();
+            now > 0 && now != first && fx.ctl(&["status"]).status.success()
+        });
+        assert!(
+            replaced,
+            "round {round}: no server after the first was killed: {}",
+            d.log_text()
+        );
+        assert_eq!(fx.read("index.php"), "<?php echo 'release 1';");
+        drop(d);
+    }
+}
