@@ -93,6 +93,27 @@ fn outsider_holding_an_old_script_does_not_delay_activate() {
     assert!(all_release(&front(&fpm, &fx, 4), "2"));
 }
 
+/// Release 1's `public/hold.php`: a request to it holds `lib/changed.php` open for `secs`, as
+/// a long compilation of it would.
+fn write_holder(fx: &Fixture, secs: u32) {
+    fx.write(
+        "1",
+        "public/hold.php",
+        &format!(
+            "<?php $f = fopen(__DIR__ . '/../lib/changed.php', 'r'); sleep({secs}); echo 'held';\n"
+        ),
+    );
+}
+
+/// Waits until a worker of `fpm` holds `changed` open (the request to hold.php began).
+fn wait_for_holder(fpm: &Fpm, changed: &Path) {
+    assert!(
+        wait_until(5, || child_holds(fpm.child.id(), changed)),
+        "no worker opened {}",
+        changed.display()
+    );
+}
+
 /// README "PHP, nginx and Apache settings": a pool worker holding a script of release 1 open
 /// is waited for when switching to 2 (it may be compiling it), but not once release 1 is
 /// active again: its bytecode is then the active release's.
@@ -101,11 +122,7 @@ fn switching_back_to_the_held_scripts_release_does_not_wait() {
     require_php();
     let fx = Fixture::new("opc-back");
     two_apps(&fx);
-    fx.write(
-        "1",
-        "public/hold.php",
-        "<?php $f = fopen(__DIR__ . '/../lib/changed.php', 'r'); sleep(8); echo 'held';\n",
-    );
+    write_holder(&fx, 8);
     open_up(&fx);
     let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
     let _d = start_daemon(&fx, &[&fpm]);
@@ -113,11 +130,7 @@ fn switching_back_to_the_held_scripts_release_does_not_wait() {
     let changed = fx.m("lib/changed.php");
     std::thread::scope(|s| {
         let held = s.spawn(|| fpm.get(&fx.m("public/hold.php")));
-        assert!(
-            wait_until(5, || child_holds(fpm.child.id(), &changed)),
-            "no worker opened {}",
-            changed.display()
-        );
+        wait_for_holder(&fpm, &changed);
         let (out, to_2) = ctl_within(&fx, 20, &["activate", "2"]);
         assert!(out.status.success(), "{out:?}");
         assert!(
@@ -142,11 +155,7 @@ fn a_compilation_outlasting_php_timeout_fails_the_pool_visibly() {
     require_php();
     let fx = Fixture::new("opc-outlast");
     two_apps(&fx);
-    fx.write(
-        "1",
-        "public/hold.php",
-        "<?php $f = fopen(__DIR__ . '/../lib/changed.php', 'r'); sleep(6); echo 'held';\n",
-    );
+    write_holder(&fx, 6);
     open_up(&fx);
     let fpm = Fpm::start(&fx.root.join("fpm"), &["opcache.validate_timestamps=0"]);
     let _d = start_with_pool(&fx, &fpm.sock, &["--php-timeout", "1"]);
@@ -154,11 +163,7 @@ fn a_compilation_outlasting_php_timeout_fails_the_pool_visibly() {
     let changed = fx.m("lib/changed.php");
     std::thread::scope(|s| {
         let held = s.spawn(|| fpm.get(&fx.m("public/hold.php")));
-        assert!(
-            wait_until(5, || child_holds(fpm.child.id(), &changed)),
-            "no worker opened {}",
-            changed.display()
-        );
+        wait_for_holder(&fpm, &changed);
         let (out, took) = ctl_within(&fx, 20, &["activate", "2"]);
         assert_eq!(out.status.code(), Some(3), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
