@@ -644,3 +644,21 @@ pub(crate) fn abort_fuse_connection(path: &Path) {
     let abort = conns.join(libc::minor(dev).to_string()).join("abort");
     std::fs::write(&abort, "1").unwrap_or_else(|e| panic!("{}: {e}", abort.display()));
 }
+
+/// `switchctl ARGS` as nobody with exactly the supplementary `groups` (setpriv).
+pub(crate) fn ctl_as_nobody(fx: &Fixture, groups: &[u32], args: &[&str]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg(SWITCHCTL)
+        .arg("--control")
+        .arg(fx.socket())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
+}

@@ -310,24 +310,6 @@ fn an_initial_release_that_does_not_exist_is_a_warning_once_state_exists() {
     );
 }
 
-/// `switchctl ARGS` as nobody with exactly the supplementary `groups` (setpriv).
-fn ctl_as_nobody(fx: &Fixture, groups: &[u32], args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534"]);
-    if groups.is_empty() {
-        cmd.arg("--clear-groups");
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        cmd.arg(format!("--groups={}", list.join(",")));
-    }
-    cmd.arg(SWITCHCTL)
-        .arg("--control")
-        .arg(fx.socket())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
-}
-
 /// README `switchctl`: `check` and `metrics` only read, so the monitoring user in
 /// `--status-group` may run them; `php-sync` makes the daemon talk to the pools, so it needs
 /// switching rights; anyone else gets UNKNOWN from check, with the reason (here the socket's

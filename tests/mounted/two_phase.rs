@@ -436,20 +436,6 @@ fn deleted_releases_are_never_the_rollback_target() {
     assert!(st.contains("rollback to:  (none)"), "{st}");
 }
 
-/// Runs switchctl as `nobody` with exactly the supplementary `groups`.
-fn ctl_as_nobody(fx: &Fixture, groups: &[u32], args: &[&str]) -> std::process::Output {
-    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-    std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534"])
-        .arg(format!("--groups={}", list.join(",")))
-        .arg(SWITCHCTL)
-        .arg("--control")
-        .arg(fx.socket())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
-}
-
 /// prepare, cancel and activate --at need the rights activate needs: the status group is
 /// refused all three, a member of the control group (a deploy user) may, and is named.
 #[test]
